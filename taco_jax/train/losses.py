@@ -1,0 +1,37 @@
+"""Losses for training and recovery (DESIGN.md §3). Every loss is a batch mean."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import optax
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Mean softmax cross-entropy. logits (B, C), labels (B,) int."""
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+
+def kd_kl(student_logits: jax.Array, teacher_logits: jax.Array, temperature: float) -> jax.Array:
+    """T² · KL(softmax(t/T) ‖ softmax(s/T)), mean over the batch (Hinton et al. scaling).
+
+    The T² factor keeps gradient magnitudes comparable across temperatures.
+    """
+    t = jax.nn.log_softmax(teacher_logits / temperature, axis=-1)
+    s = jax.nn.log_softmax(student_logits / temperature, axis=-1)
+    kl = jnp.sum(jnp.exp(t) * (t - s), axis=-1)
+    return temperature**2 * kl.mean()
+
+
+def normalized_feature_mse(
+    student_feats: Sequence[jax.Array], teacher_feats: Sequence[jax.Array]
+) -> jax.Array:
+    """SquareHead feature loss: Σ_layers ‖s − t‖² / ‖t‖², each layer per example, batch mean."""
+    total = jnp.zeros(())
+    for s, t in zip(student_feats, teacher_feats, strict=True):
+        axes = tuple(range(1, t.ndim))
+        err = jnp.sum((s - t) ** 2, axis=axes) / (jnp.sum(t**2, axis=axes) + 1e-12)
+        total = total + err.mean()
+    return total

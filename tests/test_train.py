@@ -1,0 +1,108 @@
+"""Losses against float64 NumPy references; augmentation; the fit loop learns and holds masks."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from taco_jax.train import augment, fit, losses
+
+
+def _np_log_softmax(z):
+    z = z - z.max(-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+
+def test_kd_kl_matches_float64_reference():
+    rng = np.random.default_rng(0)
+    s, t = rng.normal(size=(2, 7, 5)) * 3
+    for T in (1.0, 4.0):
+        p_log, q_log = _np_log_softmax(t / T), _np_log_softmax(s / T)
+        ref = T**2 * np.mean(np.sum(np.exp(p_log) * (p_log - q_log), -1))
+        got = losses.kd_kl(jnp.asarray(s, jnp.float32), jnp.asarray(t, jnp.float32), T)
+        np.testing.assert_allclose(got, ref, rtol=1e-5)
+    assert float(losses.kd_kl(jnp.asarray(t), jnp.asarray(t), 2.0)) == pytest.approx(0, abs=1e-6)
+
+
+def test_cross_entropy_and_feature_mse_match_reference():
+    rng = np.random.default_rng(1)
+    z, y = rng.normal(size=(6, 4)), rng.integers(0, 4, 6)
+    ref = -np.mean(_np_log_softmax(z)[np.arange(6), y])
+    np.testing.assert_allclose(losses.cross_entropy(jnp.asarray(z), jnp.asarray(y)), ref,
+                               rtol=1e-5)
+    s, t = rng.normal(size=(2, 3, 4, 5))
+    ref = np.mean(np.sum((s - t) ** 2, (1, 2)) / np.sum(t**2, (1, 2)))
+    np.testing.assert_allclose(losses.normalized_feature_mse([jnp.asarray(s)], [jnp.asarray(t)]),
+                               ref, rtol=1e-5)
+
+
+def test_shift_augmentation_translates_content():
+    img = np.zeros((4, 8, 8, 1), np.float32)
+    img[:, 3, 4, 0] = 1.0
+    out = np.asarray(augment.augment(jax.random.key(0), jnp.asarray(img), "shift", max_shift=2))
+    assert out.shape == img.shape
+    assert np.all(out.sum((1, 2, 3)) == 1.0)  # the pixel moves, never duplicates or vanishes
+    pos = np.argwhere(out[..., 0] == 1.0)[:, 1:]
+    assert np.all(np.abs(pos - np.array([3, 4])) <= 2)
+    with pytest.raises(ValueError, match="unknown augmentation 'rotate'"):
+        augment.validate("rotate")
+
+
+class _MLP(nnx.Module):
+    def __init__(self, rngs):
+        self.fc1 = nnx.Linear(16, 32, rngs=rngs)
+        self.fc2 = nnx.Linear(32, 3, rngs=rngs)
+
+    def __call__(self, x):
+        return self.fc2(nnx.relu(self.fc1(x.reshape(x.shape[0], -1))))
+
+
+def _blobs(n=300, seed=0):
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(3, 16)) * 3
+    y = rng.integers(0, 3, n)
+    x = centers[y] + rng.normal(size=(n, 16))
+    return x.reshape(n, 4, 4, 1).astype(np.float32), y.astype(np.int32)
+
+
+def test_fit_learns_and_constrain_keeps_masked_weights_zero():
+    x, y = _blobs()
+    model = _MLP(nnx.Rngs(0))
+    mask = jnp.asarray(np.random.default_rng(0).random((16, 32)) > 0.5)
+
+    def constrain(m):
+        m.fc1.kernel.value = m.fc1.kernel.value * mask
+
+    cfg = fit.FitConfig(steps=150, batch_size=32, learning_rate=3e-3, log_every=50)
+    hist = fit.fit(model, x, y, cfg, lambda v: v, constrain=constrain)
+    assert hist[-1]["loss"] < hist[0]["loss"]
+    assert fit.evaluate(model, x, y, lambda v: v)["top1"] > 95
+    assert np.all(np.asarray(model.fc1.kernel.value)[~np.asarray(mask)] == 0)
+
+
+def test_kd_recovers_teacher_predictions_without_labels_weight():
+    x, y = _blobs(seed=1)
+    teacher = _MLP(nnx.Rngs(0))
+    fit.fit(teacher, x, y, fit.FitConfig(steps=150, learning_rate=3e-3), lambda v: v)
+    student = _MLP(nnx.Rngs(5))
+    cfg = fit.FitConfig(steps=200, learning_rate=3e-3, ce_weight=0.0, kd_weight=1.0,
+                        temperature=2.0)
+    fit.fit(student, x, y, cfg, lambda v: v, teacher=teacher)
+    agree = np.mean(fit.predict_logits(student, x, lambda v: v).argmax(1)
+                    == fit.predict_logits(teacher, x, lambda v: v).argmax(1))
+    assert agree > 0.95
+
+
+def test_accuracy_top1_top5():
+    logits = np.array([[0.1, 0.9, 0, 0, 0, 0], [0.9, 0.1, 0, 0, 0, 0.5]])
+    acc = fit.accuracy(logits, np.array([1, 5]))
+    assert acc["top1"] == 50.0 and acc["top5"] == 100.0
+
+
+def test_bad_fit_config_names_the_value():
+    with pytest.raises(ValueError, match="unknown optimizer 'lion'"):
+        fit.FitConfig(optimizer="lion")
+    with pytest.raises(ValueError, match="kd_weight > 0 needs a teacher"):
+        x, y = _blobs(n=10)
+        fit.fit(_MLP(nnx.Rngs(0)), x, y, fit.FitConfig(kd_weight=1.0), lambda v: v)
