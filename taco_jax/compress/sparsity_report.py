@@ -1,0 +1,37 @@
+"""Parameter and non-zero counts of a (masked) model, for reports."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+from flax import nnx
+
+from taco_jax.models import get_layer
+
+
+def summarize(model: nnx.Module, masks: dict[str, np.ndarray]) -> dict:
+    """Counts over the masked layers and over the whole model (every nnx.Param).
+
+    ``masks`` maps a layer name to a bool mask of its kernel (True = kept). Non-zeros are counted
+    from the weights themselves, so a mask that was not held shows up here.
+    """
+    layer_params = layer_nonzero = 0
+    per_layer = {}
+    for name in masks:
+        kernel = np.asarray(get_layer(model, name).kernel.value)
+        nnz = int(np.count_nonzero(kernel))
+        per_layer[name] = {"params": int(kernel.size), "nonzero": nnz,
+                           "sparsity": 1 - nnz / kernel.size}
+        layer_params += kernel.size
+        layer_nonzero += nnz
+    leaves = jax.tree.leaves(nnx.state(model, nnx.Param))
+    total = sum(int(np.size(x)) for x in leaves)
+    total_nnz = sum(int(np.count_nonzero(np.asarray(x))) for x in leaves)
+    return {
+        "pruned_layers": {"params": int(layer_params), "nonzero": int(layer_nonzero),
+                          "sparsity": 1 - layer_nonzero / max(layer_params, 1),
+                          "compression": layer_params / max(layer_nonzero, 1)},
+        "model": {"params": total, "nonzero": total_nnz,
+                  "compression": total / max(total_nnz, 1)},
+        "per_layer": per_layer,
+    }
