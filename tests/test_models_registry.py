@@ -25,6 +25,9 @@ PUBLISHED_PARAMS = {
     "deit_tiny_distilled_patch16_224": 5_910_800,
     "deit_small_distilled_patch16_224": 22_436_432,
     "deit_base_distilled_patch16_224": 87_338_192,
+    "convnext_tiny": 28_589_128,
+    "convnext_small": 50_223_688,
+    "convnext_base": 88_591_464,
 }
 MINI = ("resnet_mini", "vit_mini")
 

@@ -159,10 +159,10 @@ def _variant(size: str, *, distilled: bool, preset: str):
 
     def make(*, num_classes: int, rngs: nnx.Rngs, img_size: int = 224, in_chans: int = 3,
              preprocess: Preprocess = PRESETS[preset], **overrides) -> VisionTransformer:
+        kw = {"embed_dim": dim, "depth": depth, "num_heads": heads, **overrides}
         return VisionTransformer(
-            num_classes=num_classes, img_size=img_size, in_chans=in_chans, embed_dim=dim,
-            depth=depth, num_heads=heads, distilled=distilled,
-            preprocess=preprocess.at_size(img_size), rngs=rngs, **overrides)
+            num_classes=num_classes, img_size=img_size, in_chans=in_chans, distilled=distilled,
+            preprocess=preprocess.at_size(img_size), rngs=rngs, **kw)
     return make
 
 
