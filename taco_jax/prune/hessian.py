@@ -63,6 +63,12 @@ class HessianTap(nnx.Module):
         self.n = HessianSum(s.n)
         self.mesh = mesh
 
+    def __getattr__(self, name):  # the model may read the layer's attributes (out_features, ...)
+        layer = vars(self).get("layer")
+        if layer is None:
+            raise AttributeError(name)
+        return getattr(layer, name)
+
     def __call__(self, x: jax.Array) -> jax.Array:
         X = layer_inputs(self.layer, x)
         if self.mesh is None:
