@@ -1,0 +1,160 @@
+"""Layer-wise Hessians ``H = 2XXᵀ/n`` from calibration batches, streamed and jitted (float32).
+
+``HessianState(h, n)`` is an immutable pytree: ``init`` → ``update`` per batch → ``finalize``.
+``h`` holds the running sum ``Σ 2xxᵀ`` per group (G, k, k); ``n`` the number of input columns.
+``collect_hessians`` wraps the requested layers in taps, runs the model's forward pass once per
+batch under ``jax.jit`` (only the taps' sums are outputs, so XLA drops the compute after the
+deepest tapped layer) and never holds more than one batch of activations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax import lax
+
+from taco_jax.models.paths import get_layer, set_layer
+from taco_jax.prune.layout import groups, layer_inputs
+
+
+class HessianState(NamedTuple):
+    """Running Σ 2xxᵀ (G, k, k) and column count n (a float32 scalar)."""
+
+    h: jax.Array
+    n: jax.Array
+
+
+def init(k: int, n_groups: int = 1) -> HessianState:
+    return HessianState(jnp.zeros((n_groups, k, k), jnp.float32), jnp.zeros((), jnp.float32))
+
+
+def update(state: HessianState, X: jax.Array, axis_name: str | None = None) -> HessianState:
+    """Add columns X (n, G, k) (or (n, k)); with ``axis_name``, psum the batch over devices."""
+    X = X.astype(jnp.float32)
+    if X.ndim == 2:
+        X = X[:, None]
+    h = 2.0 * jnp.einsum("ngi,ngj->gij", X, X, precision=lax.Precision.HIGHEST)
+    n = jnp.float32(X.shape[0])
+    if axis_name is not None:
+        h, n = lax.psum(h, axis_name), lax.psum(n, axis_name)
+    return HessianState(state.h + h, state.n + n)
+
+
+def finalize(state: HessianState) -> jax.Array:
+    """H = Σ 2xxᵀ / n, (G, k, k)."""
+    return state.h / jnp.maximum(state.n, 1.0)
+
+
+class HessianSum(nnx.Variable):
+    """Variable type of a tap's running sums (so the jitted forward can return only these)."""
+
+
+class HessianTap(nnx.Module):
+    """Wraps a layer; each call adds the layer's input columns to its Hessian sums."""
+
+    def __init__(self, layer: nnx.Module, k: int, n_groups: int, mesh=None):
+        self.layer = layer
+        s = init(k, n_groups)
+        self.h = HessianSum(s.h)
+        self.n = HessianSum(s.n)
+        self.mesh = mesh
+
+    def __getattr__(self, name):  # the model may read the layer's attributes (out_features, ...)
+        layer = vars(self).get("layer")
+        if layer is None:
+            raise AttributeError(name)
+        return getattr(layer, name)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        X = layer_inputs(self.layer, x)
+        if self.mesh is None:
+            s = update(HessianState(self.h.value, self.n.value), X)
+        else:
+            s = _sharded_update(self.mesh, HessianState(self.h.value, self.n.value), X)
+        self.h.value, self.n.value = s.h, s.n
+        return self.layer(x)
+
+
+def _sharded_update(mesh, state: HessianState, X: jax.Array) -> HessianState:
+    """Per-device partial sums over its slice of the columns, psum'd across the mesh."""
+    from jax.sharding import PartitionSpec as P
+
+    axis = mesh.axis_names[0]
+    n_dev = mesh.devices.size
+    pad = (-X.shape[0]) % n_dev
+    X = jnp.pad(X, ((0, pad), (0, 0), (0, 0)))  # zero columns add nothing to Σxxᵀ
+    fn = jax.shard_map(lambda s, x: update(s, x, axis), mesh=mesh,
+                       in_specs=(P(), P(axis)), out_specs=P(), check_vma=False)
+    s = fn(init(X.shape[-1], X.shape[1]), X)
+    return HessianState(state.h + s.h, state.n + s.n - pad)
+
+
+def input_dim(layer: nnx.Module) -> int:
+    k = layer.kernel.value.shape
+    return k[0] if len(k) == 2 else k[0] * k[1] * k[2]
+
+
+def tap_layers(model: nnx.Module, layer_names: Iterable[str], mesh=None) -> dict[str, HessianTap]:
+    """Replace each named layer by a HessianTap around it (undo with ``untap_layers``)."""
+    taps = {}
+    for name in layer_names:
+        layer = get_layer(model, name)
+        if not hasattr(layer, "kernel"):
+            raise ValueError(f"layer {name!r} is a {type(layer).__name__}, not a Linear or Conv")
+        taps[name] = HessianTap(layer, input_dim(layer), groups(layer), mesh)
+        set_layer(model, name, taps[name])
+    return taps
+
+
+def untap_layers(model: nnx.Module, taps: dict[str, HessianTap]) -> None:
+    for name, tap in taps.items():
+        set_layer(model, name, tap.layer)
+
+
+def _forward_sums(graphdef, state, x):
+    model = nnx.merge(graphdef, state)
+    model(x)
+    return nnx.state(model, HessianSum)
+
+
+_jit_forward_sums = jax.jit(_forward_sums, static_argnums=0)
+
+
+def run_taps(model: nnx.Module, batches: Iterable, mesh=None) -> None:
+    """One jitted forward pass per batch, accumulating into the model's HessianTaps."""
+    for x in batches:
+        x = jnp.asarray(x, jnp.float32)
+        if mesh is not None:
+            from jax.sharding import NamedSharding
+            from jax.sharding import PartitionSpec as P
+
+            if x.shape[0] % mesh.devices.size == 0:
+                x = jax.device_put(x, NamedSharding(mesh, P(mesh.axis_names[0])))
+        graphdef, state = nnx.split(model)
+        sums = _jit_forward_sums(graphdef, state, x)
+        nnx.update(model, sums)
+
+
+def collect_hessians(model: nnx.Module, batches: Iterable, layer_names: Iterable[str],
+                     mesh=None) -> dict[str, jax.Array]:
+    """name -> H = 2XXᵀ/n of the layer's inputs over ``batches`` (NHWC arrays).
+
+    H is (k, k) for a Linear or ungrouped Conv (k = d_in or C_in·kh·kw) and (G, k, k) for a conv
+    with G = ``feature_group_count`` > 1. The model runs in eval mode (BatchNorm running stats).
+    """
+    layer_names = list(layer_names)
+    model.eval()
+    taps = tap_layers(model, layer_names, mesh)
+    try:
+        run_taps(model, batches, mesh)
+    finally:
+        untap_layers(model, taps)
+    out = {}
+    for name, tap in taps.items():
+        H = finalize(HessianState(tap.h.value, tap.n.value))
+        out[name] = H[0] if H.shape[0] == 1 else H
+    return out

@@ -1,0 +1,339 @@
+"""Sequential whole-model pruning: layers in forward order, each on inputs through pruned layers.
+
+``prune_model(model, batches, config)`` finds the forward (call) order with one eager probe pass,
+groups layers that read the same input with the same unfolding (q/k/v, a block's branches) so
+they share one Hessian, then for each group: collect its Hessian over all ``batches`` through the
+already-pruned model, solve every layer of the group, write the weights back, checkpoint.
+
+``batches`` must be re-iterable (it is read once per group), e.g. a list of NHWC float arrays.
+The model is left in eval mode.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from flax import nnx
+from tqdm.auto import tqdm
+
+from taco_jax.models.paths import get_layer, named_layers, set_layer
+from taco_jax.prune import checkpoint as ckpt
+from taco_jax.prune.hessian import collect_hessians
+from taco_jax.prune.layout import kernel_from_matrix, layer_matrix
+from taco_jax.prune.patterns import (
+    Pattern,
+    Structured,
+    check_shape,
+    check_sparsity,
+    parse_pattern,
+)
+from taco_jax.prune.shrink import ShrinkPair, infer_pairs, shrink_pair
+from taco_jax.prune.solver import METHODS, prune_layer
+
+
+@dataclasses.dataclass(frozen=True)
+class PruneConfig:
+    """What to prune and how. ``overrides``: layer name -> sparsity, or (pattern, sparsity).
+
+    ``allocation``: "uniform" (every layer at ``sparsity``) or "global" (per-layer levels from
+    measured error curves meeting the same total non-zero budget, see ``allocate``).
+    ``prune_head``: also prune the model's ``head_name`` layer (default: keep it dense).
+    ``pairs``: structured producer/consumer pairs (default: ``shrink.infer_pairs``).
+    """
+
+    pattern: str | Pattern = "unstructured"
+    sparsity: float = 0.5
+    overrides: Mapping[str, float | tuple] = dataclasses.field(default_factory=dict)
+    allocation: str = "uniform"
+    blocksize: int = 128
+    percdamp: float = 0.01
+    method: str = "sparsegpt"
+    prune_head: bool = False
+    pairs: tuple[ShrinkPair, ...] | None = None
+    allocation_grid: tuple[float, ...] = (0.0, 0.3, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95)
+
+    def __post_init__(self):
+        parse_pattern(self.pattern)
+        check_sparsity(self.sparsity)
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; allowed: {METHODS}")
+        if self.allocation not in ("uniform", "global"):
+            raise ValueError(f"allocation must be 'uniform' or 'global', got {self.allocation!r}")
+
+
+@dataclasses.dataclass
+class LayerStats:
+    name: str
+    shape: tuple[int, ...]
+    pattern: str
+    sparsity: float
+    rel_error: float
+    seconds: float
+    damp: float = 0.0
+    damp_tries: int = 1
+
+
+@dataclasses.dataclass
+class PruneResult:
+    """Keep-masks in each layer's own kernel layout, per-layer stats (forward order), and for
+    structured runs the kept input channels of each consumer."""
+
+    masks: dict[str, np.ndarray]
+    stats: list[LayerStats]
+    kept: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    sparsities: dict[str, float] = dataclasses.field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------- forward order
+
+
+class _Probe(nnx.Module):
+    def __init__(self, layer, record):
+        self.layer = layer
+        self.record = record
+
+    def __getattr__(self, name):  # the model may read the layer's attributes (out_features, ...)
+        layer = vars(self).get("layer")
+        if layer is None:
+            raise AttributeError(name)
+        return getattr(layer, name)
+
+    def __call__(self, x):
+        self.record(x)
+        return self.layer(x)
+
+
+def _geometry(layer) -> tuple:
+    if isinstance(layer, nnx.Linear):
+        return ("linear", layer.in_features)
+    return ("conv", tuple(layer.kernel_size), str(layer.strides), str(layer.padding),
+            str(layer.kernel_dilation), layer.feature_group_count, layer.in_features)
+
+
+def forward_groups(model: nnx.Module, x: jax.Array, names: Sequence[str]) -> list[list[str]]:
+    """Names in call order, grouped: one group per (input value, unfolding geometry)."""
+    calls: list[tuple[str, np.ndarray]] = []
+    layers = {n: get_layer(model, n) for n in names}
+    for n, layer in layers.items():
+        set_layer(model, n, _Probe(layer, lambda v, n=n: calls.append((n, np.asarray(v)))))
+    try:
+        model(jnp.asarray(x, jnp.float32))
+    finally:
+        for n, layer in layers.items():
+            set_layer(model, n, layer)
+    out: list[list[str]] = []
+    keys: list[tuple] = []
+    seen = set()
+    for n, v in calls:
+        if n in seen:
+            continue
+        seen.add(n)
+        key = _geometry(layers[n])
+        for i, (k, ref) in enumerate(keys):
+            if k == key and ref.shape == v.shape and np.array_equal(ref, v):
+                out[i].append(n)
+                break
+        else:
+            keys.append((key, v))
+            out.append([n])
+    missing = set(names) - seen
+    if missing:
+        logging.warning("prune: layers never called in the forward pass, left dense: %s",
+                        sorted(missing))
+    return out
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _layer_plan(model, config: PruneConfig, layers, sparsities) -> dict[str, tuple[Pattern, float]]:
+    base = parse_pattern(config.pattern)
+    plan = {}
+    for n in layers:
+        spec = config.overrides.get(n, sparsities.get(n, config.sparsity))
+        pat, s = (parse_pattern(spec[0]), spec[1]) if isinstance(spec, tuple) else (base, spec)
+        plan[n] = (pat, check_sparsity(s))
+    return plan
+
+
+def _fits(layer, pattern, blocksize) -> str | None:
+    W = layer_matrix(layer)
+    try:
+        check_shape(pattern, W.shape[1], W.shape[2], min(blocksize, W.shape[2]))
+    except ValueError as e:
+        return str(e)
+    return None
+
+
+def _rel_error(W0, W1, H) -> float:
+    H = H if H.ndim == 3 else H[None]
+    D = W0 - W1
+    num = jnp.einsum("gri,gij,grj->", D, H, D)
+    den = jnp.einsum("gri,gij,grj->", W0, H, W0)
+    return float(num / jnp.maximum(den, 1e-30))
+
+
+def _solve_layer(layer, H, pattern, sparsity, config, mesh):
+    """Solve one Linear/Conv (grouped convs one group at a time); returns (W0, W1, keep, stats)."""
+    W0 = layer_matrix(layer)
+    Hg = H if H.ndim == 3 else H[None]
+    kw = dict(blocksize=config.blocksize, percdamp=config.percdamp, method=config.method)
+    outs = [prune_layer(W0[g], Hg[g], pattern, sparsity, mesh=mesh, **kw)
+            for g in range(W0.shape[0])] if W0.shape[0] <= 8 else None
+    if outs is None:  # depthwise / many groups: one vmapped solve over the groups
+        outs = _vmapped_groups(W0, Hg, pattern, sparsity, kw)
+    W1 = jnp.stack([o[0] for o in outs])
+    keep = jnp.stack([o[1] for o in outs])
+    damp = max(float(o[2].damp) for o in outs)
+    tries = max(int(o[2].damp_tries) for o in outs)
+    return W0, W1, keep, damp, tries
+
+
+def _vmapped_groups(W0, Hg, pattern, sparsity, kw):
+    from taco_jax.prune.solver import _prune_core, prune_counts
+
+    counts = jnp.asarray(prune_counts(pattern, sparsity, W0.shape[1], W0.shape[2],
+                                      kw["blocksize"]))
+    fn = jax.vmap(lambda w, h: _prune_core(w, h, counts, pattern=pattern, **kw))
+    W1, keep, stats = fn(W0, Hg)
+    return [(W1[g], keep[g], jax.tree.map(lambda s, g=g: s[g], stats))
+            for g in range(W0.shape[0])]
+
+
+def _write_kernel(layer, W1) -> None:
+    layer.kernel.set_value(kernel_from_matrix(W1, layer.kernel.get_value().shape))
+
+
+def _kernel_mask(layer, keep) -> np.ndarray:
+    return np.asarray(kernel_from_matrix(keep, layer.kernel.get_value().shape))
+
+
+def _log(st: LayerStats) -> None:
+    logging.info("prune %-28s %-16s %-14s sparsity %.4f  rel.err %.3e  %.2fs%s", st.name,
+                 "x".join(map(str, st.shape)), st.pattern, st.sparsity, st.rel_error, st.seconds,
+                 f"  (damping raised to {st.damp:g} after {st.damp_tries} tries)"
+                 if st.damp_tries > 1 else "")
+
+
+# ----------------------------------------------------------------------------- prune_model
+
+
+def default_layers(model: nnx.Module, config: PruneConfig) -> list[str]:
+    """Every Linear/Conv, minus ``model.head_name`` unless ``prune_head``; structured: consumers."""
+    if isinstance(parse_pattern(config.pattern), Structured):
+        return [p.consumer for p in (config.pairs or infer_pairs(model))]
+    head = getattr(model, "head_name", None)
+    return [n for n in named_layers(model) if config.prune_head or n != head]
+
+
+def prune_model(model: nnx.Module, batches: Sequence, config: PruneConfig, *,
+                layers: Sequence[str] | None = None, checkpoint_dir: str | None = None,
+                mesh: jax.sharding.Mesh | None = None) -> PruneResult:
+    """Prune ``model`` in place, layer by layer in forward order; see the module docstring.
+
+    ``batches``: re-iterable NHWC float batches (read once per layer group). ``checkpoint_dir``:
+    an orbax checkpoint after each group; a rerun with the same directory and config resumes
+    there and gives the same result. ``mesh``: Hessians psum'd, row solves sharded over it.
+    """
+    model.eval()
+    names = list(layers) if layers is not None else default_layers(model, config)
+    for n in [*names, *config.overrides]:
+        get_layer(model, n)  # a KeyError listing the valid names
+    first = next(iter(batches), None)
+    if first is None:
+        raise ValueError("prune_model needs at least one calibration batch")
+
+    sparsities: dict[str, float] = {}
+    if config.allocation == "global":
+        from taco_jax.prune.allocate import allocate_for_model
+
+        sparsities = allocate_for_model(model, batches, config, names, mesh=mesh)
+    plan = _layer_plan(model, config, names, sparsities)
+    pairs = {p.consumer: p for p in (config.pairs or infer_pairs(model))}
+
+    for n, (pat, _) in plan.items():
+        if isinstance(pat, Structured) and n not in pairs:
+            raise ValueError(f"structured pruning of {n!r} needs a producer/consumer pair; "
+                             f"known consumers: {sorted(pairs)}")
+    order = forward_groups(model, np.asarray(first)[:2], names)
+    result = PruneResult(masks={}, stats=[], sparsities={n: s for n, (_, s) in plan.items()})
+    start = 0
+    if checkpoint_dir is not None:
+        start = ckpt.restore(checkpoint_dir, model, result, config, pairs)
+        if start:
+            logging.info("prune: resumed from %s after %d of %d groups", checkpoint_dir, start,
+                         len(order))
+
+    bar = tqdm(total=sum(map(len, order)), initial=sum(map(len, order[:start])),
+               desc="prune", unit="layer")
+    for gi in range(start, len(order)):
+        group = order[gi]
+        todo = []
+        for n in group:
+            pat = plan[n][0]
+            if (why := _fits(get_layer(model, n), pat, config.blocksize)) is not None:
+                logging.warning("prune: %s left dense: %s", n, why)
+                bar.update(1)
+            else:
+                todo.append(n)
+        if todo:
+            t0 = time.perf_counter()
+            H = collect_hessians(model, batches, todo[:1], mesh=mesh)[todo[0]]
+            share = (time.perf_counter() - t0) / len(todo)
+            for n in todo:
+                _prune_one(model, n, H, plan[n], config, pairs, result, mesh, share)
+                bar.update(1)
+        if checkpoint_dir is not None:
+            ckpt.save(checkpoint_dir, gi + 1, model, result, config)
+    bar.close()
+    return result
+
+
+def _prune_one(model, name, H, plan_entry, config, pairs, result, mesh, extra_seconds) -> None:
+    pat, s = plan_entry
+    layer = get_layer(model, name)
+    t0 = time.perf_counter()
+    in_before = layer.in_features
+    if isinstance(pat, Structured):  # one unit = group_size channels x kernel positions
+        pair = pairs[name]
+        unit = layer_matrix(layer).shape[2] // in_before * pair.group_size
+        pat = Structured(unit)
+    W0, W1, keep, damp, tries = _solve_layer(layer, H, pat, s, config, mesh)
+    shape = tuple(layer.kernel.get_value().shape)
+    err = _rel_error(W0, W1, H)
+    if isinstance(pat, Structured):
+        kept_units = np.flatnonzero(np.asarray(keep[0, 0]).reshape(-1, unit).all(1))
+        kept = (kept_units[:, None] * pair.group_size + np.arange(pair.group_size)).ravel()
+        _write_kernel(layer, W1)
+        shrink_pair(model, pair, kept)
+        result.kept[name] = kept
+        zeros = 1.0 - len(kept) / in_before
+    else:
+        _write_kernel(layer, W1)
+        result.masks[name] = _kernel_mask(layer, keep)
+        zeros = float(1.0 - np.mean(result.masks[name]))
+    st = LayerStats(name, shape, str(pat), zeros, err,
+                    time.perf_counter() - t0 + extra_seconds, damp, tries)
+    result.stats.append(st)
+    _log(st)
+
+
+# ----------------------------------------------------------------------------- masks
+
+
+@nnx.jit
+def _apply_masks(model: nnx.Module, masks: dict[str, jax.Array]) -> None:
+    for name, m in masks.items():
+        k = get_layer(model, name).kernel
+        k.set_value(jnp.where(m, k.get_value(), 0).astype(k.get_value().dtype))
+
+
+def apply_masks(model: nnx.Module, masks: Mapping[str, np.ndarray]) -> None:
+    """Zero every pruned weight in place: one jitted call over all masked kernels (True = keep)."""
+    _apply_masks(model, {n: jnp.asarray(m) for n, m in masks.items()})

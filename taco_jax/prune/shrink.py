@@ -1,0 +1,99 @@
+"""Structured pruning's physical cut: remove channels from a producer → (norm) → consumer chain.
+
+A ``ShrinkPair`` names a consumer layer whose input channels are pruned (``fc2``, ``attn.proj``,
+``conv2``), the producer layers whose output channels are those inputs (``fc1``; ``attn.qkv``
+with ``repeat=3`` for its ``[q | k | v]`` outputs; ``conv1``) and any per-channel BatchNorm in
+between. ``group_size`` channels form one unit (1 for neurons/channels, ``head_dim`` for heads).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from taco_jax.models.paths import get_layer, named_layers
+
+
+@dataclasses.dataclass(frozen=True)
+class ShrinkPair:
+    consumer: str
+    producers: tuple[str, ...]
+    norms: tuple[str, ...] = ()
+    group_size: int = 1
+    repeat: int = 1  # producer outputs = ``repeat`` stacked copies of the consumer's input space
+
+
+def _set(var: nnx.Variable, value) -> None:
+    var.set_value(jnp.asarray(value))
+
+
+def producer_index(kept: np.ndarray, width: int, repeat: int) -> np.ndarray:
+    """Producer output indices for kept consumer inputs (fused qkv: the same heads in q, k, v)."""
+    return np.concatenate([kept + t * width for t in range(repeat)])
+
+
+def shrink_pair(model: nnx.Module, pair: ShrinkPair, kept: np.ndarray) -> None:
+    """Keep only input channels ``kept`` (sorted) of the consumer and the matching producer
+    outputs and norm channels, in place. The consumer's kernel must already be solved."""
+    kept = np.asarray(kept)
+    consumer = get_layer(model, pair.consumer)
+    width = consumer.in_features
+    k = consumer.kernel.get_value()
+    _set(consumer.kernel, k[kept] if k.ndim == 2 else k[:, :, kept, :])
+    consumer.in_features = len(kept)
+    if isinstance(consumer, nnx.Conv):
+        consumer.kernel_shape = tuple(consumer.kernel.get_value().shape)
+    for name in pair.producers:
+        layer = get_layer(model, name)
+        idx = producer_index(kept, width, pair.repeat)
+        k = layer.kernel.get_value()
+        _set(layer.kernel, k[..., idx])
+        if getattr(layer, "bias", None) is not None and layer.use_bias:
+            _set(layer.bias, layer.bias.get_value()[idx])
+        layer.out_features = len(idx)
+        if isinstance(layer, nnx.Conv):
+            layer.kernel_shape = tuple(layer.kernel.get_value().shape)
+    for name in pair.norms:
+        norm = get_layer(model, name)
+        if not isinstance(norm, nnx.BatchNorm):
+            raise ValueError(f"{name!r} is a {type(norm).__name__}; only per-channel BatchNorm can "
+                             "sit between a shrunk producer and consumer")
+        for field in ("scale", "bias", "mean", "var"):
+            var = getattr(norm, field, None)
+            if var is not None:
+                _set(var, var.get_value()[kept])
+        norm.num_features = len(kept)
+
+
+def _sibling(name: str, leaf: str) -> str:
+    return ".".join([*name.split(".")[:-1], leaf])
+
+
+def infer_pairs(model: nnx.Module) -> list[ShrinkPair]:
+    """Pairs by the timm/torchvision naming the zoo follows: ``fc1→fc2``, ``qkv→proj`` (heads of
+    the parent's ``head_dim``), ``q/k/v→proj``, ``conv1→bn1→conv2`` and ``conv2→bn2→conv3``."""
+    layers = named_layers(model)
+    modules = dict(named_layers(model, (nnx.Module,)))
+    pairs = []
+    for name, layer in layers.items():
+        leaf = name.split(".")[-1]
+        parent = get_layer(model, ".".join(name.split(".")[:-1])) if "." in name else model
+        if leaf == "fc2" and _sibling(name, "fc1") in layers:
+            pairs.append(ShrinkPair(name, (_sibling(name, "fc1"),)))
+        elif leaf == "proj" and hasattr(parent, "head_dim"):
+            if _sibling(name, "qkv") in layers:
+                pairs.append(ShrinkPair(name, (_sibling(name, "qkv"),), group_size=parent.head_dim,
+                                        repeat=3))
+            elif all(_sibling(name, s) in layers for s in "qkv"):
+                pairs.append(ShrinkPair(name, tuple(_sibling(name, s) for s in "qkv"),
+                                        group_size=parent.head_dim))
+        elif leaf in ("conv2", "conv3") and isinstance(layer, nnx.Conv):
+            i = int(leaf[-1])
+            prev, bn = _sibling(name, f"conv{i - 1}"), _sibling(name, f"bn{i - 1}")
+            if prev in layers and getattr(layers[prev], "feature_group_count", 1) == 1 and \
+                    layer.feature_group_count == 1:
+                pairs.append(ShrinkPair(name, (prev,), (bn,) if bn in modules else ()))
+    return pairs
