@@ -20,3 +20,9 @@ def normalizer(mean: Sequence[float], std: Sequence[float]) -> Callable[[jax.Arr
         return (x.astype(jnp.float32) / 255.0 - mean_a) / std_a
 
     return normalize
+
+
+def for_model(model) -> Callable[[jax.Array], jax.Array]:
+    """The normaliser of a zoo model's stored eval transform (``model.preprocess``), for images
+    already at the model's input size."""
+    return normalizer(model.preprocess.mean, model.preprocess.std)

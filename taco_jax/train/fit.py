@@ -59,9 +59,14 @@ class FitConfig:
 
 def make_optimizer(config: FitConfig) -> optax.GradientTransformation:
     """Cosine schedule with linear warm-up; AdamW or SGD with momentum 0.9."""
-    schedule = optax.warmup_cosine_decay_schedule(
-        0.0, config.learning_rate, min(config.warmup_steps, config.steps - 1) or 0,
-        config.steps, end_value=config.learning_rate * 0.01)
+    warmup = min(config.warmup_steps, config.steps - 1)
+    end = config.learning_rate * 0.01
+    if warmup > 0:
+        schedule = optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, warmup,
+                                                      config.steps, end_value=end)
+    else:
+        schedule = optax.cosine_decay_schedule(config.learning_rate, config.steps,
+                                               alpha=end / config.learning_rate)
     if config.optimizer == "adamw":
         return optax.adamw(schedule, weight_decay=config.weight_decay)
     return optax.chain(optax.add_decayed_weights(config.weight_decay),

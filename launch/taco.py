@@ -1,0 +1,36 @@
+"""TACO launcher: few-shot task-aware compression of a generalist model for one task.
+
+  python -m launch.taco --workdir=runs/demo
+  python -m launch.taco --config=configs/taco/demo.py:sparsity=0.75 --workdir=runs/s75
+  python -m launch.taco --config=configs/taco/demo.py --config.shots=16 --workdir=runs/k16
+
+Writes config.json, few_shot_ids.json, report.json, compressed/ and masks.npz into --workdir.
+"""
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from taco_jax.compress import run
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", "configs/taco/demo.py",
+    "Config file (ml_collections), optionally with a variant string: FILE:key=value,...; any "
+    "field can then be overridden with --config.FIELD=VALUE.", lock_config=True)
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Output directory for the report, the few-shot ids and the checkpoints.")
+flags.mark_flag_as_required("workdir")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    try:
+        run.parse(_CONFIG.value)
+    except ValueError as e:
+        raise app.UsageError(str(e)) from None
+    logging.info("Config:\n%s", _CONFIG.value)
+    run.run_taco(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+    app.run(main)

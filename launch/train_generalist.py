@@ -1,0 +1,36 @@
+"""Train the embedded generalist of a TACO config and store it where ``load_or_train`` finds it.
+
+  python -m launch.train_generalist --out=taco_jax/assets    # remake the shipped checkpoint
+  python -m launch.train_generalist --config=configs/taco/demo.py:model=vit_mini --out=DIR
+
+The checkpoint lands in OUT/generalist/<model>-<recipe hash>/ with an info.json (test accuracy,
+training time, the recipe). The TACO launcher uses it when its config has the same recipe.
+"""
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from taco_jax import generalist
+from taco_jax.compress import run
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", "configs/taco/demo.py",
+    "TACO config file[:variant]; its `model` and `generalist` fields are the recipe.")
+_OUT = flags.DEFINE_string(
+    "out", None, "Directory to store the checkpoint in (taco_jax/assets for the shipped one).")
+flags.mark_flag_as_required("out")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    try:
+        _, generalist_config, task = run.parse(_CONFIG.value)
+    except ValueError as e:
+        raise app.UsageError(str(e)) from None
+    generalist.load_or_train(_CONFIG.value.model, generalist_config, data_dir=task.data_dir,
+                             cache_dir=_OUT.value)
+
+
+if __name__ == "__main__":
+    app.run(main)

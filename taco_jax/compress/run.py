@@ -1,0 +1,103 @@
+"""Run TACO from a config (what ``launch/taco.py`` calls): validate, load, compress, write."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+
+from taco_jax import checkpoint, generalist, models
+from taco_jax.compress import taco
+from taco_jax.data import embedded, preprocess, source
+from taco_jax.data.task import Task
+from taco_jax.prune import sequential
+from taco_jax.train import fit
+
+
+def _fit_config(c: ml_collections.ConfigDict, seed: int) -> fit.FitConfig:
+    return fit.FitConfig(seed=seed, **c.to_dict())
+
+
+def parse(config: ml_collections.ConfigDict) -> tuple[taco.TacoConfig, fit.FitConfig, Task]:
+    """Typed, validated configs from a config file; raises ValueError naming a bad value.
+
+    Called before any work starts, so a typo fails in a second, not after training.
+    """
+    if config.model not in models.names():
+        raise ValueError(f"config.model={config.model!r} is not a known model; valid: "
+                         f"{', '.join(models.names())}")
+    task = Task(config.task.dataset, tuple(config.task.classes), config.task.data_dir or None)
+    if task.dataset == source.EMBEDDED:
+        unknown = [c for c in task.classes
+                   if isinstance(c, str) and c not in embedded.CLASS_NAMES]
+        if unknown:
+            raise ValueError(f"config.task.classes has {unknown}, not classes of "
+                             f"{source.EMBEDDED!r}: {list(embedded.CLASS_NAMES)}")
+    else:
+        raise ValueError(f"config.task.dataset={task.dataset!r}: this launcher runs on the "
+                         f"embedded default {source.EMBEDDED!r} for now")
+    prune = sequential.PruneConfig(**config.prune.to_dict())
+    taco_config = taco.TacoConfig(
+        shots=config.shots, seed=config.seed, prune=prune,
+        recover=_fit_config(config.recover, config.seed), baselines=tuple(config.baselines))
+    return taco_config, _fit_config(config.generalist, config.seed), task
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=float))
+    os.replace(tmp, path)  # never a half-written file at `path`
+
+
+def run_taco(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
+    """Compress the configured generalist for the configured task; write everything to workdir.
+
+    Outputs: config.json (resolved), few_shot_ids.json, report.json, compressed/ (orbax state of
+    the compressed model) and masks.npz. Returns the report.
+    """
+    taco_config, generalist_config, task = parse(config)
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    _write_json(workdir / "config.json", json.loads(config.to_json_best_effort()))
+    start = time.perf_counter()
+
+    model, gen_info = generalist.load_or_train(
+        config.model, generalist_config, data_dir=task.data_dir, cache_dir=config.cache_dir or None)
+    train_x, train_y = task.load(task.train_split)
+    test_x, test_y = task.load(task.test_split)
+    data = taco.TaskData(train_x, train_y, test_x, test_y, task.source_class_ids(),
+                         tuple(task.class_names()), preprocess.for_model(model))
+    result = taco.compress(model, data, taco_config)
+
+    report = result.report
+    report["model"] = config.model
+    report["generalist"] = {k: gen_info[k] for k in ("test_top1", "test_top5", "path")}
+    report["environment"] = {"jax": jax.__version__, "backend": jax.default_backend(),
+                             "devices": [str(d) for d in jax.devices()],
+                             "machine": platform.machine(), "cpus": os.cpu_count()}
+    report["seconds"]["total"] = time.perf_counter() - start
+    _write_json(workdir / "few_shot_ids.json", report["task"]["few_shot_ids"])
+    checkpoint.save_state(workdir / "compressed", result.model)
+    np.savez_compressed(workdir / "masks.npz", **{k: np.asarray(v)
+                                                  for k, v in result.masks.items()})
+    _write_json(workdir / "report.json", report)
+    _log_summary(report)
+    return report
+
+
+def _log_summary(report: dict) -> None:
+    s = report["sparsity"]["pruned_layers"]
+    lines = [f"dense task teacher        top-1 {report['dense']['top1']:6.2f}%",
+             f"TACO ({s['sparsity']:.0%} sparse, {s['compression']:.1f}x fewer non-zeros) "
+             f"top-1 {report['compressed']['top1']:6.2f}%"]
+    for name, b in report["baselines"].items():
+        acc = b["compressed"]["top1"] if "compressed" in b else b["top1"]
+        lines.append(f"baseline {name:<16} top-1 {acc:6.2f}%")
+    logging.info("Summary:\n  %s", "\n  ".join(lines))

@@ -1,0 +1,83 @@
+"""The embedded generalist: a small model trained on all 20 embedded classes, cached on disk.
+
+The demo needs a "large, general" model to specialise. Its checkpoint is looked up by a key that
+holds every setting that changes the weights (architecture, dataset version, training recipe), so
+a different recipe never reuses a stale checkpoint: first in the checkpoints shipped inside the
+package (``taco_jax/assets/generalist``, made by ``python -m launch.train_generalist``), then in
+the user cache; if neither has it, it is trained here and cached as an orbax checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+from absl import logging
+from flax import nnx
+
+from taco_jax import checkpoint, models
+from taco_jax.data import embedded, preprocess, source
+from taco_jax.train import fit
+
+SHIPPED_DIR = Path(__file__).parent / "assets"
+
+
+def default_cache_dir() -> Path:
+    """$TACO_JAX_CACHE, else ~/.cache/taco_jax."""
+    return Path(os.environ.get("TACO_JAX_CACHE", Path.home() / ".cache" / "taco_jax"))
+
+
+def _build(arch: str, seed: int) -> nnx.Module:
+    return models.create(arch, num_classes=len(embedded.CLASS_NAMES), rngs=nnx.Rngs(seed))
+
+
+def load_or_train(
+    arch: str,
+    train_config: fit.FitConfig,
+    *,
+    data_dir: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+) -> tuple[nnx.Module, dict]:
+    """The 20-class embedded generalist ``arch`` and its info (cache path, test accuracy, time).
+
+    Trains with ``train_config`` on the embedded train split if no cached checkpoint exists.
+    """
+    recipe = {"arch": arch, "dataset": f"{source.EMBEDDED}:{embedded.TacoEmbedded.VERSION}",
+              "train": dataclasses.asdict(train_config)}
+    key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
+    name = Path("generalist") / f"{arch}-{key}"
+    model = _build(arch, train_config.seed)
+    shipped = SHIPPED_DIR / name
+    path = shipped if (shipped / "info.json").exists() else Path(
+        cache_dir or default_cache_dir()) / name
+    info_file = path / "info.json"
+    if info_file.exists():
+        checkpoint.restore_state(path / "state", model)
+        model.eval()
+        info = json.loads(info_file.read_text())
+        logging.info("Restored the %s generalist from %s (test top-1 %.2f%%).", arch, path,
+                     info["test_top1"])
+        return model, info
+
+    logging.info("Training the %s generalist on the embedded 20-class train split (once; cached "
+                 "at %s).", arch, path)
+    data = source.read_split(source.EMBEDDED, "train", data_dir)
+    test = source.read_split(source.EMBEDDED, "test", data_dir)
+    normalize = preprocess.for_model(model)
+    start = time.perf_counter()
+    fit.fit(model, data["image"], data["label"], train_config, normalize, desc="generalist")
+    seconds = time.perf_counter() - start
+    acc = fit.evaluate(model, test["image"], test["label"], normalize)
+    info = {"recipe": recipe, "test_top1": acc["top1"], "test_top5": acc["top5"],
+            "train_seconds": seconds, "path": str(path)}
+    shutil.rmtree(path, ignore_errors=True)  # a run interrupted before info.json was written
+    path.mkdir(parents=True)
+    checkpoint.save_state(path / "state", model)
+    info_file.write_text(json.dumps(info, indent=2))  # written last: marks the cache complete
+    logging.info("Generalist %s: test top-1 %.2f%% after %.0fs.", arch, acc["top1"], seconds)
+    return model, info

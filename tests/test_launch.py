@@ -1,0 +1,44 @@
+"""The launchers explain themselves and reject bad values before doing any work."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(*args):
+    return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+
+
+@pytest.mark.parametrize("module", ["launch.taco", "launch.train_generalist"])
+def test_help_lists_every_flag_with_a_sentence(module):
+    out = _run(module, "--helpshort")
+    text = out.stdout  # absl prints help to stdout and exits with status 1
+    assert out.returncode in (0, 1) and "Try --helpfull" in text, out.stderr
+    for flag in ("--config", "--workdir" if module == "launch.taco" else "--out"):
+        assert flag in text
+    assert "Config file" in text or "config file" in text
+
+
+@pytest.mark.parametrize("variant, message", [
+    ("model=resnet9000", "config.model='resnet9000' is not a known model; valid: "),
+    ("sparsity=1.5", "1.5"),
+    ("pattern=3:2", "N:M needs 0 < N < M, got N=3, M=2"),
+    ("colour=blue", "unknown config variant key 'colour'"),
+])
+def test_bad_config_fails_before_work_and_writes_nothing(tmp_path, variant, message):
+    workdir = tmp_path / "run"
+    out = _run("launch.taco", f"--config=configs/taco/demo.py:{variant}", f"--workdir={workdir}")
+    assert out.returncode != 0
+    assert message in out.stderr
+    assert not workdir.exists()
+
+
+def test_unknown_task_class_is_named(tmp_path):
+    out = _run("launch.taco", "--config.task.classes=('cat','unicorn')",
+               f"--workdir={tmp_path / 'run'}")
+    assert out.returncode != 0 and "'unicorn'" in out.stderr

@@ -1,0 +1,67 @@
+"""TACO end to end on a tiny model and the embedded data: structure, masks held, report."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+from flax import nnx
+
+from taco_jax import models
+from taco_jax.compress import adapt, taco
+from taco_jax.data import preprocess, source
+from taco_jax.data.task import Task
+from taco_jax.prune import sequential
+from taco_jax.train import fit
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    data_dir = str(tmp_path_factory.mktemp("tfds"))
+    model = models.create("resnet_mini", num_classes=20, widths=(8, 8, 16), layers=(1, 1, 1))
+    train = source.read_split(source.EMBEDDED, "train", data_dir)
+    normalize = preprocess.for_model(model)
+    fit.fit(model, train["image"], train["label"],
+            fit.FitConfig(steps=120, batch_size=64, learning_rate=3e-3), normalize)
+    task = Task(source.EMBEDDED, ("cat", "cow", "sheep"), data_dir=data_dir)
+    train_x, train_y = task.load("train")
+    test_x, test_y = task.load("test")
+    data = taco.TaskData(train_x, train_y, test_x[:300], test_y[:300], task.source_class_ids(),
+                         tuple(task.class_names()), normalize)
+    return model, data
+
+
+def test_compress_holds_masks_and_reports(setup):
+    model, data = setup
+    config = taco.TacoConfig(
+        shots=16, prune=sequential.PruneConfig(pattern="unstructured", sparsity=0.75),
+        recover=fit.FitConfig(steps=30, batch_size=16, kd_weight=1.0, ce_weight=0.0),
+        baselines=("magnitude",))
+    before = nnx.state(model, nnx.Param)
+    out = taco.compress(model, data, config)
+    r = out.report
+
+    # The input model is untouched (still 20 classes), the result has the task's 3 outputs.
+    assert model.fc.kernel.value.shape[1] == 20
+    assert out.model.fc.kernel.value.shape[1] == 3
+    for a, b in zip(before.flat_state(), nnx.state(model, nnx.Param).flat_state(), strict=True):
+        np.testing.assert_array_equal(np.asarray(a[1].value), np.asarray(b[1].value))
+
+    # Dense accuracy is the head-restricted generalist's, evaluated independently here.
+    teacher = adapt.restrict_head(nnx.clone(model), data.class_ids)
+    assert r["dense"] == fit.evaluate(teacher, data.test_images, data.test_labels,
+                                      data.preprocess)
+    # Masks survive recovery: every pruned layer's weights are zero exactly where masked.
+    assert set(out.masks) == set(sequential.default_layers(out.model, config.prune))
+    for name, mask in out.masks.items():
+        kernel = np.asarray(models.get_layer(out.model, name).kernel.value)
+        assert np.all(kernel[~mask] == 0), name
+    s = r["sparsity"]["pruned_layers"]
+    assert 0.74 <= s["sparsity"] <= 0.76 and s["compression"] == pytest.approx(4, rel=0.05)
+    assert len(r["task"]["few_shot_ids"]) == 16 * 3
+    assert {"magnitude"} == set(r["baselines"])
+    assert all(x["rel_error"] >= 0 for x in r["layers"])
+
+
+def test_taco_config_rejects_unknown_baseline():
+    with pytest.raises(ValueError, match=r"unknown baselines \['random'\]"):
+        dataclasses.replace(taco.TacoConfig(), baselines=("random",))
