@@ -59,7 +59,7 @@ def load_or_train(
     if info_file.exists():
         checkpoint.restore_state(path / "state", model)
         model.eval()
-        info = json.loads(info_file.read_text())
+        info = {**json.loads(info_file.read_text()), "path": str(path)}
         logging.info("Restored the %s generalist from %s (test top-1 %.2f%%).", arch, path,
                      info["test_top1"])
         return model, info
@@ -74,10 +74,11 @@ def load_or_train(
     seconds = time.perf_counter() - start
     acc = fit.evaluate(model, test["image"], test["label"], normalize)
     info = {"recipe": recipe, "test_top1": acc["top1"], "test_top5": acc["top5"],
-            "train_seconds": seconds, "path": str(path)}
+            "train_seconds": seconds}
     shutil.rmtree(path, ignore_errors=True)  # a run interrupted before info.json was written
     path.mkdir(parents=True)
     checkpoint.save_state(path / "state", model)
     info_file.write_text(json.dumps(info, indent=2))  # written last: marks the cache complete
+    info["path"] = str(path)
     logging.info("Generalist %s: test top-1 %.2f%% after %.0fs.", arch, acc["top1"], seconds)
     return model, info

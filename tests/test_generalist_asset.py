@@ -1,0 +1,29 @@
+"""The shipped embedded generalist: found for the demo recipe, loads, and is as accurate as its
+recorded test accuracy (re-evaluated here), so a model-code change that breaks it fails CI."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from configs.taco.demo import get_config
+from taco_jax import generalist
+from taco_jax.compress import run
+from taco_jax.data import preprocess, source
+from taco_jax.train import fit
+
+
+def test_demo_generalist_ships_and_matches_its_recorded_accuracy(tmp_path):
+    config = get_config()
+    _, generalist_config, _ = run.parse(config)
+    # An empty cache dir: the model must come from the package, not be trained here.
+    model, info = generalist.load_or_train(config.model, generalist_config,
+                                           cache_dir=tmp_path)
+    assert Path(info["path"]).is_relative_to(generalist.SHIPPED_DIR), info["path"]
+    assert not any(tmp_path.iterdir())
+    test = source.read_split(source.EMBEDDED, "test")
+    acc = fit.evaluate(model, test["image"], test["label"], preprocess.for_model(model))
+    assert acc["top1"] == pytest.approx(info["test_top1"], abs=0.05)
+    assert acc["top1"] > 85.0
+    recorded = json.loads((Path(info["path"]) / "info.json").read_text())
+    assert recorded["recipe"]["arch"] == config.model
