@@ -2,7 +2,7 @@
 
 Both the names stored in Hub checkpoints (``vit.encoder.layer.0.attention.attention.query``) and
 those of transformers 5 modules (``vit.layers.0.attention.q_proj``) are accepted. Separate
-``q/k/v`` projections are fused into timm's ``qkv`` (rows ``[q; k; v]``).
+``q/k/v`` projections of equal shape are fused into timm's ``qkv`` (rows ``[q; k; v]``).
 """
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ def hf_to_timm(sd: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[s
         out[new], origin[new] = value, key
     for name in [k for k in out if re.search(r"\.attn\.q\.(weight|bias)$", k)]:
         parts = [name.replace(".attn.q.", f".attn.{x}.") for x in "qkv"]
-        if all(p in out for p in parts):
+        if all(p in out for p in parts) and len({out[p].shape for p in parts}) == 1:
             fused = name.replace(".attn.q.", ".attn.qkv.")
             out[fused] = np.concatenate([out.pop(p) for p in parts], axis=0)
             origin[fused] = " + ".join(origin.pop(p) for p in parts)
