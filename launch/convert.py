@@ -2,7 +2,7 @@
 
     python -m launch.convert --src=vit_small.safetensors --arch=vit_small_patch16_224 --out=ckpt/
 
-``.safetensors`` is read without torch; ``.pth``/``.pt``/``.bin`` need torch installed. The
+``.safetensors`` and ``.npz`` are read without torch; ``.pth``/``.pt``/``.bin`` need torch. The
 classifier size is read from the checkpoint. On any mismatch (missing, unexpected or misshaped
 tensors) the error lists each one and nothing is written to ``--out``.
 """
@@ -15,17 +15,17 @@ from absl import app, flags, logging
 
 from taco_jax.convert import convert_state_dict, load_state_dict, save_checkpoint
 from taco_jax.convert.convert import NAMINGS
-from taco_jax.convert.state_dict import SAFETENSORS_SUFFIXES, TORCH_SUFFIXES
+from taco_jax.convert.state_dict import SUFFIXES
 from taco_jax.models import PRESETS, names
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("src", None, "PyTorch checkpoint file: "
-                    + ", ".join(SAFETENSORS_SUFFIXES + TORCH_SUFFIXES) + ".", required=True)
+                    + ", ".join(SUFFIXES) + ".", required=True)
 flags.DEFINE_enum("arch", None, names(), "Registered architecture to build.", required=True)
 flags.DEFINE_string("out", None, "Output directory; must not exist yet.", required=True)
 flags.DEFINE_enum("naming", "auto", list(NAMINGS),
                   "Parameter names in --src: timm (also torchvision ResNets), hf (Hugging Face), "
-                  "or auto (hf when keys start with vit./deit./convnext./resnet.).")
+                  "augreg (Google's JAX ViT .npz), or auto (told apart by the keys).")
 flags.DEFINE_enum("preprocess", None, list(PRESETS),
                   "Eval preprocessing preset stored with the model (default: the arch's own).")
 flags.DEFINE_integer("img_size", None, "Input resolution to build for; ViT position embeddings "
@@ -39,9 +39,9 @@ def _check_src(value: str | None) -> bool:
     path = Path(value)
     if not path.is_file():
         raise flags.ValidationError(f"--src={value!r}: no such file")
-    if path.suffix not in SAFETENSORS_SUFFIXES + TORCH_SUFFIXES:
+    if path.suffix not in SUFFIXES:
         raise flags.ValidationError(f"--src={value!r}: suffix {path.suffix!r} is not one of "
-                                    + ", ".join(SAFETENSORS_SUFFIXES + TORCH_SUFFIXES))
+                                    + ", ".join(SUFFIXES))
     return True
 
 

@@ -72,9 +72,9 @@ def test_torch_checkpoint_with_wrappers(tmp_path):
 
 
 def test_unknown_suffix_and_missing_file(tmp_path):
-    (tmp_path / "w.npz").write_bytes(b"")
-    with pytest.raises(ValueError, match=r"unknown suffix '.npz'"):
-        load_state_dict(tmp_path / "w.npz")
+    (tmp_path / "w.ckpt").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"unknown suffix '.ckpt'"):
+        load_state_dict(tmp_path / "w.ckpt")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_state_dict(tmp_path / "nope.safetensors")
 
@@ -120,7 +120,7 @@ def test_hugging_face_mismatch_names_the_source_tensors():
 def test_bad_arguments_name_the_value():
     with pytest.raises(ValueError, match=r"unknown arch 'vit_huge'.*resnet18"):
         convert_state_dict({}, "vit_huge")
-    with pytest.raises(ValueError, match=r"naming must be one of auto, timm, hf, got 'tf'"):
+    with pytest.raises(ValueError, match=r"naming must be one of auto, timm, hf, augreg, got 'tf'"):
         convert_state_dict({}, "vit_mini", naming="tf")
 
 

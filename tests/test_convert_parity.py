@@ -172,3 +172,50 @@ def test_hugging_face_hub_names_give_the_same_model():
     for x, y in zip(nnx.to_flat_state(nnx.state(a)), nnx.to_flat_state(nnx.state(b)),
                     strict=True):
         assert x[0] == y[0] and np.array_equal(x[1].value, y[1].value)
+
+
+def _augreg_npz(path, *, big_vision: bool, dim=192, heads=3, depth=12, classes=1000, seed=0):
+    """A random checkpoint in Google's JAX ViT layout (vit_tiny_patch16_224 shapes)."""
+    rng = np.random.default_rng(seed)
+    normal = lambda *shape, s=0.05: (s * rng.standard_normal(shape)).astype(np.float32)
+    scale = lambda n: (0.5 + rng.random(n)).astype(np.float32)
+    mha, mlp, ln2 = (0, 0, 1) if big_vision else (1, 3, 2)
+    pre = "params/" if big_vision else ""
+    w = {"embedding/kernel": normal(16, 16, 3, dim), "embedding/bias": normal(dim, s=0.2),
+         "cls": normal(1, 1, dim, s=0.2), "Transformer/encoder_norm/scale": scale(dim),
+         "Transformer/encoder_norm/bias": normal(dim, s=0.2), "head/kernel": normal(dim, classes),
+         "head/bias": normal(classes, s=0.2)}
+    pos = "pos_embedding" if big_vision else "Transformer/posembed_input/pos_embedding"
+    w[pos] = normal(1, 197, dim, s=0.2)
+    for i in range(depth):
+        b = f"Transformer/encoderblock_{i}/"
+        att = f"{b}MultiHeadDotProductAttention_{mha}/"
+        for ln in ("LayerNorm_0", f"LayerNorm_{ln2}"):
+            w[f"{b}{ln}/scale"], w[f"{b}{ln}/bias"] = scale(dim), normal(dim, s=0.2)
+        for n in ("query", "key", "value"):
+            w[f"{att}{n}/kernel"] = normal(dim, heads, dim // heads)
+            w[f"{att}{n}/bias"] = normal(heads, dim // heads, s=0.2)
+        w[f"{att}out/kernel"], w[f"{att}out/bias"] = normal(heads, dim // heads, dim), normal(dim)
+        w[f"{b}MlpBlock_{mlp}/Dense_0/kernel"] = normal(dim, 4 * dim)
+        w[f"{b}MlpBlock_{mlp}/Dense_0/bias"] = normal(4 * dim, s=0.2)
+        w[f"{b}MlpBlock_{mlp}/Dense_1/kernel"] = normal(4 * dim, dim)
+        w[f"{b}MlpBlock_{mlp}/Dense_1/bias"] = normal(dim, s=0.2)
+    np.savez(path, **{pre + k: v for k, v in w.items()})
+
+
+@pytest.mark.parametrize("big_vision", [False, True])
+def test_augreg_npz_parity_with_timms_npz_loader(tmp_path, big_vision):
+    timm = _timm()
+    from timm.models.vision_transformer import _load_weights
+
+    from taco_jax.convert import load_state_dict
+
+    _augreg_npz(tmp_path / "w.npz", big_vision=big_vision)
+    ref = timm.create_model("vit_tiny_patch16_224", pretrained=False).eval()
+    _load_weights(ref, str(tmp_path / "w.npz"))
+    model, _ = convert_state_dict(load_state_dict(tmp_path / "w.npz"), "vit_tiny_patch16_224")
+    x = np.random.default_rng(2).standard_normal((2, 224, 224, 3), np.float32)
+    with torch.no_grad():
+        expected = ref(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy()
+    assert np.abs(expected).max() > 0.1
+    np.testing.assert_allclose(nnx.jit(lambda m, x: m(x))(model, x), expected, atol=TOL, rtol=0)

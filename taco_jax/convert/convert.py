@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 from flax import nnx
 
+from taco_jax.convert.augreg_names import augreg_to_timm, is_augreg
 from taco_jax.convert.hf_names import hf_to_timm, is_hf
 from taco_jax.convert.load import CheckpointMismatchError, load_state_dict_into
 from taco_jax.models import create, names
@@ -15,7 +16,7 @@ from taco_jax.models.convnext import ConvNeXt
 from taco_jax.models.preprocess import PRESETS
 from taco_jax.models.vit import VisionTransformer
 
-NAMINGS = ("auto", "timm", "hf")
+NAMINGS = ("auto", "timm", "hf", "augreg")
 
 # Hugging Face configs use LayerNorm eps 1e-12 where timm uses 1e-6.
 _HF_OVERRIDES: dict[type, dict[str, Any]] = {
@@ -36,7 +37,8 @@ class ModelSpec:
 def convert_state_dict(sd: dict[str, np.ndarray], arch: str, *, naming: str = "auto",
                        preprocess: str | None = None, **overrides
                        ) -> tuple[nnx.Module, ModelSpec]:
-    """Build ``arch`` with the weights of ``sd`` (timm / torchvision or Hugging Face names).
+    """Build ``arch`` with the weights of ``sd``: timm / torchvision names, Hugging Face names
+    (``hf``) or Google's JAX ViT ``.npz`` layout (``augreg``); ``auto`` tells them apart.
 
     The class count is read from the classifier weight. ``preprocess`` names a preset of
     ``taco_jax.models.PRESETS`` (default: the architecture's own). ``overrides`` go to
@@ -51,9 +53,13 @@ def convert_state_dict(sd: dict[str, np.ndarray], arch: str, *, naming: str = "a
         raise ValueError(f"unknown preprocess preset {preprocess!r}; valid: {', '.join(PRESETS)}")
     probe = nnx.eval_shape(lambda: create(arch, num_classes=1))
     origin = None
-    if naming == "hf" or (naming == "auto" and is_hf(sd)):
+    if naming == "auto":
+        naming = "hf" if is_hf(sd) else "augreg" if is_augreg(sd) else "timm"
+    if naming == "hf":
         sd, origin = hf_to_timm(sd)
         overrides = {**_HF_OVERRIDES.get(type(probe), {}), **overrides}
+    elif naming == "augreg":
+        sd, origin = augreg_to_timm(sd)
     num_classes = _num_classes(sd, arch, probe.head_name)
     spec = ModelSpec(arch, num_classes, overrides)
     model = nnx.eval_shape(lambda: create(arch, num_classes=num_classes, **overrides))

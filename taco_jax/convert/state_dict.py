@@ -1,6 +1,7 @@
 """Load a PyTorch state dict from disk as ``{name: np.ndarray}``.
 
-``.safetensors`` is read without torch; ``.pth``/``.pt``/``.bin`` need torch (loaded with
+``.safetensors`` and ``.npz`` (Google's JAX ViT releases) are read without torch;
+``.pth``/``.pt``/``.bin`` need torch (loaded with
 ``weights_only=True``, never executing pickled code). Wrappers used by training scripts
 (``state_dict``, ``model``, ``state_dict_ema``, a ``module.`` prefix) are removed.
 """
@@ -14,7 +15,9 @@ import numpy as np
 from taco_jax.convert.safetensors_io import read_safetensors
 
 SAFETENSORS_SUFFIXES = (".safetensors",)
+NUMPY_SUFFIXES = (".npz",)
 TORCH_SUFFIXES = (".pth", ".pt", ".bin")
+SUFFIXES = SAFETENSORS_SUFFIXES + NUMPY_SUFFIXES + TORCH_SUFFIXES
 _WRAPPERS = ("state_dict_ema", "model_ema", "state_dict", "model")
 
 
@@ -25,11 +28,14 @@ def load_state_dict(path: str | Path) -> dict[str, np.ndarray]:
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist or is not a file")
     if path.suffix in SAFETENSORS_SUFFIXES:
         sd = read_safetensors(path)
+    elif path.suffix in NUMPY_SUFFIXES:
+        with np.load(path, allow_pickle=False) as npz:
+            sd = {k: npz[k] for k in npz.files}
     elif path.suffix in TORCH_SUFFIXES:
         sd = _read_torch(path)
     else:
         raise ValueError(f"checkpoint {str(path)!r}: unknown suffix {path.suffix!r}; expected "
-                         f"one of {', '.join(SAFETENSORS_SUFFIXES + TORCH_SUFFIXES)}")
+                         f"one of {', '.join(SUFFIXES)}")
     return strip_prefix(sd, "module.")
 
 
