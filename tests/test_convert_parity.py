@@ -70,6 +70,8 @@ def assert_parity(torch_model, arch: str, img_size: int, *, batch: int = 2, **ov
     ours = np.asarray(nnx.jit(lambda m, x: m(x))(model, x))
     assert ours.shape == ref.shape
     assert np.abs(ref).max() > 0.1  # the comparison means something
+    print(f"parity {arch}@{img_size}: max abs diff {np.abs(ours - ref).max():.2e}, "
+          f"max |logit| {np.abs(ref).max():.2f}")
     np.testing.assert_allclose(ours, ref, atol=TOL, rtol=0)
     return model, spec
 
