@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 from flax import nnx
 
 from taco_jax.convert.pos_embed import resize_pos_embed
@@ -123,4 +124,5 @@ def _resized_pos_embed(model: nnx.Module, value: np.ndarray, shape: tuple) -> np
             or not _is_square(value.shape[1] - prefix)):
         return value
     side = math.isqrt(shape[1] - prefix)
+    logging.info("resizing pos_embed from %s to %s (grid %d×%d)", value.shape, shape, side, side)
     return resize_pos_embed(value, prefix, (side, side))
