@@ -28,6 +28,8 @@ flags.DEFINE_enum("naming", "auto", list(NAMINGS),
                   "augreg (Google's JAX ViT .npz), or auto (told apart by the keys).")
 flags.DEFINE_enum("preprocess", None, list(PRESETS),
                   "Eval preprocessing preset stored with the model (default: the arch's own).")
+flags.DEFINE_integer("num_classes", None, "Only for checkpoints without a classifier: size of "
+                     "the new, zero-initialized one (otherwise read from --src).", lower_bound=1)
 flags.DEFINE_integer("img_size", None, "Input resolution to build for; ViT position embeddings "
                      "are resized to it (default: the arch's own).", lower_bound=1)
 
@@ -59,7 +61,8 @@ def main(argv: list[str]) -> None:
     sd = load_state_dict(FLAGS.src)
     logging.info("read %d tensors from %s", len(sd), FLAGS.src)
     model, spec = convert_state_dict(sd, FLAGS.arch, naming=FLAGS.naming,
-                                     preprocess=FLAGS.preprocess, **overrides)
+                                     preprocess=FLAGS.preprocess, num_classes=FLAGS.num_classes,
+                                     **overrides)
     out = save_checkpoint(model, spec, FLAGS.out,
                           source={"file": str(Path(FLAGS.src).absolute()), "naming": FLAGS.naming})
     logging.info("wrote %s (%s, %d classes)", out, spec.arch, spec.num_classes)

@@ -117,6 +117,20 @@ def test_hugging_face_mismatch_names_the_source_tensors():
         "found [96, 95]"]
 
 
+def test_checkpoint_without_classifier_gets_a_zero_head():
+    sd = _random_state_dict("deit_tiny_distilled_patch16_224")
+    backbone = {k: v for k, v in sd.items() if not k.startswith("head")}
+    with pytest.raises(CheckpointMismatchError, match="give num_classes"):
+        convert_state_dict(backbone, "deit_tiny_distilled_patch16_224")
+    model, spec = convert_state_dict(backbone, "deit_tiny_distilled_patch16_224", num_classes=5)
+    assert spec.num_classes == 5
+    for head in (model.head, model.head_dist):
+        assert head.kernel.value.shape == (192, 5) and not np.any(head.kernel.value)
+    np.testing.assert_array_equal(model.pos_embed.value, sd["pos_embed"])
+    with pytest.raises(ValueError, match=r"head.weight has 7 classes but num_classes=5"):
+        convert_state_dict(sd, "deit_tiny_distilled_patch16_224", num_classes=5)
+
+
 def test_bad_arguments_name_the_value():
     with pytest.raises(ValueError, match=r"unknown arch 'vit_huge'.*resnet18"):
         convert_state_dict({}, "vit_huge")
