@@ -67,8 +67,8 @@ class Stage(nnx.Module):
 class NormHead(nnx.Module):
     """timm's ``NormMlpClassifierHead``: ``norm`` (LayerNorm after pooling) then ``fc``."""
 
-    def __init__(self, dim: int, num_classes: int, *, rngs: nnx.Rngs):
-        self.norm = layer_norm(dim, 1e-6, rngs=rngs)
+    def __init__(self, dim: int, num_classes: int, *, eps: float = 1e-6, rngs: nnx.Rngs):
+        self.norm = layer_norm(dim, eps, rngs=rngs)
         self.fc = nnx.Linear(dim, num_classes, kernel_init=TRUNC_NORMAL, rngs=rngs)
 
 
@@ -78,8 +78,9 @@ class ConvNeXt(nnx.Module):
     head_name = "head.fc"
 
     def __init__(self, *, num_classes: int, depths: Sequence[int], dims: Sequence[int],
-                 in_chans: int = 3, drop_path_rate: float = 0.0, preprocess: Preprocess,
-                 rngs: nnx.Rngs):
+                 in_chans: int = 3, drop_path_rate: float = 0.0, head_norm_eps: float = 1e-6,
+                 preprocess: Preprocess, rngs: nnx.Rngs):
+        """``head_norm_eps``: 1e-6 in timm, 1e-12 in Hugging Face checkpoints."""
         if len(depths) != len(dims):
             raise ValueError(f"depths {tuple(depths)} and dims {tuple(dims)} differ in length")
         self.preprocess = preprocess
@@ -90,7 +91,7 @@ class ConvNeXt(nnx.Module):
         self.stages = nnx.List([
             Stage(dims[max(i - 1, 0)], dims[i], depths[i], downsample=i > 0,
                   drop_path_rates=rates[i].tolist(), rngs=rngs) for i in range(len(depths))])
-        self.head = NormHead(dims[-1], num_classes, rngs=rngs)
+        self.head = NormHead(dims[-1], num_classes, eps=head_norm_eps, rngs=rngs)
 
     def forward_features(self, x: jax.Array) -> jax.Array:
         """(B, H, W, C) → pooled, normed pre-logits (B, dims[-1])."""

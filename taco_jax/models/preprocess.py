@@ -5,6 +5,9 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import numpy as np
+from numpy.typing import ArrayLike
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 HALF = (0.5, 0.5, 0.5)
@@ -37,6 +40,14 @@ class Preprocess:
         """The same recipe for another crop size, keeping the crop fraction."""
         return dataclasses.replace(self, input_size=input_size,
                                    resize_size=round(input_size / self.crop_pct))
+
+    def normalize(self, images: ArrayLike) -> np.ndarray:
+        """(..., H, W, C) float pixels in [0, 1] (already resized and cropped) → model input."""
+        x = np.asarray(images, np.float32)
+        if x.shape[-1] != len(self.mean):
+            raise ValueError(f"images have {x.shape[-1]} channels, preprocessing expects "
+                             f"{len(self.mean)}")
+        return (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -128,7 +128,9 @@ class VisionTransformer(nnx.Module):
         """(B, H, W, C) → final-normed tokens (B, prefix + N, D); prefix = [cls(, dist)]."""
         x = self.patch_embed(x)
         b = x.shape[0]
-        prefix = [self.cls_token.value] + ([self.dist_token.value] if self.dist_token else [])
+        prefix = [self.cls_token.value]
+        if self.dist_token is not None:
+            prefix.append(self.dist_token.value)
         x = jnp.concatenate([jnp.broadcast_to(t, (b, 1, t.shape[-1])) for t in prefix] + [x], 1)
         if x.shape[1] != self.pos_embed.value.shape[1]:
             raise ValueError(f"input gives {x.shape[1]} tokens but pos_embed has "

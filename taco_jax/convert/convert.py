@@ -1,0 +1,104 @@
+"""State dict → Flax model: name detection, head size, Hugging Face defaults, preprocessing."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+from absl import logging
+from flax import nnx
+
+from taco_jax.convert.augreg_names import augreg_to_timm, is_augreg
+from taco_jax.convert.hf_names import hf_to_timm, is_hf
+from taco_jax.convert.load import CheckpointMismatchError, load_state_dict_into, torch_layout
+from taco_jax.models import create, names
+from taco_jax.models.convnext import ConvNeXt
+from taco_jax.models.preprocess import PRESETS
+from taco_jax.models.vit import VisionTransformer
+
+NAMINGS = ("auto", "timm", "hf", "augreg")
+
+# Hugging Face configs use LayerNorm eps 1e-12 where timm uses 1e-6.
+_HF_OVERRIDES: dict[type, dict[str, Any]] = {
+    VisionTransformer: {"norm_eps": 1e-12},
+    ConvNeXt: {"head_norm_eps": 1e-12},
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """What rebuilds a converted model: ``create(arch, num_classes=..., **overrides)``."""
+
+    arch: str
+    num_classes: int
+    overrides: dict[str, Any]
+
+
+def convert_state_dict(sd: dict[str, np.ndarray], arch: str, *, naming: str = "auto",
+                       preprocess: str | None = None, num_classes: int | None = None,
+                       **overrides) -> tuple[nnx.Module, ModelSpec]:
+    """Build ``arch`` with the weights of ``sd``: timm / torchvision names, Hugging Face names
+    (``hf``) or Google's JAX ViT ``.npz`` layout (``augreg``); ``auto`` tells them apart.
+
+    The class count is read from the classifier weight. A checkpoint without a classifier (a
+    backbone saved with ``num_classes=0``) needs ``num_classes``: the new classifier is
+    zero-initialized. ``preprocess`` names a preset of
+    ``taco_jax.models.PRESETS`` (default: the architecture's own). ``overrides`` go to
+    ``create`` (e.g. ``img_size=384``: the position embedding is resized to match).
+    The model is returned in eval mode (BatchNorm uses the running statistics).
+    """
+    if arch not in names():
+        raise ValueError(f"unknown arch {arch!r}; valid: {', '.join(names())}")
+    if naming not in NAMINGS:
+        raise ValueError(f"naming must be one of {', '.join(NAMINGS)}, got {naming!r}")
+    if preprocess is not None and preprocess not in PRESETS:
+        raise ValueError(f"unknown preprocess preset {preprocess!r}; valid: {', '.join(PRESETS)}")
+    probe = nnx.eval_shape(lambda: create(arch, num_classes=1))
+    origin = None
+    if naming == "auto":
+        naming = "hf" if is_hf(sd) else "augreg" if is_augreg(sd) else "timm"
+    if naming == "hf":
+        sd, origin = hf_to_timm(sd)
+        overrides = {**_HF_OVERRIDES.get(type(probe), {}), **overrides}
+    elif naming == "augreg":
+        sd, origin = augreg_to_timm(sd)
+    num_classes = _num_classes(sd, arch, probe.head_name, num_classes)
+    spec = ModelSpec(arch, num_classes, overrides)
+    model = nnx.eval_shape(lambda: create(arch, num_classes=num_classes, **overrides))
+    if f"{model.head_name}.weight" not in sd:
+        sd = _with_zero_heads(model, sd)
+    load_state_dict_into(model, sd, arch=arch, origin=origin)
+    if preprocess is not None:
+        model.preprocess = PRESETS[preprocess].at_size(model.preprocess.input_size)
+    model.eval()
+    return model, spec
+
+
+def _num_classes(sd: dict[str, np.ndarray], arch: str, head_name: str,
+                 requested: int | None) -> int:
+    key = f"{head_name}.weight"
+    if key in sd and np.ndim(sd[key]) == 2:
+        found = int(sd[key].shape[0])
+        if requested not in (None, found):
+            raise ValueError(f"{key} has {found} classes but num_classes={requested}; leave "
+                             "num_classes unset (a new task head is fitted later, on the model)")
+        return found
+    if requested is None:
+        raise CheckpointMismatchError(arch, [
+            f"missing: {key} (the classifier, 2-D), needed to know the number of classes; "
+            "for a checkpoint without classifier give num_classes"])
+    if requested < 1:
+        raise ValueError(f"num_classes must be >= 1, got {requested}")
+    return requested
+
+
+def _with_zero_heads(model: nnx.Module, sd: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Add zero weights for the classifier(s) (``head_dist`` too) that the checkpoint lacks."""
+    has_dist = getattr(model, "head_dist", None) is not None
+    heads = [model.head_name] + (["head_dist"] if has_dist else [])
+    layout = torch_layout(model)
+    new = {f"{h}.{leaf}": np.zeros(layout[f"{h}.{leaf}"].torch_shape, np.float32)
+           for h in heads for leaf in ("weight", "bias")}
+    logging.warning("checkpoint has no classifier: %s zero-initialized", ", ".join(heads))
+    return {**sd, **{k: v for k, v in new.items() if k not in sd}}
