@@ -1,0 +1,46 @@
+"""Shared checks and small helpers for the block-sparse kernels."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from .bsr import BSR, validate_bsr
+
+# f32 accumulation everywhere; these are the input dtypes the kernels accept.
+SUPPORTED_DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))
+
+
+def check_linear_args(x: jax.Array, w: BSR, bias: jax.Array | None) -> None:
+    """Static checks shared by every sparse-linear entry point (shapes and dtypes)."""
+    validate_bsr(w)
+    d_out, d_in = w.shape
+    if x.ndim != 2 or x.shape[1] != d_in:
+        raise ValueError(f"x must have shape (tokens, {d_in}) to match W {w.shape}, "
+                         f"got {x.shape}")
+    if jnp.dtype(x.dtype) not in SUPPORTED_DTYPES:
+        raise ValueError(f"x dtype must be one of {[str(d) for d in SUPPORTED_DTYPES]}, "
+                         f"got {x.dtype}")
+    if jnp.dtype(w.data.dtype) != jnp.dtype(x.dtype):
+        raise ValueError(f"W.data dtype {w.data.dtype} must equal x dtype {x.dtype} "
+                         f"(cast the BSR with to_device(w, dtype))")
+    if bias is not None and bias.shape != (d_out,):
+        raise ValueError(f"bias must have shape ({d_out},), got {bias.shape}")
+
+
+def row_bias(bias: jax.Array | None, d_out: int) -> jax.Array:
+    """bias (d_out,) or None -> (1, d_out) f32 (zeros if None) so every kernel takes one."""
+    if bias is None:
+        return jnp.zeros((1, d_out), jnp.float32)
+    return bias.astype(jnp.float32).reshape(1, d_out)
+
+
+def pad_rows(x: jax.Array, multiple: int) -> jax.Array:
+    """Zero-pad axis 0 of ``x`` up to a multiple of ``multiple``."""
+    pad = -x.shape[0] % multiple
+    return jnp.pad(x, ((0, pad), (0, 0))) if pad else x
+
+
+def gelu(h: jax.Array) -> jax.Array:
+    """tanh-approximate GELU, as ``jax.nn.gelu`` (the flax/timm ViT default used here)."""
+    return jax.nn.gelu(h, approximate=True)
