@@ -36,3 +36,39 @@ def make_linear_problem(tokens: int, d_out: int, d_in: int, block_shape: tuple[i
     bias = (0.1 * rng.standard_normal((d_out,), dtype=np.float32)).astype(dtype)
     w_bsr = to_device(bsr_from_dense(w, block_shape, block_mask=block_mask))
     return LinearProblem(x=jnp.asarray(x), w_dense=jnp.asarray(w), w=w_bsr, bias=jnp.asarray(bias))
+
+
+@dataclasses.dataclass(frozen=True)
+class MLPProblem:
+    """x (T, D); masked dense w1 (H, D), w2 (D, H), biases; the same weights for the kernels."""
+
+    x: jax.Array
+    w1: jax.Array
+    b1: jax.Array
+    w2: jax.Array
+    b2: jax.Array
+    weights: Any  # SparseMLPWeights
+
+
+def make_mlp_problem(tokens: int, d_model: int, d_hidden: int, block_shape: tuple[int, int],
+                     sparsity: float, dtype: Any = jnp.float32, seed: int = 0,
+                     masks: tuple[np.ndarray, np.ndarray] | None = None) -> MLPProblem:
+    """A random x and block-pruned fc1 (H, D) / fc2 (D, H); ``block_shape = (b_hidden, b_model)``
+    (fc2 is pruned with the transposed block). ``masks`` overrides the random block masks."""
+    from .sparse_mlp.weights import mlp_weights_from_dense
+
+    rng = np.random.default_rng(seed)
+    bh, bd = block_shape
+    if masks is None:
+        masks = (random_block_mask((d_hidden, d_model), (bh, bd), sparsity, seed=seed),
+                 random_block_mask((d_model, d_hidden), (bd, bh), sparsity, seed=seed + 1))
+    w1 = rng.standard_normal((d_hidden, d_model), dtype=np.float32) / np.sqrt(d_model)
+    w2 = rng.standard_normal((d_model, d_hidden), dtype=np.float32) / np.sqrt(d_hidden)
+    w1 = (w1 * expand_block_mask(masks[0], (bh, bd))).astype(dtype)
+    w2 = (w2 * expand_block_mask(masks[1], (bd, bh))).astype(dtype)
+    b1 = (0.5 * rng.standard_normal((d_hidden,), dtype=np.float32)).astype(np.float32)
+    b2 = (0.1 * rng.standard_normal((d_model,), dtype=np.float32)).astype(np.float32)
+    x = rng.standard_normal((tokens, d_model), dtype=np.float32).astype(dtype)
+    weights = mlp_weights_from_dense(w1, b1, w2, b2, block_shape)
+    return MLPProblem(x=jnp.asarray(x), w1=jnp.asarray(w1), b1=jnp.asarray(b1),
+                      w2=jnp.asarray(w2), b2=jnp.asarray(b2), weights=weights)

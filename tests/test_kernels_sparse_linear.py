@@ -15,6 +15,7 @@ from taco_jax.kernels.bsr import BSR, bsr_to_dense
 from taco_jax.kernels.problems import make_linear_problem
 from taco_jax.kernels.sparse_linear import kernel_tpu, kernel_triton
 from taco_jax.kernels.sparse_linear.reference import sparse_linear_reference
+from taco_jax.kernels.testing import assert_close, has_platform
 
 HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -23,24 +24,6 @@ def masked_dense(x, w_dense, bias):
     """The independent check: one f32 jnp.dot on the masked dense weight."""
     y = jnp.dot(x.astype(jnp.float32), w_dense.astype(jnp.float32).T, precision=HIGHEST)
     return y + bias.astype(jnp.float32)
-
-
-def assert_close(y, want, dtype, interpret):
-    """Tolerances relative to the output scale: f32 exact-ish in interpret mode, TF32 on GPU
-    tensor cores; bf16 output rounding (2^-8) dominates for bf16."""
-    y = np.asarray(y, np.float32)
-    want = np.asarray(want, np.float32)
-    scale = max(1.0, float(np.abs(want).max()))
-    f32_tol = 1e-5 if interpret else 5e-3
-    tol = 1e-2 if jnp.dtype(dtype) == jnp.bfloat16 else f32_tol
-    np.testing.assert_allclose(y, want, rtol=tol, atol=tol * scale)
-
-
-def _has(platform: str) -> bool:
-    try:
-        return bool(jax.devices(platform))
-    except RuntimeError:
-        return False
 
 
 # (tokens, d_out, d_in, block, sparsity): ViT-B/16 linears at few tokens, odd token counts,
@@ -67,7 +50,7 @@ class _SparseLinearCases:
     BLOCK_T = 32
 
     def setup_method(self):
-        if not self.INTERPRET and not _has(self.PLATFORM):
+        if not self.INTERPRET and not has_platform(self.PLATFORM):
             pytest.skip(f"needs a {self.PLATFORM}")
 
     def run(self, x: jax.Array, w: BSR, bias: jax.Array | None, block_t: int | None = None):
