@@ -41,6 +41,6 @@ def pad_rows(x: jax.Array, multiple: int) -> jax.Array:
     return jnp.pad(x, ((0, pad), (0, 0))) if pad else x
 
 
-def gelu(h: jax.Array) -> jax.Array:
-    """tanh-approximate GELU, as ``jax.nn.gelu`` (the flax/timm ViT default used here)."""
-    return jax.nn.gelu(h, approximate=True)
+def gelu(h: jax.Array, approximate: bool = False) -> jax.Array:
+    """GELU; exact (erf) by default, as PyTorch/timm and our models' ``Mlp``."""
+    return jax.nn.gelu(h, approximate=approximate)

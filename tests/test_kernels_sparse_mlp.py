@@ -75,6 +75,17 @@ class _SparseMLPCases:
         p = make_mlp_problem(19, 64, 128, (16, 16), 0.0, masks=(m1, m2))
         self.check(p, jnp.float32)
 
+    def test_approximate_gelu(self):
+        p = make_mlp_problem(10, 64, 128, (16, 16), 0.5, seed=9)
+        y = type(self).KERNEL(p.x, p.weights, block_sizes=type(self).BLOCKS(16),
+                              approximate_gelu=True, interpret=self.INTERPRET)
+        f = lambda a: a.astype(jnp.float32)
+        want = dense_mlp(f(p.x), f(p.w1), p.b1, f(p.w2), p.b2,
+                         precision=jax.lax.Precision.HIGHEST, approximate_gelu=True)
+        assert_close(y, want, jnp.float32, self.INTERPRET)
+        exact = masked_dense_mlp(p)
+        assert float(jnp.abs(want - exact).max()) > 1e-4  # the flag really changes the GELU
+
     def test_rejects_bad_inputs(self):
         p = make_mlp_problem(8, 64, 128, (16, 16), 0.5)
         with pytest.raises(ValueError, match=r"x must have shape \(tokens, 64\)"):

@@ -40,7 +40,7 @@ def _pos(j, k, indptr_ref):
 
 
 def _kernel(ip1, ix1, ip2, ix2, x_ref, w1_ref, b1_ref, w2_ref, b2_ref, o_ref, acc_ref, h_ref,
-            a_ref, *, k1: int, bd: int, bo: int):
+            a_ref, *, k1: int, bd: int, bo: int, approximate: bool):
     """x_ref (bt, D), w1_ref (bh, bd), b1_ref (1, bh), w2_ref (bh, bo), b2_ref (1, D),
     o_ref (bt, D); scratch acc (bt, D) f32, h (bt, bh) f32, a (bt, bh) x.dtype."""
     j, k = pl.program_id(1), pl.program_id(2)
@@ -62,7 +62,7 @@ def _kernel(ip1, ix1, ip2, ix2, x_ref, w1_ref, b1_ref, w2_ref, b2_ref, o_ref, ac
 
     @pl.when(k == k1)
     def _activate():
-        a_ref[...] = gelu(h_ref[...] + b1_ref[...]).astype(a_ref.dtype)
+        a_ref[...] = gelu(h_ref[...] + b1_ref[...], approximate).astype(a_ref.dtype)
 
     @pl.when((k >= k1) & (k - k1 < ip2[j + 1] - ip2[j]))
     def _fc2():
@@ -75,10 +75,12 @@ def _kernel(ip1, ix1, ip2, ix2, x_ref, w1_ref, b1_ref, w2_ref, b2_ref, o_ref, ac
         o_ref[...] = (acc_ref[...] + b2_ref[...]).astype(o_ref.dtype)
 
 
-@functools.partial(jax.jit, static_argnames=("block_sizes", "interpret"))
+@functools.partial(jax.jit, static_argnames=("block_sizes", "approximate_gelu", "interpret"))
 def sparse_mlp_tpu(x: jax.Array, p: SparseMLPWeights, *, block_sizes: BlockSizes = BlockSizes(),
+                   approximate_gelu: bool = False,
                    interpret: bool | pltpu.InterpretParams = False) -> jax.Array:
-    """x (T, D) -> fc2(gelu(fc1(x))) (T, D) in x.dtype; f32 accumulation."""
+    """x (T, D) -> fc2(gelu(fc1(x))) (T, D) in x.dtype; f32 accumulation; exact (erf) GELU
+    unless ``approximate_gelu``."""
     check_mlp_args(x, p)
     T, D = x.shape
     H = p.w1.shape[0]
@@ -93,7 +95,7 @@ def sparse_mlp_tpu(x: jax.Array, p: SparseMLPWeights, *, block_sizes: BlockSizes
     k1, k2 = p.w1.max_row_blocks, p.w2t.max_row_blocks
     bt = min(block_sizes.block_t, T)
     return pl.pallas_call(
-        functools.partial(_kernel, k1=k1, bd=bd, bo=bo),
+        functools.partial(_kernel, k1=k1, bd=bd, bo=bo, approximate=approximate_gelu),
         out_shape=jax.ShapeDtypeStruct((T, D), x.dtype),
         grid_spec=pltpu.PrefetchScalarGridSpec(
             num_scalar_prefetch=4,  # w1 indptr/indices, w2t indptr/indices

@@ -32,7 +32,8 @@ class BlockSizes:
 
 
 def _kernel(ip1, ix1, ip2, ix2, x_ref, w1_ref, b1_ref, w2_ref, b2_ref, o_ref, *,
-            block_t: int, n_hidden: int, bh: int, bd: int, bo: int):
+            block_t: int, n_hidden: int, bh: int, bd: int, bo: int,
+            approximate: bool):
     """x_ref (T, D), w1_ref (nnz1, bh, bd), b1_ref (1, H), w2_ref (nnz2, bh, bo) whole in GMEM;
     b2_ref (1, D) and o_ref (block_t, D) this program's tile."""
     t = pl.program_id(0)
@@ -46,7 +47,7 @@ def _kernel(ip1, ix1, ip2, ix2, x_ref, w1_ref, b1_ref, w2_ref, b2_ref, o_ref, *,
 
         h = jax.lax.fori_loop(ip1[j], ip1[j + 1], fc1, jnp.zeros((block_t, bh), jnp.float32))
         b1 = b1_ref[:, pl.ds(pl.multiple_of(j * bh, bh), bh)]
-        a = gelu(h + b1).astype(x_ref.dtype)
+        a = gelu(h + b1, approximate).astype(x_ref.dtype)
 
         def fc2(q, accs):
             prod = pl.dot(a, w2_ref[q]).astype(jnp.float32)  # (block_t, bo) for column ix2[q]
@@ -62,10 +63,12 @@ def _kernel(ip1, ix1, ip2, ix2, x_ref, w1_ref, b1_ref, w2_ref, b2_ref, o_ref, *,
         o_ref[:, cols] = (acc + b2_ref[:, cols]).astype(o_ref.dtype)
 
 
-@functools.partial(jax.jit, static_argnames=("block_sizes", "interpret"))
+@functools.partial(jax.jit, static_argnames=("block_sizes", "approximate_gelu", "interpret"))
 def sparse_mlp_triton(x: jax.Array, p: SparseMLPWeights, *,
-                      block_sizes: BlockSizes = BlockSizes(), interpret: bool = False) -> jax.Array:
-    """x (T, D) -> fc2(gelu(fc1(x))) (T, D) in x.dtype; f32 accumulation."""
+                      block_sizes: BlockSizes = BlockSizes(), approximate_gelu: bool = False,
+                      interpret: bool = False) -> jax.Array:
+    """x (T, D) -> fc2(gelu(fc1(x))) (T, D) in x.dtype; f32 accumulation; exact (erf) GELU
+    unless ``approximate_gelu``."""
     check_mlp_args(x, p)
     T, D = x.shape
     H = p.w1.shape[0]
@@ -81,7 +84,8 @@ def sparse_mlp_triton(x: jax.Array, p: SparseMLPWeights, *,
     xp = pad_rows(x, bt)
     whole = pl.BlockSpec()  # whole array in GMEM, indexed in the kernel
     y = pl.pallas_call(
-        functools.partial(_kernel, block_t=bt, n_hidden=H // bh, bh=bh, bd=bd, bo=bo),
+        functools.partial(_kernel, block_t=bt, n_hidden=H // bh, bh=bh, bd=bd, bo=bo,
+                          approximate=approximate_gelu),
         out_shape=jax.ShapeDtypeStruct((xp.shape[0], D), x.dtype),
         grid=(xp.shape[0] // bt,),
         in_specs=[whole] * 8 + [pl.BlockSpec((1, D), lambda t: (0, 0))],

@@ -25,19 +25,20 @@ def bsr_t_matmul_reference(h: jax.Array, wt) -> jax.Array:
     return y.transpose(1, 0, 2).reshape(T, D)
 
 
-def sparse_mlp_reference(x: jax.Array, p: SparseMLPWeights) -> jax.Array:
+def sparse_mlp_reference(x: jax.Array, p: SparseMLPWeights,
+                         approximate_gelu: bool = False) -> jax.Array:
     """x (T, D) -> (T, D) in x.dtype; hidden = gelu(fc1) in f32, rounded to x.dtype before fc2
     (as the kernels feed it to the matrix unit)."""
     h = sparse_linear_reference(x, p.w1, p.b1, out_dtype=jnp.float32)
-    h = gelu(h).astype(x.dtype)
+    h = gelu(h, approximate_gelu).astype(x.dtype)
     y = bsr_t_matmul_reference(h, p.w2t) + p.b2
     return y.astype(x.dtype)
 
 
 def dense_mlp(x: jax.Array, w1: jax.Array, b1: jax.Array, w2: jax.Array, b2: jax.Array,
-              precision=None) -> jax.Array:
+              precision=None, approximate_gelu: bool = False) -> jax.Array:
     """The dense MLP on (masked) dense W1 (H, D), W2 (D, H): what XLA runs without sparsity."""
     h = jnp.dot(x, w1.T, precision=precision, preferred_element_type=jnp.float32) + b1
-    h = gelu(h).astype(x.dtype)
+    h = gelu(h, approximate_gelu).astype(x.dtype)
     y = jnp.dot(h, w2.T, precision=precision, preferred_element_type=jnp.float32) + b2
     return y.astype(x.dtype)
