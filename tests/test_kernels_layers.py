@@ -144,3 +144,16 @@ def test_load_break_even(tmp_path, monkeypatch):
     layers.load_break_even(str(f))
     assert choose_path(0.7, "mlp", "gpu", "Fake GPU") == "triton"
     assert choose_path(0.35, "linear", "gpu", "Fake GPU") == "dense"
+
+
+def test_sparse_linear_mosaic_gpu_path_interpret():
+    """The Mosaic GPU path of the layer, through the CPU Mosaic GPU interpreter (bf16)."""
+    from taco_jax.kernels.sparse_linear.kernel_gpu import BlockSizes
+
+    lin = pruned_linear(64, 128, 32, 0.5)
+    x = _x((2, 40, 64))
+    sp = SparseLinear.from_linear(lin, (32, 32), path="mosaic_gpu", dtype=jnp.bfloat16,
+                                  interpret=True, block_sizes=BlockSizes(64, 2, 1, False))
+    y = sp(x.astype(jnp.bfloat16))
+    assert y.shape == (2, 40, 128)
+    assert_close(y, lin(x.astype(jnp.bfloat16).astype(jnp.float32)), jnp.bfloat16, True)
