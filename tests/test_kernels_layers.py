@@ -98,6 +98,8 @@ def test_sparse_linear_mask_argument_and_errors():
         SparseLinear.from_linear(lin, (64, 64))
     with pytest.raises(ValueError, match="path must be one of"):
         SparseLinear.from_linear(lin, (16, 16), path="cuda")
+    with pytest.raises(ValueError, match="no Mosaic GPU fused MLP"):
+        SparseMLP.from_mlp(Mlp(32, 64, 16, 0.5), (16, 16), path="mosaic_gpu")
 
 
 @pytest.mark.parametrize("path", ["dense", *KERNEL_PATHS])
@@ -133,6 +135,7 @@ def test_choose_path_by_break_even(monkeypatch):
     monkeypatch.setitem(layers.BREAK_EVEN, "NVIDIA H100 80GB HBM3",
                         layers.BreakEven(linear=0.6, mlp=0.7, gpu_path="mosaic_gpu"))
     assert choose_path(0.55, "linear", "gpu", "NVIDIA H100 80GB HBM3") == "mosaic_gpu"
+    assert choose_path(0.55, "mlp", "gpu", "NVIDIA H100 80GB HBM3") == "triton"
     with pytest.raises(ValueError, match="op must be 'linear' or 'mlp'"):
         choose_path(0.5, "conv", "gpu", "x")
 

@@ -123,6 +123,18 @@ class TestSparseMLPTritonInterpret(_Triton):
     INTERPRET = True
 
 
+@pytest.mark.parametrize("groups", [2, 4])
+def test_triton_out_groups_interpret(groups):
+    """Output columns split over programs (fc1 recomputed per group)."""
+    p = make_mlp_problem(20, 128, 256, (32, 32), 0.6, seed=11)
+    bs = kernel_triton.BlockSizes(block_t=16, out_groups=groups)
+    y = kernel_triton.sparse_mlp_triton(p.x, p.weights, block_sizes=bs, interpret=True)
+    assert_close(y, masked_dense_mlp(p), jnp.float32, True)
+    with pytest.raises(ValueError, match="out_groups=3 must divide the 4"):
+        kernel_triton.sparse_mlp_triton(p.x, p.weights, interpret=True,
+                                        block_sizes=kernel_triton.BlockSizes(16, out_groups=3))
+
+
 def test_weights_validation():
     w1 = np.zeros((64, 32), np.float32)
     with pytest.raises(ValueError, match=r"w1 must be \(H, D\) and w2 \(D, H\)"):

@@ -5,7 +5,8 @@ h_j = gelu(x @ W1[j]ᵀ + b1_j) in registers over the stored blocks of W1's bloc
 multiplies h_j by the stored blocks of W2ᵀ's row j. The output row panel (block_t, D) is held in
 registers as D/bo column accumulators (a static list); a block for output column o is added with a
 select on o, since registers cannot be indexed dynamically. The hidden activation never touches
-memory. Register use grows with block_t * D: keep block_t * D <= ~32K for 4 warps.
+memory. Register use grows with block_t * D / out_groups; ``out_groups`` > 1 splits the output
+columns over programs at the price of recomputing fc1 per group (the autotuner picks).
 """
 
 from __future__ import annotations
@@ -24,21 +25,38 @@ from .weights import SparseMLPWeights, check_mlp_args
 
 @dataclasses.dataclass(frozen=True)
 class BlockSizes:
-    """block_t tokens per program; Triton warps and pipeline stages."""
+    """block_t tokens per program; out_groups: programs per token tile, each owning D/out_groups
+    output columns (fewer registers per program, but fc1 is recomputed out_groups times);
+    Triton warps and pipeline stages."""
 
     block_t: int = 32
     num_warps: int = 8
     num_stages: int = 2
+    out_groups: int = 1
 
 
-def _kernel(ip1, ix1, ip2, ix2, x_ref, w1_ref, b1_ref, w2_ref, b2_ref, o_ref, *,
-            block_t: int, n_hidden: int, bh: int, bd: int, bo: int,
+def group_ptr(w2t_indptr: jax.Array, w2t_indices: jax.Array, cols_per_group: int,
+              groups: int) -> jax.Array:
+    """(H/bh * groups + 1,) int32: the stored W2ᵀ blocks of hidden row j whose output column
+    falls in group g are data[gptr[j*G+g] : gptr[j*G+g+1]] (indices are sorted within a row, so
+    the key row*G + group is sorted too)."""
+    nnz = w2t_indices.shape[0]
+    rows = jnp.searchsorted(w2t_indptr, jnp.arange(nnz, dtype=jnp.int32), side="right") - 1
+    key = rows * groups + w2t_indices // cols_per_group
+    n_rows = w2t_indptr.shape[0] - 1
+    return jnp.searchsorted(key, jnp.arange(n_rows * groups + 1, dtype=jnp.int32),
+                            side="left").astype(jnp.int32)
+
+
+def _kernel(ip1, ix1, gp2, ix2, x_ref, w1_ref, b1_ref, w2_ref, b2_ref, o_ref, *,
+            block_t: int, n_hidden: int, bh: int, bd: int, bo: int, groups: int,
             approximate: bool):
     """x_ref (T, D), w1_ref (nnz1, bh, bd), b1_ref (1, H), w2_ref (nnz2, bh, bo) whole in GMEM;
-    b2_ref (1, D) and o_ref (block_t, D) this program's tile."""
-    t = pl.program_id(0)
+    b2_ref (1, D/G) and o_ref (block_t, D/G): this program's output columns."""
+    t, g = pl.program_id(0), pl.program_id(1)
     rows = pl.ds(pl.multiple_of(t * block_t, block_t), block_t)
-    n_out = o_ref.shape[1] // bo
+    n_out = o_ref.shape[1] // bo  # column blocks in this group
+    first = g * n_out  # global column-block id of the group's first column
 
     def hidden_chunk(j, accs):
         def fc1(p, h):
@@ -51,10 +69,11 @@ def _kernel(ip1, ix1, ip2, ix2, x_ref, w1_ref, b1_ref, w2_ref, b2_ref, o_ref, *,
 
         def fc2(q, accs):
             prod = pl.dot(a, w2_ref[q]).astype(jnp.float32)  # (block_t, bo) for column ix2[q]
-            o = ix2[q]
+            o = ix2[q] - first
             return tuple(jnp.where(o == m, acc + prod, acc) for m, acc in enumerate(accs))
 
-        return jax.lax.fori_loop(ip2[j], ip2[j + 1], fc2, accs)
+        k = j * groups + g
+        return jax.lax.fori_loop(gp2[k], gp2[k + 1], fc2, accs)
 
     accs = tuple(jnp.zeros((block_t, bo), jnp.float32) for _ in range(n_out))
     accs = jax.lax.fori_loop(0, n_hidden, hidden_chunk, accs)
@@ -74,6 +93,9 @@ def sparse_mlp_triton(x: jax.Array, p: SparseMLPWeights, *,
     H = p.w1.shape[0]
     bh, bd = p.w1.block_shape
     _, bo = p.w2t.block_shape
+    G = block_sizes.out_groups
+    if (D // bo) % G:
+        raise ValueError(f"out_groups={G} must divide the {D // bo} output column blocks")
     b2 = p.b2.astype(jnp.float32).reshape(1, D)
     if p.w2t.nnz_blocks == 0:
         return jnp.broadcast_to(b2, (T, D)).astype(x.dtype)
@@ -81,19 +103,21 @@ def sparse_mlp_triton(x: jax.Array, p: SparseMLPWeights, *,
     if p.w1.nnz_blocks == 0:  # keep one block so the refs are not empty; never read
         w1_data, w1_indices = jnp.zeros((1, bh, bd), x.dtype), jnp.zeros((1,), jnp.int32)
     bt = block_sizes.block_t
+    dg = D // G
     xp = pad_rows(x, bt)
+    gptr = group_ptr(p.w2t.indptr, p.w2t.indices, (D // bo) // G, G)
     whole = pl.BlockSpec()  # whole array in GMEM, indexed in the kernel
     y = pl.pallas_call(
-        functools.partial(_kernel, block_t=bt, n_hidden=H // bh, bh=bh, bd=bd, bo=bo,
+        functools.partial(_kernel, block_t=bt, n_hidden=H // bh, bh=bh, bd=bd, bo=bo, groups=G,
                           approximate=approximate_gelu),
         out_shape=jax.ShapeDtypeStruct((xp.shape[0], D), x.dtype),
-        grid=(xp.shape[0] // bt,),
-        in_specs=[whole] * 8 + [pl.BlockSpec((1, D), lambda t: (0, 0))],
-        # token tile t, all D output columns.
-        out_specs=pl.BlockSpec((bt, D), lambda t: (t, 0)),
+        grid=(xp.shape[0] // bt, G),
+        in_specs=[whole] * 8 + [pl.BlockSpec((1, dg), lambda t, g: (0, g))],
+        # token tile t, output column group g.
+        out_specs=pl.BlockSpec((bt, dg), lambda t, g: (t, g)),
         compiler_params=pltriton.CompilerParams(
             num_warps=block_sizes.num_warps, num_stages=block_sizes.num_stages),
         interpret=interpret,
-    )(p.w1.indptr, w1_indices, p.w2t.indptr, p.w2t.indices, xp, w1_data,
+    )(p.w1.indptr, w1_indices, gptr, p.w2t.indices, xp, w1_data,
       p.b1.astype(jnp.float32).reshape(1, H), p.w2t.data, b2)
     return y[:T] if xp.shape[0] != T else y
