@@ -41,6 +41,23 @@ def pad_rows(x: jax.Array, multiple: int) -> jax.Array:
     return jnp.pad(x, ((0, pad), (0, 0))) if pad else x
 
 
-def gelu(h: jax.Array, approximate: bool = False) -> jax.Array:
-    """GELU; exact (erf) by default, as PyTorch/timm and our models' ``Mlp``."""
-    return jax.nn.gelu(h, approximate=approximate)
+def erf_polynomial(x: jax.Array) -> jax.Array:
+    """erf(x) by Abramowitz & Stegun 7.1.26 (|error| <= 1.5e-7), from exp and arithmetic only:
+    the Pallas Triton lowering has no erf/erfc primitive."""
+    a1, a2, a3, a4, a5 = 0.254829592, -0.284496736, 1.421413741, -1.453152027, 1.061405429
+    ax = jnp.abs(x)
+    t = 1.0 / (1.0 + 0.3275911 * ax)
+    poly = ((((a5 * t + a4) * t + a3) * t + a2) * t + a1) * t
+    y = 1.0 - poly * jnp.exp(-ax * ax)
+    return jnp.where(x < 0, -y, y)
+
+
+def gelu(h: jax.Array, approximate: bool = False, polynomial_erf: bool = False) -> jax.Array:
+    """GELU; exact (erf) by default, as PyTorch/timm and our models' ``Mlp``. ``jax.nn.gelu``
+    lowers exact GELU through erfc, which neither Pallas Triton nor Mosaic TPU lowers: kernels
+    use 0.5 h (1 + erf(h/√2)) with ``lax.erf`` (Mosaic TPU) or ``erf_polynomial`` (Triton)."""
+    if approximate:
+        return jax.nn.gelu(h, approximate=True)
+    z = h * 0.7071067811865476
+    erf = erf_polynomial(z) if polynomial_erf else jax.lax.erf(z)
+    return 0.5 * h * (1.0 + erf)

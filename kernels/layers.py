@@ -31,7 +31,6 @@ import numpy as np
 from flax import nnx
 
 from .bsr import BSR, bsr_from_dense
-from .common import gelu
 from .sparse_mlp.weights import SparseMLPWeights, mlp_weights_from_dense
 
 PATHS = ("dense", "tpu", "triton", "mosaic_gpu")
@@ -259,7 +258,7 @@ class SparseMLP(nnx.Module):
         x2 = x.reshape(-1, self.dim).astype(self.dtype)
         if self.path == "dense":
             h = jnp.dot(x2, self.w1.value, preferred_element_type=jnp.float32) + self.b1.value
-            h = gelu(h, self.approximate_gelu).astype(self.dtype)
+            h = jax.nn.gelu(h, approximate=self.approximate_gelu).astype(self.dtype)
             y = jnp.dot(h, self.w2.value, preferred_element_type=jnp.float32) + self.b2.value
         else:
             y = _mlp_kernel(self.path)(x2, self.weights(), approximate_gelu=self.approximate_gelu,

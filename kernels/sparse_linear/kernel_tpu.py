@@ -74,6 +74,9 @@ def sparse_linear_tpu(x: jax.Array, w: BSR, bias: jax.Array | None = None, *,
     b2 = row_bias(bias, d_out)
     if w.nnz_blocks == 0:  # nothing stored: the output is the bias alone
         return jnp.broadcast_to(b2, (T, d_out)).astype(out_dtype)
+    if not interpret and any(b % 128 for b in (r, c)):
+        raise ValueError(f"Mosaic TPU needs weight blocks that are multiples of 128 (lane "
+                         f"width), got {(r, c)}; smaller blocks run in interpret mode only")
     bt = min(block_sizes.block_t, T)
     grid = (w.n_block_rows, pl.cdiv(T, bt), w.max_row_blocks)
     return pl.pallas_call(

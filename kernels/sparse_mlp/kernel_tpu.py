@@ -92,6 +92,10 @@ def sparse_mlp_tpu(x: jax.Array, p: SparseMLPWeights, *, block_sizes: BlockSizes
     w1_data, w1_indices = p.w1.data, p.w1.indices
     if p.w1.nnz_blocks == 0:  # keep one block for the BlockSpec; never used (row counts are 0)
         w1_data, w1_indices = jnp.zeros((1, bh, bd), x.dtype), jnp.zeros((1,), jnp.int32)
+    blocks = p.w1.block_shape + p.w2t.block_shape[1:]
+    if not interpret and any(b % 128 for b in blocks):
+        raise ValueError(f"Mosaic TPU needs weight blocks that are multiples of 128 (lane "
+                         f"width), got {blocks}; smaller blocks run in interpret mode only")
     k1, k2 = p.w1.max_row_blocks, p.w2t.max_row_blocks
     bt = min(block_sizes.block_t, T)
     return pl.pallas_call(

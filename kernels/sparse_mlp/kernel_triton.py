@@ -65,7 +65,7 @@ def _kernel(ip1, ix1, gp2, ix2, x_ref, w1_ref, b1_ref, w2_ref, b2_ref, o_ref, *,
 
         h = jax.lax.fori_loop(ip1[j], ip1[j + 1], fc1, jnp.zeros((block_t, bh), jnp.float32))
         b1 = b1_ref[:, pl.ds(pl.multiple_of(j * bh, bh), bh)]
-        a = gelu(h + b1, approximate).astype(x_ref.dtype)
+        a = gelu(h + b1, approximate, polynomial_erf=True).astype(x_ref.dtype)
 
         def fc2(q, accs):
             prod = pl.dot(a, w2_ref[q]).astype(jnp.float32)  # (block_t, bo) for column ix2[q]

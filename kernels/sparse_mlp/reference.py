@@ -39,6 +39,6 @@ def dense_mlp(x: jax.Array, w1: jax.Array, b1: jax.Array, w2: jax.Array, b2: jax
               precision=None, approximate_gelu: bool = False) -> jax.Array:
     """The dense MLP on (masked) dense W1 (H, D), W2 (D, H): what XLA runs without sparsity."""
     h = jnp.dot(x, w1.T, precision=precision, preferred_element_type=jnp.float32) + b1
-    h = gelu(h, approximate_gelu).astype(x.dtype)
+    h = jax.nn.gelu(h, approximate=approximate_gelu).astype(x.dtype)  # as the models' Mlp
     y = jnp.dot(h, w2.T, precision=precision, preferred_element_type=jnp.float32) + b2
     return y.astype(x.dtype)
