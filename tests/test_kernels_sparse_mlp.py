@@ -135,6 +135,16 @@ def test_triton_out_groups_interpret(groups):
                                         block_sizes=kernel_triton.BlockSizes(16, out_groups=3))
 
 
+def test_tpu_faithful_interpreter_race_check():
+    """The DMA-simulating TPU interpreter with race detection agrees with the dense MLP."""
+    from jax.experimental.pallas import tpu as pltpu
+
+    p = make_mlp_problem(40, 64, 256, (32, 16), 0.5, seed=3)
+    y = kernel_tpu.sparse_mlp_tpu(p.x, p.weights, block_sizes=kernel_tpu.BlockSizes(16),
+                                  interpret=pltpu.InterpretParams(detect_races=True))
+    assert_close(y, masked_dense_mlp(p), jnp.float32, True)
+
+
 def test_weights_validation():
     w1 = np.zeros((64, 32), np.float32)
     with pytest.raises(ValueError, match=r"w1 must be \(H, D\) and w2 \(D, H\)"):
