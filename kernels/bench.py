@@ -251,6 +251,9 @@ def _cupti_available() -> bool:
         return False
 
 
+TIMER_FALLBACKS: list[str] = []  # one entry per measurement where CUPTI gave no timing
+
+
 def time_compiled(compiled: Callable, args: tuple, timer: str, warmup: int, repeats: int,
                   inner: int) -> float:
     """Median seconds per call of an AOT-compiled function (compilation already done)."""
@@ -265,6 +268,7 @@ def time_compiled(compiled: Callable, args: tuple, timer: str, warmup: int, repe
                 return statistics.median(ms) / 1e3
         except Exception as e:  # no CUPTI in this build: fall back to the wall clock
             logging.log_first_n(logging.WARNING, "CUPTI timing failed (%s); wall clock", 1, e)
+        TIMER_FALLBACKS.append(timer)
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -482,6 +486,9 @@ def main(argv: list[str]) -> None:
                     rows.append(r)
                     print(format_row(r), flush=True)
     print(f"# {len(rows)} rows in {time.time() - t_start:.1f}s", flush=True)
+    if TIMER_FALLBACKS:  # say so: those rows were timed by the wall clock
+        header["timer"] = f"{timer}, wall clock for {len(TIMER_FALLBACKS)} measurements"
+        print(f"# WARNING: {header['timer']}", flush=True)
     if FLAGS.json:
         with open(FLAGS.json, "w") as f:
             json.dump({"header": header, "rows": rows}, f, indent=1)
