@@ -155,6 +155,11 @@ class SparseLinear(nnx.Module):
         bsr = bsr_from_dense(w, block_shape)
         self.block_density = bsr.block_density
         self.path = _check_path(path or choose_path(self.block_density, "linear"))
+        if self.path == "mosaic_gpu" and self.dtype not in (jnp.bfloat16, jnp.float16):
+            if path is not None:
+                raise ValueError(f"the Mosaic GPU kernel takes bfloat16/float16 weights, got "
+                                 f"{self.dtype}; pass dtype=jnp.bfloat16 or path='triton'")
+            self.path = "triton"  # auto-chosen: Triton runs f32 (TF32) too
         self.in_features, self.out_features = w.shape[1], w.shape[0]
         self.block_sizes, self.interpret = block_sizes, interpret
         self.bias = None if bias is None else SparseWeight(jnp.asarray(bias, jnp.float32))

@@ -98,6 +98,8 @@ def test_sparse_linear_mask_argument_and_errors():
         SparseLinear.from_linear(lin, (64, 64))
     with pytest.raises(ValueError, match="path must be one of"):
         SparseLinear.from_linear(lin, (16, 16), path="cuda")
+    with pytest.raises(ValueError, match="takes bfloat16/float16 weights"):
+        SparseLinear.from_linear(lin, (16, 16), path="mosaic_gpu")
     with pytest.raises(ValueError, match="no Mosaic GPU fused MLP"):
         SparseMLP.from_mlp(Mlp(32, 64, 16, 0.5), (16, 16), path="mosaic_gpu")
 
@@ -160,3 +162,10 @@ def test_sparse_linear_mosaic_gpu_path_interpret():
     y = sp(x.astype(jnp.bfloat16))
     assert y.shape == (2, 40, 128)
     assert_close(y, lin(x.astype(jnp.bfloat16).astype(jnp.float32)), jnp.bfloat16, True)
+
+
+def test_auto_mosaic_gpu_falls_back_to_triton_for_f32(monkeypatch):
+    monkeypatch.setattr(layers, "choose_path", lambda *a, **k: "mosaic_gpu")
+    lin = pruned_linear(32, 32, 16, 0.5)
+    assert SparseLinear.from_linear(lin, (16, 16)).path == "triton"
+    assert SparseLinear.from_linear(lin, (16, 16), dtype=jnp.bfloat16).path == "mosaic_gpu"
