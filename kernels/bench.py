@@ -74,7 +74,8 @@ flags.DEFINE_integer("wall_inner", 10, "With the wall timer: calls per timed rep
 flags.DEFINE_bool("autotune", False, "Time every candidate BlockSizes of a kernel per row and "
                   "keep the best (slower: one compile per candidate).")
 flags.DEFINE_string("tuned_out", None, "Write the best BlockSizes per (device kind, kernel, "
-                    "op, dtype, shape, block, sparsity) to this JSON file.")
+                    "op, dtype, shape, block, sparsity) to this JSON file (a list of records; "
+                    "kernels.layers.load_tuned_tiles reads it).")
 flags.DEFINE_string("break_even_out", None, "Write the measured break-even block densities "
                     "{device_kind: {linear, mlp, gpu_path}} for kernels.layers.load_break_even.")
 flags.DEFINE_bool("check", True, "Compare each kernel's output with the dense result before "
@@ -492,10 +493,11 @@ def main(argv: list[str]) -> None:
     if FLAGS.json:
         with open(FLAGS.json, "w") as f:
             json.dump({"header": header, "rows": rows}, f, indent=1)
-    if FLAGS.tuned_out:
-        tuned = {f"{kind}|{r['kernel']}|{r['op']}|{r['dtype']}|{r['tokens']}x{r['dims'][0]}x"
-                 f"{r['dims'][1]}|b{r['block']}|s{r['sparsity_pct']:.0f}": r["block_sizes"]
-                 for r in rows if "block_sizes" in r}
+    if FLAGS.tuned_out:  # read by kernels.layers.load_tuned_tiles
+        tuned = [dict(device_kind=kind, kernel=r["kernel"], op=r["op"], dtype=r["dtype"],
+                      tokens=r["tokens"], dims=r["dims"], block=r["block"],
+                      sparsity_pct=r["sparsity_pct"], block_sizes=r["block_sizes"],
+                      sparse_ms=r["sparse_ms"]) for r in rows if "block_sizes" in r]
         with open(FLAGS.tuned_out, "w") as f:
             json.dump(tuned, f, indent=1)
     if FLAGS.break_even_out:

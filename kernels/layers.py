@@ -16,12 +16,15 @@ Swap one into a model by name::
 
 Break-even densities: ``BREAK_EVEN`` below holds documented defaults per platform; the benchmark
 (``python -m kernels.bench --break_even_out FILE``) measures them per device kind and
-``load_break_even(FILE)`` installs the measured table.
+``load_break_even(FILE)`` installs the measured table. Likewise ``load_tuned_tiles(FILE)``
+installs the autotuned tiles of ``kernels.bench --autotune --tuned_out FILE``; a layer built
+without ``block_sizes`` then uses the tiles measured for its device kind, dims and block.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 from typing import Any
 
@@ -68,6 +71,36 @@ def load_break_even(path: str) -> None:
         table = json.load(f)
     for kind, row in table.items():
         BREAK_EVEN[kind] = BreakEven(**row)
+
+
+# Tiles measured by ``kernels.bench --autotune --tuned_out`` (records; see load_tuned_tiles).
+TUNED_TILES: list[dict] = []
+
+
+def load_tuned_tiles(path: str) -> None:
+    """Install the autotuned BlockSizes records written by ``kernels.bench --tuned_out``."""
+    with open(path) as f:
+        TUNED_TILES.extend(json.load(f))
+
+
+def tuned_block_sizes(path: str, op: str, dtype: Any, dims: tuple[int, int], block: int,
+                      block_density: float, device_kind: str | None = None) -> Any:
+    """The autotuned BlockSizes for this device kind, kernel path, op, dtype, layer dims and
+    block (nearest measured sparsity, then the most tokens), or None if none was measured."""
+    kind = device_kind if device_kind is not None else _device()[1]
+    cands = [r for r in TUNED_TILES
+             if r["device_kind"] == kind and r["kernel"] == path and r["op"] == op
+             and r["dtype"] == jnp.dtype(dtype).name and tuple(r["dims"]) == tuple(dims)
+             and r["block"] == block]
+    if not cands:
+        return None
+    sparsity = 100.0 * (1.0 - block_density)
+    best = min(cands, key=lambda r: (abs(r["sparsity_pct"] - sparsity), -r["tokens"]))
+    module = {"linear": {"tpu": "sparse_linear.kernel_tpu", "triton": "sparse_linear.kernel_triton",
+                         "mosaic_gpu": "sparse_linear.kernel_gpu"},
+              "mlp": {"tpu": "sparse_mlp.kernel_tpu", "triton": "sparse_mlp.kernel_triton"}}
+    mod = importlib.import_module(f"{__package__}.{module[op][path]}")
+    return mod.BlockSizes(**best["block_sizes"])
 
 
 def _device() -> tuple[str, str]:
@@ -161,6 +194,9 @@ class SparseLinear(nnx.Module):
                                  f"{self.dtype}; pass dtype=jnp.bfloat16 or path='triton'")
             self.path = "triton"  # auto-chosen: Triton runs f32 (TF32) too
         self.in_features, self.out_features = w.shape[1], w.shape[0]
+        if block_sizes is None and self.path != "dense" and block_shape[0] == block_shape[1]:
+            block_sizes = tuned_block_sizes(self.path, "linear", self.dtype, w.shape,
+                                            block_shape[0], self.block_density)
         self.block_sizes, self.interpret = block_sizes, interpret
         self.bias = None if bias is None else SparseWeight(jnp.asarray(bias, jnp.float32))
         if self.path == "dense":
@@ -218,6 +254,9 @@ class SparseMLP(nnx.Module):
         if self.path == "mosaic_gpu":
             raise ValueError("no Mosaic GPU fused MLP kernel yet: use path='triton' on a GPU")
         self.dim, self.hidden = D, H
+        if block_sizes is None and self.path != "dense" and block_shape[0] == block_shape[1]:
+            block_sizes = tuned_block_sizes(self.path, "mlp", self.dtype, (D, H), block_shape[0],
+                                            self.block_density)
         self.block_sizes, self.interpret = block_sizes, interpret
         self.approximate_gelu = approximate_gelu
         self.b1 = SparseWeight(p.b1)

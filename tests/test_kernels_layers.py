@@ -169,3 +169,29 @@ def test_auto_mosaic_gpu_falls_back_to_triton_for_f32(monkeypatch):
     lin = pruned_linear(32, 32, 16, 0.5)
     assert SparseLinear.from_linear(lin, (16, 16)).path == "triton"
     assert SparseLinear.from_linear(lin, (16, 16), dtype=jnp.bfloat16).path == "mosaic_gpu"
+
+
+def test_layers_use_tuned_tiles(tmp_path, monkeypatch):
+    """Records written by bench --tuned_out: the nearest sparsity for this device kind wins."""
+    import json
+
+    from taco_jax.kernels.sparse_linear.kernel_triton import BlockSizes
+
+    monkeypatch.setattr(layers, "TUNED_TILES", [])
+    kind = layers._device()[1]
+    rec = dict(device_kind=kind, kernel="triton", op="linear", dtype="float32", tokens=64,
+               dims=[96, 64], block=16, sparse_ms=1.0)
+    recs = [{**rec, "sparsity_pct": 75.0, "block_sizes": dict(block_t=32, num_warps=8,
+                                                              num_stages=3)},
+            {**rec, "sparsity_pct": 0.0, "block_sizes": dict(block_t=64, num_warps=4,
+                                                             num_stages=2)},
+            {**rec, "device_kind": "other", "sparsity_pct": 75.0,
+             "block_sizes": dict(block_t=128, num_warps=4, num_stages=2)}]
+    f = tmp_path / "tiles.json"
+    f.write_text(json.dumps(recs))
+    layers.load_tuned_tiles(str(f))
+    lin = pruned_linear(64, 96, 16, 0.75)
+    sp = SparseLinear.from_linear(lin, (16, 16), path="triton", interpret=True)
+    assert sp.block_sizes == BlockSizes(32, 8, 3)
+    assert_close(sp(_x((5, 64))), lin(_x((5, 64))), jnp.float32, True)
+    assert SparseLinear.from_linear(lin, (16, 16), path="tpu", interpret=True).block_sizes is None
