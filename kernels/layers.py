@@ -98,7 +98,8 @@ def tuned_block_sizes(path: str, op: str, dtype: Any, dims: tuple[int, int], blo
     best = min(cands, key=lambda r: (abs(r["sparsity_pct"] - sparsity), -r["tokens"]))
     module = {"linear": {"tpu": "sparse_linear.kernel_tpu", "triton": "sparse_linear.kernel_triton",
                          "mosaic_gpu": "sparse_linear.kernel_gpu"},
-              "mlp": {"tpu": "sparse_mlp.kernel_tpu", "triton": "sparse_mlp.kernel_triton"}}
+              "mlp": {"tpu": "sparse_mlp.kernel_tpu", "triton": "sparse_mlp.kernel_triton",
+                      "mosaic_gpu": "sparse_mlp.kernel_gpu"}}
     mod = importlib.import_module(f"{__package__}.{module[op][path]}")
     return mod.BlockSizes(**best["block_sizes"])
 
@@ -119,8 +120,8 @@ def choose_path(block_density: float, op: str, platform: str | None = None,
     row = BREAK_EVEN.get(device_kind or "", BREAK_EVEN.get(platform))
     if row is None or block_density >= getattr(row, op):
         return "dense"
-    if platform == "gpu":  # the fused MLP has a Triton-lowering kernel only (notes/issue5.md)
-        return "triton" if op == "mlp" else row.gpu_path
+    if platform == "gpu":
+        return row.gpu_path
     return "tpu" if platform == "tpu" else "dense"
 
 
@@ -145,8 +146,11 @@ def _mlp_kernel(path: str):
     if path == "tpu":
         from .sparse_mlp.kernel_tpu import sparse_mlp_tpu
         return sparse_mlp_tpu
-    from .sparse_mlp.kernel_triton import sparse_mlp_triton
-    return sparse_mlp_triton
+    if path == "triton":
+        from .sparse_mlp.kernel_triton import sparse_mlp_triton
+        return sparse_mlp_triton
+    from .sparse_mlp.kernel_gpu import sparse_mlp_gpu
+    return sparse_mlp_gpu
 
 
 def _dense_weight(linear: nnx.Linear, mask: Any | None) -> tuple[np.ndarray, np.ndarray]:
@@ -251,8 +255,14 @@ class SparseMLP(nnx.Module):
         self.block_density = (p.w1.nnz_blocks + p.w2t.nnz_blocks) / (
             2 * p.w1.n_block_rows * p.w1.n_block_cols)
         self.path = _check_path(path or choose_path(self.block_density, "mlp"))
-        if self.path == "mosaic_gpu":
-            raise ValueError("no Mosaic GPU fused MLP kernel yet: use path='triton' on a GPU")
+        square = p.w1.block_shape == p.w2t.block_shape == (block_shape[0],) * 2
+        if self.path == "mosaic_gpu" and (self.dtype not in (jnp.bfloat16, jnp.float16)
+                                          or not square):
+            if path is not None:
+                raise ValueError(f"the Mosaic GPU MLP takes bfloat16/float16 weights and square "
+                                 f"blocks, got {self.dtype} and {block_shape}; use "
+                                 f"path='triton'")
+            self.path = "triton"  # auto-chosen: Triton runs f32 and rectangular blocks
         self.dim, self.hidden = D, H
         if block_sizes is None and self.path != "dense" and block_shape[0] == block_shape[1]:
             block_sizes = tuned_block_sizes(self.path, "mlp", self.dtype, (D, H), block_shape[0],
@@ -271,6 +281,13 @@ class SparseMLP(nnx.Module):
                 SparseWeight(a) for a in (p.w2t.data, p.w2t.indices, p.w2t.indptr))
             self._meta = ((p.w1.shape, p.w1.block_shape, p.w1.max_row_blocks),
                           (p.w2t.shape, p.w2t.block_shape, p.w2t.max_row_blocks))
+            if self.path == "mosaic_gpu":  # the kernel's step list, built on the host once
+                from .sparse_mlp.kernel_gpu import build_schedule
+
+                sched = build_schedule(p)
+                self.schedule = SparseWeight(
+                    jnp.stack([sched.kind, sched.xcol, sched.wpos, sched.chunk]))
+                self.schedule_ptr = SparseWeight(sched.sptr)
 
     @classmethod
     def from_mlp(cls, mlp: nnx.Module, block_shape: tuple[int, int] = (64, 64), *,
@@ -305,6 +322,12 @@ class SparseMLP(nnx.Module):
             h = jax.nn.gelu(h, approximate=self.approximate_gelu).astype(self.dtype)
             y = jnp.dot(h, self.w2.value, preferred_element_type=jnp.float32) + self.b2.value
         else:
-            y = _mlp_kernel(self.path)(x2, self.weights(), approximate_gelu=self.approximate_gelu,
+            extra = ()
+            if self.path == "mosaic_gpu":
+                from .sparse_mlp.kernel_gpu import GpuMLPSchedule
+
+                extra = (GpuMLPSchedule(self.schedule_ptr.value, *self.schedule.value),)
+            y = _mlp_kernel(self.path)(x2, self.weights(), *extra,
+                                       approximate_gelu=self.approximate_gelu,
                                        **_kernel_kwargs(self.block_sizes, self.interpret))
         return y.astype(out_dtype).reshape(*lead, self.dim)

@@ -100,7 +100,7 @@ def test_sparse_linear_mask_argument_and_errors():
         SparseLinear.from_linear(lin, (16, 16), path="cuda")
     with pytest.raises(ValueError, match="takes bfloat16/float16 weights"):
         SparseLinear.from_linear(lin, (16, 16), path="mosaic_gpu")
-    with pytest.raises(ValueError, match="no Mosaic GPU fused MLP"):
+    with pytest.raises(ValueError, match="Mosaic GPU MLP takes bfloat16/float16 weights"):
         SparseMLP.from_mlp(Mlp(32, 64, 16, 0.5), (16, 16), path="mosaic_gpu")
 
 
@@ -137,7 +137,7 @@ def test_choose_path_by_break_even(monkeypatch):
     monkeypatch.setitem(layers.BREAK_EVEN, "NVIDIA H100 80GB HBM3",
                         layers.BreakEven(linear=0.6, mlp=0.7, gpu_path="mosaic_gpu"))
     assert choose_path(0.55, "linear", "gpu", "NVIDIA H100 80GB HBM3") == "mosaic_gpu"
-    assert choose_path(0.55, "mlp", "gpu", "NVIDIA H100 80GB HBM3") == "triton"
+    assert choose_path(0.65, "mlp", "gpu", "NVIDIA H100 80GB HBM3") == "mosaic_gpu"
     with pytest.raises(ValueError, match="op must be 'linear' or 'mlp'"):
         choose_path(0.5, "conv", "gpu", "x")
 
@@ -169,6 +169,20 @@ def test_auto_mosaic_gpu_falls_back_to_triton_for_f32(monkeypatch):
     lin = pruned_linear(32, 32, 16, 0.5)
     assert SparseLinear.from_linear(lin, (16, 16)).path == "triton"
     assert SparseLinear.from_linear(lin, (16, 16), dtype=jnp.bfloat16).path == "mosaic_gpu"
+    mlp = Mlp(32, 64, 16, 0.5)
+    assert SparseMLP.from_mlp(mlp, (16, 16)).path == "triton"
+    assert SparseMLP.from_mlp(mlp, (16, 16), dtype=jnp.bfloat16).path == "mosaic_gpu"
+
+
+def test_sparse_mlp_mosaic_gpu_path_interpret():
+    """The fused Mosaic GPU MLP behind the layer, in the CPU Mosaic GPU interpreter (bf16)."""
+    mlp = Mlp(64, 128, 16, 0.75)
+    x = _x((2, 20, 64))
+    sp = SparseMLP.from_mlp(mlp, (16, 16), path="mosaic_gpu", dtype=jnp.bfloat16,
+                            interpret=True)
+    y = sp(x.astype(jnp.bfloat16))
+    assert y.shape == (2, 20, 64) and y.dtype == jnp.bfloat16
+    assert_close(y, mlp(x.astype(jnp.bfloat16).astype(jnp.float32)), jnp.bfloat16, True)
 
 
 def test_layers_use_tuned_tiles(tmp_path, monkeypatch):

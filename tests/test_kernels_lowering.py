@@ -13,6 +13,7 @@ import pytest
 
 from taco_jax.kernels.problems import make_linear_problem, make_mlp_problem
 from taco_jax.kernels.sparse_linear import kernel_gpu, kernel_tpu, kernel_triton
+from taco_jax.kernels.sparse_mlp import kernel_gpu as mlp_gpu
 from taco_jax.kernels.sparse_mlp import kernel_tpu as mlp_tpu
 from taco_jax.kernels.sparse_mlp import kernel_triton as mlp_triton
 
@@ -63,3 +64,14 @@ def test_tpu_mlp_lowers():
     m = make_mlp_problem(300, 256, 512, (128, 128), 0.5, jnp.bfloat16)
     text = lower(lambda x, w: mlp_tpu.sparse_mlp_tpu(x, w), (m.x, m.weights), "tpu")
     assert "tpu_custom_call" in text
+
+
+@pytest.mark.parametrize("block,block_t", [(16, 128), (64, 64), (64, 128), (128, 64)])
+@pytest.mark.parametrize("approximate_gelu", [False, True])
+def test_mosaic_gpu_mlp_lowers(block, block_t, approximate_gelu):
+    m = make_mlp_problem(100, 256, 512, (block, block), 0.75, jnp.bfloat16)
+    bs = mlp_gpu.BlockSizes(block_t, 2)
+    text = lower(lambda x, w, s: mlp_gpu.sparse_mlp_gpu(x, w, s, block_sizes=bs,
+                                                        approximate_gelu=approximate_gelu),
+                 (m.x, m.weights, mlp_gpu.build_schedule(m.weights)), "cuda")
+    assert "mosaic_gpu" in text.lower()

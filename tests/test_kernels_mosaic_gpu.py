@@ -8,13 +8,16 @@ compiles for the device (both weight layouts) and is the test of the real loweri
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from taco_jax.kernels.problems import make_linear_problem
+from taco_jax.kernels.problems import make_linear_problem, make_mlp_problem
 from taco_jax.kernels.sparse_linear import kernel_gpu
 from taco_jax.kernels.sparse_linear.reference import sparse_linear_reference
+from taco_jax.kernels.sparse_mlp import kernel_gpu as mlp_gpu
+from taco_jax.kernels.sparse_mlp.reference import dense_mlp
 from taco_jax.kernels.testing import assert_close, has_platform
 
 
@@ -79,3 +82,58 @@ class TestMosaicGpuLinear(_MosaicGpuLinear):
 class TestMosaicGpuLinearInterpret(_MosaicGpuLinear):
     INTERPRET = True
     TRANSPOSE_IN_SMEM = (False,)
+
+
+def masked_dense_mlp(m):
+    f = lambda a: a.astype(jnp.float32)
+    return dense_mlp(f(m.x), f(m.w1), m.b1, f(m.w2), m.b2, precision=jax.lax.Precision.HIGHEST)
+
+
+class _MosaicGpuMLP:
+    INTERPRET = False
+
+    def setup_method(self):
+        if not self.INTERPRET and not has_platform("gpu"):
+            pytest.skip("needs a GPU")
+
+    def run(self, m, block_t=64, **kw):
+        return mlp_gpu.sparse_mlp_gpu(m.x, m.weights, mlp_gpu.build_schedule(m.weights),
+                                      block_sizes=mlp_gpu.BlockSizes(block_t, 2),
+                                      interpret=self.INTERPRET, **kw)
+
+    @pytest.mark.parametrize("case", [(24, 768, 3072, 64, 0.9, 64), (70, 128, 256, 32, 0.5, 128)],
+                             ids=["vit_b_mlp", "odd_tokens_bt128"])
+    def test_shapes(self, case):
+        T, D, H, b, s, bt = case
+        m = make_mlp_problem(T, D, H, (b, b), s, jnp.bfloat16, seed=T)
+        y = self.run(m, bt)
+        assert y.shape == (T, D) and y.dtype == jnp.bfloat16
+        assert_close(y, masked_dense_mlp(m), jnp.bfloat16, self.INTERPRET)
+
+    @pytest.mark.parametrize("edge", ["empty_rows", "fc1_zero", "fc2_zero"])
+    def test_edges(self, edge):
+        rng = np.random.default_rng(2)
+        m1, m2 = rng.random((8, 4)) < 0.5, rng.random((4, 8)) < 0.5
+        if edge == "empty_rows":  # chunk 1 has no fc1 block but feeds every output: gelu(b1)
+            m1[1] = m1[5] = False
+            m2[:, 1] = True
+        elif edge == "fc1_zero":
+            m1[:] = False
+        else:
+            m2[:] = False
+        m = make_mlp_problem(19, 64, 128, (16, 16), 0.0, jnp.bfloat16, masks=(m1, m2))
+        assert_close(self.run(m), masked_dense_mlp(m), jnp.bfloat16, self.INTERPRET)
+
+    def test_rejects(self):
+        m = make_mlp_problem(8, 64, 128, (32, 16), 0.5, jnp.bfloat16)
+        with pytest.raises(ValueError, match="needs square blocks"):
+            self.run(m)
+
+
+@pytest.mark.gpu
+class TestMosaicGpuMLP(_MosaicGpuMLP):
+    """Compiled for the GPU (Hopper)."""
+
+
+class TestMosaicGpuMLPInterpret(_MosaicGpuMLP):
+    INTERPRET = True
