@@ -1,12 +1,13 @@
 """Pallas GPU (Triton lowering) fused block-sparse MLP: ``y = fc2(gelu(fc1(x) + b1)) + b2``.
 
-One program per token tile. It walks the hidden chunks j; for each it computes
-h_j = gelu(x @ W1[j]ᵀ + b1_j) in registers over the stored blocks of W1's block-row j, then
-multiplies h_j by the stored blocks of W2ᵀ's row j. The output row panel (block_t, D) is held in
-registers as D/bo column accumulators (a static list); a block for output column o is added with a
+One program per (token tile, output column group g). It walks the hidden chunks j; for each it
+computes h_j = gelu(x @ W1[j]ᵀ + b1_j) in registers over the stored blocks of W1's block-row j,
+then multiplies h_j by the stored blocks of W2ᵀ's row j whose output column lies in group g (a
+contiguous run, located by ``group_ptr``). The output panel (block_t, D/G) is held in registers
+as D/(G·bo) column accumulators (a static list); a block for output column o is added with a
 select on o, since registers cannot be indexed dynamically. The hidden activation never touches
-memory. Register use grows with block_t * D / out_groups; ``out_groups`` > 1 splits the output
-columns over programs at the price of recomputing fc1 per group (the autotuner picks).
+memory. Register use grows with block_t * D / G; ``out_groups`` G > 1 lowers it at the price of
+recomputing fc1 per group (the autotuner picks). GELU's erf is a polynomial (no erf in Triton).
 """
 
 from __future__ import annotations
