@@ -63,7 +63,8 @@ def test_sequential_inputs_flow_through_pruned_layers():
                                    rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("pattern", ["unstructured", "2:4", "block8x8"])
+@pytest.mark.parametrize("pattern", [pytest.param("unstructured", marks=pytest.mark.slow),
+                                     pytest.param("2:4", marks=pytest.mark.slow), "block8x8"])
 def test_masks_sparsity_and_apply_masks(pattern):
     vit = TinyViT(nnx.Rngs(0))
     res = prune_model(vit, image_batches(2), PruneConfig(pattern=pattern, sparsity=0.5))
