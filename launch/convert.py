@@ -1,0 +1,70 @@
+"""Convert a PyTorch checkpoint (timm / torchvision / Hugging Face) to a taco-jax orbax checkpoint.
+
+    python -m launch.convert --src=vit_small.safetensors --arch=vit_small_patch16_224 --out=ckpt/
+
+``.safetensors`` and ``.npz`` are read without torch; ``.pth``/``.pt``/``.bin`` need torch. The
+classifier size is read from the checkpoint. On any mismatch (missing, unexpected or misshaped
+tensors) the error lists each one and nothing is written to ``--out``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from absl import app, flags, logging
+
+from taco_jax.convert import convert_state_dict, load_state_dict, save_checkpoint
+from taco_jax.convert.convert import NAMINGS
+from taco_jax.convert.state_dict import SUFFIXES
+from taco_jax.models import PRESETS, names
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("src", None, "PyTorch checkpoint file: "
+                    + ", ".join(SUFFIXES) + ".", required=True)
+flags.DEFINE_enum("arch", None, names(), "Registered architecture to build.", required=True)
+flags.DEFINE_string("out", None, "Output directory; must not exist yet.", required=True)
+flags.DEFINE_enum("naming", "auto", list(NAMINGS),
+                  "Parameter names in --src: timm (also torchvision ResNets), hf (Hugging Face), "
+                  "augreg (Google's JAX ViT .npz), or auto (told apart by the keys).")
+flags.DEFINE_enum("preprocess", None, list(PRESETS),
+                  "Eval preprocessing preset stored with the model (default: the arch's own).")
+flags.DEFINE_integer("img_size", None, "Input resolution to build for; ViT position embeddings "
+                     "are resized to it (default: the arch's own).", lower_bound=1)
+
+
+@flags.validator("src", "--src must name an existing file with a known suffix")
+def _check_src(value: str | None) -> bool:
+    if value is None:
+        return True
+    path = Path(value)
+    if not path.is_file():
+        raise flags.ValidationError(f"--src={value!r}: no such file")
+    if path.suffix not in SUFFIXES:
+        raise flags.ValidationError(f"--src={value!r}: suffix {path.suffix!r} is not one of "
+                                    + ", ".join(SUFFIXES))
+    return True
+
+
+@flags.validator("out", "--out must not exist yet")
+def _check_out(value: str | None) -> bool:
+    if value is not None and Path(value).exists():
+        raise flags.ValidationError(f"--out={value!r} already exists; give a new directory")
+    return True
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    overrides = {} if FLAGS.img_size is None else {"img_size": FLAGS.img_size}
+    sd = load_state_dict(FLAGS.src)
+    logging.info("read %d tensors from %s", len(sd), FLAGS.src)
+    model, spec = convert_state_dict(sd, FLAGS.arch, naming=FLAGS.naming,
+                                     preprocess=FLAGS.preprocess, **overrides)
+    out = save_checkpoint(model, spec, FLAGS.out,
+                          source={"file": str(Path(FLAGS.src).absolute()), "naming": FLAGS.naming})
+    logging.info("wrote %s (%s, %d classes)", out, spec.arch, spec.num_classes)
+    print(f"wrote {out}: {spec.arch}, {spec.num_classes} classes, preprocess {model.preprocess}")
+
+
+if __name__ == "__main__":
+    app.run(main)

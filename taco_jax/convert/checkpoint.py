@@ -1,0 +1,74 @@
+"""Orbax checkpoints of converted models.
+
+Layout of a checkpoint directory::
+
+    model.json   {"format": 1, "arch", "num_classes", "overrides", "preprocess", "source"}
+    state/       orbax StandardCheckpointer: params and BatchNorm statistics (nnx state)
+
+Writing goes to a hidden temporary directory beside the target, renamed into place at the end,
+so a failed conversion leaves nothing at the target.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from taco_jax.convert.convert import ModelSpec
+from taco_jax.models import create
+from taco_jax.models.preprocess import Preprocess
+
+FORMAT = 1
+
+
+def save_checkpoint(model: nnx.Module, spec: ModelSpec, directory: str | Path, *,
+                    source: dict[str, Any] | None = None) -> Path:
+    """Write ``model`` (params + BatchNorm stats) and how to rebuild it to a new ``directory``."""
+    directory = Path(directory).absolute()
+    if directory.exists():
+        raise FileExistsError(f"{directory} already exists; choose a new output directory")
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+    try:
+        meta = {"format": FORMAT, "arch": spec.arch, "num_classes": spec.num_classes,
+                "overrides": spec.overrides, "preprocess": model.preprocess.to_dict(),
+                "source": source or {}}
+        (tmp / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
+        with ocp.StandardCheckpointer() as ckptr:
+            ckptr.save(tmp / "state", nnx.state(model, (nnx.Param, nnx.BatchStat)).to_pure_dict())
+        os.rename(tmp, directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return directory
+
+
+def load_checkpoint(directory: str | Path) -> tuple[nnx.Module, ModelSpec]:
+    """Rebuild the model saved by ``save_checkpoint`` (restored against its abstract shape),
+    in eval mode."""
+    directory = Path(directory).absolute()
+    meta_file = directory / "model.json"
+    if not meta_file.is_file():
+        raise FileNotFoundError(f"{directory} is not a taco-jax model checkpoint "
+                                "(no model.json)")
+    meta = json.loads(meta_file.read_text())
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{meta_file}: format {meta.get('format')!r}, expected {FORMAT}")
+    spec = ModelSpec(meta["arch"], meta["num_classes"], meta["overrides"])
+    model = nnx.eval_shape(lambda: create(spec.arch, num_classes=spec.num_classes,
+                                          **spec.overrides))
+    state = nnx.state(model, (nnx.Param, nnx.BatchStat))
+    with ocp.StandardCheckpointer() as ckptr:
+        restored = ckptr.restore(directory / "state", state.to_pure_dict())
+    nnx.replace_by_pure_dict(state, restored)
+    nnx.update(model, state)
+    model.preprocess = Preprocess.from_dict(meta["preprocess"])
+    model.eval()
+    return model, spec
