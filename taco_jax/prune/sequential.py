@@ -77,6 +77,7 @@ class LayerStats:
     seconds: float
     damp: float = 0.0
     damp_tries: int = 1
+    hessian_seconds: float = 0.0  # this layer's share of its group's Hessian collection
 
 
 @dataclasses.dataclass
@@ -318,8 +319,11 @@ def _prune_one(model, name, H, plan_entry, config, pairs, result, mesh, extra_se
         _write_kernel(layer, W1)
         result.masks[name] = _kernel_mask(layer, keep)
         zeros = float(1.0 - np.mean(result.masks[name]))
-    st = LayerStats(name, shape, str(pat), zeros, err,
-                    time.perf_counter() - t0 + extra_seconds, damp, tries)
+    label = str(pat)
+    if isinstance(pat, Structured):
+        label = "structured" + (f"{pairs[name].group_size}" if pairs[name].group_size > 1 else "")
+    st = LayerStats(name, shape, label, zeros, err,
+                    time.perf_counter() - t0 + extra_seconds, damp, tries, extra_seconds)
     result.stats.append(st)
     _log(st)
 
