@@ -210,3 +210,22 @@ def test_resume_gives_the_same_result(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="different config"):
         prune_model(TinyViT(nnx.Rngs(3)), xs, PruneConfig(sparsity=0.5),
                     checkpoint_dir=str(tmp_path))
+
+
+class _EqualValues(nnx.Module):
+    """b reads a different array that happens to equal a's input (as residual blocks at a
+    zero-initialised BatchNorm): it must not share a's Hessian or be solved early."""
+
+    def __init__(self, rngs):
+        self.a = nnx.Linear(3, 3, rngs=rngs)
+        self.b = nnx.Linear(3, 3, rngs=rngs)
+        self.c = nnx.Linear(3, 3, rngs=rngs)
+
+    def __call__(self, x):
+        h = self.a(x)
+        return self.c(self.b(x + 0.0) + h)
+
+
+def test_equal_values_are_not_shared_inputs():
+    m = _EqualValues(nnx.Rngs(0))
+    assert forward_groups(m, jnp.ones((1, 2, 2, 3)), ["a", "b", "c"]) == [["a"], ["b"], ["c"]]

@@ -118,11 +118,15 @@ def _geometry(layer) -> tuple:
 
 
 def forward_groups(model: nnx.Module, x: jax.Array, names: Sequence[str]) -> list[list[str]]:
-    """Names in call order, grouped: one group per (input value, unfolding geometry)."""
-    calls: list[tuple[str, np.ndarray]] = []
+    """Names in call order, grouped: one group per (input array object, unfolding geometry).
+
+    Identity, not value: two blocks that happen to compute equal values (e.g. residual blocks at
+    a zero-initialised BatchNorm) must stay separate; q/k/v get the very same array object.
+    """
+    calls: list[tuple[str, jax.Array]] = []  # holds the arrays, so no id is reused
     layers = {n: get_layer(model, n) for n in names}
     for n, layer in layers.items():
-        set_layer(model, n, _Probe(layer, lambda v, n=n: calls.append((n, np.asarray(v)))))
+        set_layer(model, n, _Probe(layer, lambda v, n=n: calls.append((n, v))))
     try:
         model(jnp.asarray(x, jnp.float32))
     finally:
@@ -137,7 +141,7 @@ def forward_groups(model: nnx.Module, x: jax.Array, names: Sequence[str]) -> lis
         seen.add(n)
         key = _geometry(layers[n])
         for i, (k, ref) in enumerate(keys):
-            if k == key and ref.shape == v.shape and np.array_equal(ref, v):
+            if k == key and ref is v:
                 out[i].append(n)
                 break
         else:
