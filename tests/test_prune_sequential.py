@@ -108,6 +108,8 @@ def test_unknown_layer_name_is_a_clear_error():
     vit = TinyViT(nnx.Rngs(0))
     with pytest.raises(KeyError, match=r"no layer named 'blocks\.0\.mlp\.fc3'.*prunable layers"):
         prune_model(vit, image_batches(1), PruneConfig(), layers=["blocks.0.mlp.fc3"])
+    with pytest.raises(ValueError, match="re-iterable"):
+        prune_model(vit, iter(image_batches(1)), PruneConfig())
     with pytest.raises(KeyError, match=r"blocks\.9"):
         prune_model(vit, image_batches(1), PruneConfig(overrides={"blocks.9.mlp.fc1": 0.5}))
 
