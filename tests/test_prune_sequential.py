@@ -1,5 +1,6 @@
 """Sequential pruning: forward order, shared Hessians, shrinking, masks, resume."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -231,3 +232,23 @@ class _EqualValues(nnx.Module):
 def test_equal_values_are_not_shared_inputs():
     m = _EqualValues(nnx.Rngs(0))
     assert forward_groups(m, jnp.ones((1, 2, 2, 3)), ["a", "b", "c"]) == [["a"], ["b"], ["c"]]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["vit_mini", "resnet_mini"])
+def test_zoo_models_prune_and_shrink(name):
+    """The zoo's mini models: unstructured masks and structured cuts both run end to end."""
+    import taco_jax.models.resnet
+    import taco_jax.models.vit  # noqa: F401
+    from taco_jax.models import registry
+
+    xs = [np.random.default_rng(0).normal(size=(4, 28, 28, 1)).astype(np.float32)]
+    model = registry.create(name, num_classes=3)
+    res = prune_model(model, xs, PruneConfig(sparsity=0.5))
+    assert res.masks and model.head_name not in res.masks
+    model = registry.create(name, num_classes=3)
+    before = sum(np.prod(v.shape) for v in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    res = prune_model(model, xs, PruneConfig(pattern="structured", sparsity=0.5))
+    after = sum(np.prod(v.shape) for v in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    assert res.kept and after < 0.8 * before
+    assert np.isfinite(np.asarray(model(jnp.asarray(xs[0])))).all()
