@@ -1,0 +1,35 @@
+"""Layer-wise second-order pruning (DESIGN.md §2): patterns, Hessians, the solver, sequential."""
+
+from taco_jax.prune.allocate import allocate_sparsity, error_curves
+from taco_jax.prune.hessian import HessianState, collect_hessians
+from taco_jax.prune.patterns import NM, Block, Structured, Unstructured, parse_pattern
+from taco_jax.prune.sequential import (
+    LayerStats,
+    PruneConfig,
+    PruneResult,
+    apply_masks,
+    prune_model,
+)
+from taco_jax.prune.shrink import ShrinkPair, infer_pairs
+from taco_jax.prune.solver import SolveStats, prune_layer
+
+__all__ = [
+    "NM",
+    "Block",
+    "HessianState",
+    "LayerStats",
+    "PruneConfig",
+    "PruneResult",
+    "ShrinkPair",
+    "SolveStats",
+    "Structured",
+    "Unstructured",
+    "allocate_sparsity",
+    "apply_masks",
+    "collect_hessians",
+    "error_curves",
+    "infer_pairs",
+    "parse_pattern",
+    "prune_layer",
+    "prune_model",
+]

@@ -77,6 +77,7 @@ class LayerStats:
     seconds: float
     damp: float = 0.0
     damp_tries: int = 1
+    hessian_seconds: float = 0.0  # this layer's share of its group's Hessian collection
 
 
 @dataclasses.dataclass
@@ -117,11 +118,15 @@ def _geometry(layer) -> tuple:
 
 
 def forward_groups(model: nnx.Module, x: jax.Array, names: Sequence[str]) -> list[list[str]]:
-    """Names in call order, grouped: one group per (input value, unfolding geometry)."""
-    calls: list[tuple[str, np.ndarray]] = []
+    """Names in call order, grouped: one group per (input array object, unfolding geometry).
+
+    Identity, not value: two blocks that happen to compute equal values (e.g. residual blocks at
+    a zero-initialised BatchNorm) must stay separate; q/k/v get the very same array object.
+    """
+    calls: list[tuple[str, jax.Array]] = []  # holds the arrays, so no id is reused
     layers = {n: get_layer(model, n) for n in names}
     for n, layer in layers.items():
-        set_layer(model, n, _Probe(layer, lambda v, n=n: calls.append((n, np.asarray(v)))))
+        set_layer(model, n, _Probe(layer, lambda v, n=n: calls.append((n, v))))
     try:
         model(jnp.asarray(x, jnp.float32))
     finally:
@@ -136,7 +141,7 @@ def forward_groups(model: nnx.Module, x: jax.Array, names: Sequence[str]) -> lis
         seen.add(n)
         key = _geometry(layers[n])
         for i, (k, ref) in enumerate(keys):
-            if k == key and ref.shape == v.shape and np.array_equal(ref, v):
+            if k == key and ref is v:
                 out[i].append(n)
                 break
         else:
@@ -241,6 +246,9 @@ def prune_model(model: nnx.Module, batches: Sequence, config: PruneConfig, *,
     an orbax checkpoint after each group; a rerun with the same directory and config resumes
     there and gives the same result. ``mesh``: Hessians psum'd, row solves sharded over it.
     """
+    if iter(batches) is batches:
+        raise ValueError("batches must be re-iterable (e.g. a list of NHWC arrays): it is read "
+                         f"once per layer group, got a one-shot {type(batches).__name__}")
     model.eval()
     names = list(layers) if layers is not None else default_layers(model, config)
     for n in [*names, *config.overrides]:
@@ -318,8 +326,11 @@ def _prune_one(model, name, H, plan_entry, config, pairs, result, mesh, extra_se
         _write_kernel(layer, W1)
         result.masks[name] = _kernel_mask(layer, keep)
         zeros = float(1.0 - np.mean(result.masks[name]))
-    st = LayerStats(name, shape, str(pat), zeros, err,
-                    time.perf_counter() - t0 + extra_seconds, damp, tries)
+    label = str(pat)
+    if isinstance(pat, Structured):
+        label = "structured" + (f"{pairs[name].group_size}" if pairs[name].group_size > 1 else "")
+    st = LayerStats(name, shape, label, zeros, err,
+                    time.perf_counter() - t0 + extra_seconds, damp, tries, extra_seconds)
     result.stats.append(st)
     _log(st)
 

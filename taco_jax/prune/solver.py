@@ -95,11 +95,40 @@ def _my_rows(full, local_rows, axis_name):
     return lax.dynamic_slice_in_dim(full, start, local_rows, axis=0)
 
 
-def _rank(x: jax.Array, axis=None) -> jax.Array:
-    """0-based rank of every entry (stable ties) along ``axis`` (None: over the flattened array)."""
-    flat = x.reshape(-1) if axis is None else x
-    r = jnp.argsort(jnp.argsort(flat, axis=axis or 0, stable=True), axis=axis or 0)
-    return r.reshape(x.shape)
+def lowest_k(x: jax.Array, k: jax.Array, per_row: bool = False) -> jax.Array:
+    """Mask of the ``k`` smallest entries of x >= 0 (+inf allowed), ties to the lower index
+    (as a stable sort); over the whole array, or in every row if ``per_row``.
+
+    Bisection on the float bit pattern (monotone for x >= 0) finds the k-th smallest value t in
+    32 counting passes; entries equal to t are taken in index order. XLA's CPU sort is slow (two
+    argsorts of a 768×128 block cost ~0.1 s), this costs a few ms.
+    """
+    shape = x.shape
+    x = x.reshape(shape[0], -1) if per_row else x.reshape(1, -1)
+    bits = lax.bitcast_convert_type(x.astype(jnp.float32), jnp.int32)
+    k = jnp.broadcast_to(jnp.asarray(k, jnp.int32), (x.shape[0],))[:, None]
+
+    def bisect(_, c):
+        lo, hi = c
+        mid = lo + (hi - lo) // 2
+        enough = jnp.sum(bits <= mid, axis=1, keepdims=True) >= k
+        return jnp.where(enough, lo, mid + 1), jnp.where(enough, mid, hi)
+
+    lo = jnp.zeros_like(k)
+    hi = jnp.full_like(k, 0x7F800000)  # +inf
+    t, _ = lax.fori_loop(0, 32, bisect, (lo, hi))
+    less = bits < t
+    eq = bits == t
+    take = eq & (jnp.cumsum(eq, axis=1) <= k - jnp.sum(less, axis=1, keepdims=True))
+    return (less | take).reshape(shape)
+
+
+def _rank_in_groups(x: jax.Array) -> jax.Array:
+    """Stable rank of each entry within its last axis (small m): m² comparisons, no sort."""
+    i = jnp.arange(x.shape[-1])
+    a, b = x[..., :, None], x[..., None, :]
+    before = (b < a) | ((b == a) & (i[None, :] < i[:, None]))
+    return before.sum(-1)
 
 
 def select_pruned(scores: jax.Array, k: jax.Array, pattern: Pattern, axis_name=None) -> jax.Array:
@@ -111,36 +140,39 @@ def select_pruned(scores: jax.Array, k: jax.Array, pattern: Pattern, axis_name=N
     """
     rows, g = scores.shape
     if isinstance(pattern, NM):
-        r = _rank(scores.reshape(rows, g // pattern.m, pattern.m), axis=-1)
+        r = _rank_in_groups(scores.reshape(rows, g // pattern.m, pattern.m))
         return (r < pattern.m - pattern.n).reshape(rows, g)
     if isinstance(pattern, Unstructured) and pattern.per_row:
-        return _rank(scores, axis=-1) < k
+        return lowest_k(scores, k, per_row=True)
     full = _all_rows(scores, axis_name)
     if isinstance(pattern, Block):
         R, r, c = full.shape[0], pattern.r, pattern.c
         tiles = full.reshape(R // r, r, g // c, c).sum((1, 3))
-        full = jnp.repeat(jnp.repeat(_rank(tiles) < k, r, 0), c, 1)
+        full = jnp.repeat(jnp.repeat(lowest_k(tiles, k), r, 0), c, 1)
         return _my_rows(full, rows, axis_name)
-    return _my_rows(_rank(full) < k, rows, axis_name)
+    return _my_rows(lowest_k(full, k), rows, axis_name)
 
 
 # ----------------------------------------------------------------------------- damping
 
 
-def hinv_with_damping(H: jax.Array, percdamp: float, max_tries: int = 8):
-    """(H + λ·mean(diag H)·I)⁻¹ and its upper Cholesky factor U (H⁻¹ = UᵀU); λ ×10 on failure.
+def hinv_upper_with_damping(H: jax.Array, percdamp: float, max_tries: int = 8):
+    """Upper Cholesky factor U of (H + λ·mean(diag H)·I)⁻¹ = UᵀU, raising λ ×10 on failure.
 
-    Returns (Hinv, U, λ, tries); tries > 1 means the Cholesky factorization failed and λ was raised.
+    Same result as SparseGPT's cholesky → cholesky_inverse → cholesky(upper), in one Cholesky and
+    one triangular solve: with J the order-reversing permutation and J·H·J = L Lᵀ, H = R Rᵀ for
+    the upper R = J L J, so H⁻¹ = R⁻ᵀR⁻¹ and U = R⁻¹. Returns (U, λ, tries); tries > 1 means a
+    factorization failed and λ was raised.
     """
     d = H.shape[0]
     eye = jnp.eye(d, dtype=H.dtype)
     mean_diag = jnp.mean(jnp.diag(H))
 
     def attempt(lam):
-        L = jnp.linalg.cholesky(H + lam * mean_diag * eye)          # Cholesky
-        Hinv = jax.scipy.linalg.cho_solve((L, True), eye)            # Cholesky inverse
-        U = jnp.linalg.cholesky(Hinv, upper=True)                    # Cholesky upper of H⁻¹
-        return Hinv, U, jnp.all(jnp.isfinite(U)) & jnp.all(jnp.diag(U) > 0)
+        L = jnp.linalg.cholesky((H + lam * mean_diag * eye)[::-1, ::-1])   # Cholesky
+        R = L[::-1, ::-1]                                                    # H = R Rᵀ, R upper
+        U = jax.scipy.linalg.solve_triangular(R, eye, lower=False)          # U = R⁻¹
+        return U, jnp.all(jnp.isfinite(U)) & jnp.all(jnp.diag(R) > 0)
 
     def retry(carry):
         lam, tries, *_ = carry
@@ -149,9 +181,8 @@ def hinv_with_damping(H: jax.Array, percdamp: float, max_tries: int = 8):
 
     lam0 = jnp.asarray(percdamp, H.dtype)
     carry = (lam0, jnp.int32(1), *attempt(lam0))
-    lam, tries, Hinv, U, _ = lax.while_loop(
-        lambda c: (~c[4]) & (c[1] < max_tries), retry, carry)
-    return Hinv, U, lam, tries
+    lam, tries, U, _ = lax.while_loop(lambda c: (~c[3]) & (c[1] < max_tries), retry, carry)
+    return U, lam, tries
 
 
 # ----------------------------------------------------------------------------- SparseGPT
@@ -164,7 +195,9 @@ def fasterprune(W: jax.Array, U: jax.Array, counts: jax.Array, pattern: Pattern,
     Walks the columns in blocks of B; at the start of every mask-selection group (the block, or M
     columns for N:M) picks what to prune by w²/U_jj²; then for each column j (OBS, Eq. 3):
     ``err = (w_j − q_j)/U_jj`` and ``W[:, j:] −= err ⊗ U[j, j:]``; after the block the accumulated
-    errors update all later columns at once (lazy batch update). Returns (W_new, pruned mask).
+    errors update all later columns at once (lazy batch update). Returns (W_new, pruned mask,
+    Σ_j err_j² per row), the last being ‖(W − Ŵ)X‖² per row under the damped H, since ΔW = E·U
+    and H_damped = U⁻¹U⁻ᵀ.
     """
     d_in = W.shape[1]
     B = min(blocksize, d_in)
@@ -176,7 +209,7 @@ def fasterprune(W: jax.Array, U: jax.Array, counts: jax.Array, pattern: Pattern,
     g = pattern.m if isinstance(pattern, NM) else B  # mask-selection group width
 
     def block(b, carry):
-        W, Mask = carry
+        W, Mask, sq = carry
         i1 = b * B
         W1 = lax.dynamic_slice_in_dim(W, i1, B, axis=1)
         U1 = lax.dynamic_slice(U, (i1, i1), (B, B))
@@ -205,16 +238,39 @@ def fasterprune(W: jax.Array, U: jax.Array, counts: jax.Array, pattern: Pattern,
 
         zeros = jnp.zeros_like(W1)
         W1, M1, E1 = lax.fori_loop(0, B // g, group, (W1, zeros.astype(bool), zeros))
-        Urows = lax.dynamic_slice_in_dim(U, i1, B, axis=0)
-        W = W - E1 @ Urows                                    # lazy batch update, later columns
         W = lax.dynamic_update_slice_in_dim(W, W1, i1, axis=1)  # the block itself is final
-        return W, lax.dynamic_update_slice_in_dim(Mask, M1, i1, axis=1)
 
-    W, Mask = lax.fori_loop(0, nblocks, block, (W, jnp.zeros(W.shape, bool)))
-    return W[:, :d_in], Mask[:, :d_in]
+        def later(c, W):                                      # lazy batch update, block by block
+            Uc = lax.dynamic_slice(U, (i1, c * B), (B, B))
+            Wc = lax.dynamic_slice_in_dim(W, c * B, B, axis=1)
+            return lax.dynamic_update_slice_in_dim(W, Wc - E1 @ Uc, c * B, axis=1)
+
+        W = lax.fori_loop(b + 1, nblocks, later, W)
+        sq = sq + jnp.sum(E1**2, axis=1)
+        return W, lax.dynamic_update_slice_in_dim(Mask, M1, i1, axis=1), sq
+
+    init = (W, jnp.zeros(W.shape, bool), jnp.zeros(W.shape[0], W.dtype))
+    W, Mask, sq = lax.fori_loop(0, nblocks, block, init)
+    return W[:, :d_in], Mask[:, :d_in], sq
 
 
 # ----------------------------------------------------------------------------- structured
+
+
+def spd_inv(A: jax.Array) -> jax.Array:
+    """Inverse of a batch of small SPD matrices (G, g, g). Small g: Gauss-Jordan unrolled over g
+    and vectorised over G (XLA's CPU batched LU runs one small matrix at a time, ~40x slower)."""
+    g = A.shape[-1]
+    if g == 1:
+        return 1.0 / A
+    if g > 16:
+        return jnp.linalg.inv(A)
+    M = jnp.concatenate([A, jnp.broadcast_to(jnp.eye(g, dtype=A.dtype), A.shape)], axis=-1)
+    for i in range(g):  # SPD: pivots are positive, no pivoting needed
+        row = M[:, i] / M[:, i, i, None]
+        M = M - M[:, :, i, None] * row[:, None, :]
+        M = M.at[:, i].set(row)
+    return M[:, :, g:]
 
 
 def structured_prune(W: jax.Array, Hinv: jax.Array, n_remove: jax.Array, group_size: int,
@@ -232,7 +288,7 @@ def structured_prune(W: jax.Array, Hinv: jax.Array, n_remove: jax.Array, group_s
     def step(_, carry):
         W, Hinv, removed = carry
         Hss = Hinv.reshape(G, gs, G, gs)[ar, :, ar, :]                     # (G, gs, gs)
-        Hss_inv = jnp.linalg.inv(jnp.where(removed[:, None, None], eye, Hss))
+        Hss_inv = spd_inv(jnp.where(removed[:, None, None], eye, Hss))
         Wg = W.reshape(rows, G, gs)
         cost = _psum(jnp.einsum("rgi,gij,rgj->g", Wg, Hss_inv, Wg), axis_name)
         s = jnp.argmin(jnp.where(removed, jnp.inf, cost))
@@ -287,7 +343,7 @@ def obc_prune(W: jax.Array, Hinv: jax.Array, total: jax.Array, pattern: Pattern)
             counts = jnp.full(rows, total)
         else:
             _, _, losses = jax.vmap(_obc_row, (0, None, None, None))(W, Hinv, d, allowed)
-            chosen = _rank(losses) < total
+            chosen = lowest_k(losses, total)
             counts = chosen.sum(1)
     W, pruned, _ = jax.vmap(_obc_row, (0, None, 0, None))(W, Hinv, counts, allowed)
     return W, pruned
@@ -304,10 +360,10 @@ def magnitude_prune(W: jax.Array, counts: jax.Array, pattern: Pattern, axis_name
     if isinstance(pattern, Structured):
         gs = pattern.group_size
         cost = _psum(score.reshape(rows, -1, gs).sum((0, 2)), axis_name)
-        pruned = jnp.repeat(_rank(cost) < total, gs)[None]
+        pruned = jnp.repeat(lowest_k(cost, total), gs)[None]
         pruned = jnp.broadcast_to(pruned, W.shape)
     elif isinstance(pattern, Unstructured) and pattern.per_row:
-        pruned = _rank(score, axis=-1) < total
+        pruned = lowest_k(score, total, per_row=True)
     else:
         pruned = select_pruned(score, total, pattern, axis_name)
     return jnp.where(pruned, 0.0, W), pruned
@@ -323,20 +379,27 @@ def _prune_core(W, H, counts, *, pattern, blocksize, percdamp, method, axis_name
     dead = jnp.diag(H) == 0                                          # dead inputs
     Hd = jnp.where(jnp.diag(dead), 1.0, H)
     W = jnp.where(dead[None], 0.0, W)
+    num = None
     if method == "magnitude":
         W, pruned = magnitude_prune(W, counts, pattern, axis_name)
         lam, tries = jnp.float32(0), jnp.int32(0)
     else:
-        Hinv, U, lam, tries = hinv_with_damping(Hd, percdamp)      # damping, Cholesky inverse
+        U, lam, tries = hinv_upper_with_damping(Hd, percdamp)      # damping, Cholesky inverse
         if isinstance(pattern, Structured):
+            Hinv = U.T @ U
             W, pruned = structured_prune(W, Hinv, counts[0], pattern.group_size, axis_name)
         elif method == "obc":
-            W, pruned = obc_prune(W, Hinv, counts.sum(), pattern)
+            W, pruned = obc_prune(W, U.T @ U, counts.sum(), pattern)
         else:
-            W, pruned = fasterprune(W, U, counts, pattern, blocksize, axis_name)
+            W1 = W
+            W, pruned, sq = fasterprune(W, U, counts, pattern, blocksize, axis_name)
+            # ‖ΔW X‖² with the undamped H: Σ err² − λ·mean(diag H)·‖ΔW‖² (dead inputs add 0)
+            num = _psum(jnp.sum(sq) - lam * jnp.mean(jnp.diag(Hd)) * jnp.sum((W1 - W) ** 2),
+                        axis_name)
     W = jnp.where(pruned, 0.0, W)
     delta = W0 - W
-    num = _psum(jnp.einsum("ri,ij,rj->", delta, H, delta), axis_name)
+    if num is None:
+        num = _psum(jnp.einsum("ri,ij,rj->", delta, H, delta), axis_name)
     den = _psum(jnp.einsum("ri,ij,rj->", W0, H, W0), axis_name)
     zeros = _psum(jnp.sum(W == 0), axis_name)
     size = _psum(jnp.int32(W.size), axis_name)

@@ -1,0 +1,134 @@
+"""Global per-layer sparsity from measured error curves under a total budget (OBC/SPDY-style).
+
+1. ``error_curves``: each layer's relative error ‖WX−ŴX‖²/‖WX‖² at every sparsity of a grid,
+   solved on the dense model's Hessians (one calibration pass for all layers).
+2. ``allocate_sparsity``: one grid level per layer minimising the summed error subject to
+   Σ cost ≤ budget (cost = non-zero parameters, or FLOPs for structured), solved exactly on a
+   discretised budget by dynamic programming.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+from absl import logging
+
+from taco_jax.models.paths import get_layer
+from taco_jax.prune.hessian import collect_hessians
+from taco_jax.prune.layout import layer_inputs, layer_matrix
+from taco_jax.prune.patterns import Structured, parse_pattern
+from taco_jax.prune.solver import prune_layer
+
+
+def allocate_sparsity(errors: Mapping[str, Sequence[float]], costs: Mapping[str, Sequence[float]],
+                      grid: Sequence[float], budget: float, resolution: int = 4000
+                      ) -> dict[str, float]:
+    """Pick a level per layer: min Σ errors[name][i] s.t. Σ costs[name][i] ≤ budget.
+
+    ``costs[name][i]`` is what the layer keeps at ``grid[i]`` (non-zeros or FLOPs). Costs are
+    rounded up to ``budget/resolution`` units, so the result never exceeds the budget.
+    """
+    names = list(errors)
+    if budget <= 0:
+        raise ValueError(f"budget must be > 0, got {budget}")
+    unit = budget / resolution
+    cap = resolution
+    best = np.full(cap + 1, np.inf)
+    best[0] = 0.0
+    choice = []
+    for n in names:
+        e = np.asarray(errors[n], np.float64)
+        c = np.ceil(np.asarray(costs[n], np.float64) / unit - 1e-9).astype(int)
+        new = np.full(cap + 1, np.inf)
+        arg = np.zeros(cap + 1, int)
+        for i in range(len(grid)):
+            if c[i] > cap:
+                continue
+            cand = np.full(cap + 1, np.inf)
+            cand[c[i]:] = best[: cap + 1 - c[i]] + e[i]
+            better = cand < new
+            new[better], arg[better] = cand[better], i
+        best = new
+        choice.append(arg)
+    if not np.isfinite(best).any():
+        raise ValueError(f"no allocation meets the budget {budget:g}; the grid's highest "
+                         f"sparsity {max(grid)} is too low")
+    b = int(np.argmin(best))
+    out = {}
+    for n, arg in zip(reversed(names), reversed(choice), strict=True):
+        i = arg[b]
+        out[n] = float(grid[i])
+        b -= int(np.ceil(np.asarray(costs[n], np.float64)[i] / unit - 1e-9))
+    return {n: out[n] for n in names}
+
+
+def error_curves(model, batches, names: Sequence[str], pattern, grid: Sequence[float], *,
+                 blocksize: int = 128, percdamp: float = 0.01, method: str = "sparsegpt",
+                 mesh=None) -> dict[str, np.ndarray]:
+    """name -> relative error at each grid sparsity, on the dense model (no weights changed)."""
+    hessians = collect_hessians(model, batches, names, mesh=mesh)
+    out = {}
+    for n in names:
+        W, H = layer_matrix(get_layer(model, n)), hessians[n]
+        Hg = H if H.ndim == 3 else H[None]
+        errs = []
+        for s in grid:
+            num = den = 0.0
+            for g in range(W.shape[0]):
+                _, _, st = prune_layer(W[g], Hg[g], pattern, s, blocksize=blocksize,
+                                       percdamp=percdamp, method=method, mesh=mesh)
+                w = np.float64(W[g])
+                d = float(np.einsum("ri,ij,rj->", w, np.float64(Hg[g]), w))
+                num, den = num + float(st.rel_error) * d, den + d
+            errs.append(num / max(den, 1e-30))
+        out[n] = np.asarray(errs)
+    return out
+
+
+def positions_per_image(model, x, names: Sequence[str]) -> dict[str, int]:
+    """Output positions per image of each layer (tokens, or H'·W' for convs)."""
+    from taco_jax.models.paths import set_layer
+    from taco_jax.prune.sequential import _Probe
+
+    out = {}
+    layers = {n: get_layer(model, n) for n in names}
+    for n, layer in layers.items():
+        rec = lambda v, n=n, layer=layer: out.setdefault(n, layer_inputs(layer, v).shape[0])
+        set_layer(model, n, _Probe(layer, rec))
+    try:
+        model(np.asarray(x[:1], np.float32))
+    finally:
+        for n, layer in layers.items():
+            set_layer(model, n, layer)
+    return out
+
+
+def allocate_for_model(model, batches, config, names: Sequence[str], mesh=None
+                       ) -> dict[str, float]:
+    """Per-layer sparsities meeting ``config.sparsity`` over ``names`` in total (parameters;
+    FLOPs for structured, counting the producer outputs a consumer's cut removes)."""
+    pattern = parse_pattern(config.pattern)
+    grid = tuple(sorted(set(config.allocation_grid)))
+    model.eval()
+    curves = error_curves(model, batches, names, pattern, grid, blocksize=config.blocksize,
+                          percdamp=config.percdamp, method=config.method, mesh=mesh)
+    size = {n: int(np.prod(get_layer(model, n).kernel.get_value().shape)) for n in names}
+    if isinstance(pattern, Structured):
+        from taco_jax.prune.shrink import infer_pairs
+
+        pairs = {p.consumer: p for p in (config.pairs or infer_pairs(model))}
+        first = next(iter(batches))
+        pos = positions_per_image(model, first,
+                                  [*names, *(q for n in names for q in pairs[n].producers)])
+        weight = {n: size[n] * pos[n] + sum(
+            np.prod(get_layer(model, q).kernel.get_value().shape) * pos[q]
+            for q in pairs[n].producers) for n in names}
+    else:
+        weight = size
+    costs = {n: [weight[n] * (1 - s) for s in grid] for n in names}
+    budget = (1 - config.sparsity) * sum(weight.values())
+    alloc = allocate_sparsity(curves, costs, grid, budget)
+    logging.info("prune: global allocation at %.3f over %d layers: %s", config.sparsity,
+                 len(names), ", ".join(f"{n}={s:.2f}" for n, s in alloc.items()))
+    return alloc
