@@ -53,7 +53,18 @@ class HessianSum(nnx.Variable):
     """Variable type of a tap's running sums (so the jitted forward can return only these)."""
 
 
-class HessianTap(nnx.Module):
+class LayerWrapper(nnx.Module):
+    """Base of modules swapped in for a layer (``self.layer``) that must look like it: the model
+    may read the layer's attributes (out_features, ...), so unknown attributes come from it."""
+
+    def __getattr__(self, name):
+        layer = vars(self).get("layer")
+        if layer is None:
+            raise AttributeError(name)
+        return getattr(layer, name)
+
+
+class HessianTap(LayerWrapper):
     """Wraps a layer; each call adds the layer's input columns to its Hessian sums."""
 
     def __init__(self, layer: nnx.Module, k: int, n_groups: int, mesh=None):
@@ -62,12 +73,6 @@ class HessianTap(nnx.Module):
         self.h = HessianSum(s.h)
         self.n = HessianSum(s.n)
         self.mesh = mesh
-
-    def __getattr__(self, name):  # the model may read the layer's attributes (out_features, ...)
-        layer = vars(self).get("layer")
-        if layer is None:
-            raise AttributeError(name)
-        return getattr(layer, name)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         X = layer_inputs(self.layer, x)

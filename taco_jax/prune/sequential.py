@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from taco_jax.models.paths import get_layer, named_layers, set_layer
 from taco_jax.prune import checkpoint as ckpt
-from taco_jax.prune.hessian import collect_hessians
+from taco_jax.prune.hessian import LayerWrapper, collect_hessians
 from taco_jax.prune.layout import kernel_from_matrix, layer_matrix
 from taco_jax.prune.patterns import (
     Pattern,
@@ -94,16 +94,10 @@ class PruneResult:
 # ----------------------------------------------------------------------------- forward order
 
 
-class _Probe(nnx.Module):
+class _Probe(LayerWrapper):
     def __init__(self, layer, record):
         self.layer = layer
         self.record = record
-
-    def __getattr__(self, name):  # the model may read the layer's attributes (out_features, ...)
-        layer = vars(self).get("layer")
-        if layer is None:
-            raise AttributeError(name)
-        return getattr(layer, name)
 
     def __call__(self, x):
         self.record(x)
