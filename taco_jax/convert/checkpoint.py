@@ -18,9 +18,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import orbax.checkpoint as ocp
 from flax import nnx
 
+from taco_jax.checkpoint import restore_state, save_state
 from taco_jax.convert.convert import ModelSpec
 from taco_jax.models import create
 from taco_jax.models.preprocess import Preprocess
@@ -41,8 +41,7 @@ def save_checkpoint(model: nnx.Module, spec: ModelSpec, directory: str | Path, *
                 "overrides": spec.overrides, "preprocess": model.preprocess.to_dict(),
                 "source": source or {}}
         (tmp / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
-        with ocp.StandardCheckpointer() as ckptr:
-            ckptr.save(tmp / "state", nnx.state(model, (nnx.Param, nnx.BatchStat)).to_pure_dict())
+        save_state(tmp / "state", model)
         os.rename(tmp, directory)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -64,11 +63,7 @@ def load_checkpoint(directory: str | Path) -> tuple[nnx.Module, ModelSpec]:
     spec = ModelSpec(meta["arch"], meta["num_classes"], meta["overrides"])
     model = nnx.eval_shape(lambda: create(spec.arch, num_classes=spec.num_classes,
                                           **spec.overrides))
-    state = nnx.state(model, (nnx.Param, nnx.BatchStat))
-    with ocp.StandardCheckpointer() as ckptr:
-        restored = ckptr.restore(directory / "state", state.to_pure_dict())
-    nnx.replace_by_pure_dict(state, restored)
-    nnx.update(model, state)
+    restore_state(directory / "state", model)
     model.preprocess = Preprocess.from_dict(meta["preprocess"])
     model.eval()
     return model, spec
