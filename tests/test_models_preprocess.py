@@ -30,3 +30,5 @@ def test_normalize_and_round_trip():
     assert Preprocess.from_dict(p.to_dict()) == p
     with pytest.raises(ValueError, match="interpolation must be"):
         Preprocess(224, 256, "lanczos")
+    with pytest.raises(ValueError, match=r"std must be > 0 per channel, got \(0.5, 0.0\)"):
+        Preprocess(28, 28, "bilinear", mean=(0.5, 0.5), std=(0.5, 0.0))

@@ -5,7 +5,8 @@ from __future__ import annotations
 import dataclasses
 import math
 
-import numpy as np
+import jax
+import jax.numpy as jnp
 from numpy.typing import ArrayLike
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -31,6 +32,8 @@ class Preprocess:
                              f"got {self.interpolation!r}")
         if len(self.mean) != len(self.std):
             raise ValueError(f"mean {self.mean} and std {self.std} differ in length")
+        if any(v <= 0 for v in self.std):
+            raise ValueError(f"std must be > 0 per channel, got {self.std}")
 
     @property
     def crop_pct(self) -> float:
@@ -41,13 +44,15 @@ class Preprocess:
         return dataclasses.replace(self, input_size=input_size,
                                    resize_size=round(input_size / self.crop_pct))
 
-    def normalize(self, images: ArrayLike) -> np.ndarray:
-        """(..., H, W, C) float pixels in [0, 1] (already resized and cropped) → model input."""
-        x = np.asarray(images, np.float32)
+    def normalize(self, images: ArrayLike) -> jax.Array:
+        """(..., H, W, C) float pixels in [0, 1] (already resized and cropped) → model input.
+
+        Pure jnp, so it runs inside jitted steps."""
+        x = jnp.asarray(images, jnp.float32)
         if x.shape[-1] != len(self.mean):
             raise ValueError(f"images have {x.shape[-1]} channels, preprocessing expects "
                              f"{len(self.mean)}")
-        return (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+        return (x - jnp.asarray(self.mean, jnp.float32)) / jnp.asarray(self.std, jnp.float32)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
