@@ -9,15 +9,13 @@ timed call ends with ``block_until_ready``; the median of ``--repeats`` calls is
 from __future__ import annotations
 
 import json
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 from absl import app, flags
-from flax import nnx
 
 from taco_jax.models import create, names
+from taco_jax.models.latency import model_latency
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("models", ["vit_small_patch16_224", "resnet50", "convnext_tiny"],
@@ -46,19 +44,9 @@ def _check_batches(value: list[str]) -> bool:
 def forward_latency(name: str, batch: int, *, repeats: int = 10, warmup: int = 2) -> float:
     """Median seconds of one jitted eval forward pass of ``name`` at its own input size."""
     model = create(name, num_classes=1000)
-    model.eval()
-    graphdef, state = nnx.split(model)
     size, chans = model.preprocess.input_size, len(model.preprocess.mean)
     x = jax.random.normal(jax.random.key(0), (batch, size, size, chans), jnp.float32)
-    forward = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x)).lower(state, x).compile()
-    for _ in range(warmup):
-        forward(state, x).block_until_ready()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        forward(state, x).block_until_ready()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return model_latency(model, x, repeats=repeats, warmup=warmup)["median"]
 
 
 def main(argv: list[str]) -> None:
