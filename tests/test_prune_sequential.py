@@ -19,10 +19,10 @@ from taco_jax.prune.solver import prune_layer
 def test_forward_order_and_shared_inputs():
     vit = TinyViT(nnx.Rngs(0))
     names = sorted(named_layers(vit))
-    groups = forward_groups(vit, image_batches(1)[0][:2], names)
+    groups = [g for _, g in forward_groups(vit, image_batches(1)[0][:2], names)]
     assert groups[:3] == [["patch"], ["blocks.0.attn.qkv"], ["blocks.0.attn.proj"]]
     cnn = TinyCNN(nnx.Rngs(0))
-    groups = forward_groups(cnn, image_batches(1)[0][:2], sorted(named_layers(cnn)))
+    groups = [g for _, g in forward_groups(cnn, image_batches(1)[0][:2], sorted(named_layers(cnn)))]
     flat = [n for g in groups for n in g]
     assert flat.index("block.conv1") < flat.index("block.conv2") < flat.index("block.conv3")
     # conv1 (1x1, stride 1) and downsample (1x1, stride 2) read the same x but unfold it
@@ -51,7 +51,8 @@ def test_sequential_inputs_flow_through_pruned_layers():
     res = prune_model(vit, xs, cfg)
     ref = TinyViT(nnx.Rngs(1))
     ref.eval()
-    order = [n for g in forward_groups(ref, xs[0][:2], [s.name for s in res.stats]) for n in g]
+    order = [n for _, g in forward_groups(ref, xs[0][:2], [s.name for s in res.stats])
+             for n in g]
     assert [s.name for s in res.stats] == order
     for name in order:
         H = collect_hessians(ref, xs, [name])[name]
@@ -231,7 +232,8 @@ class _EqualValues(nnx.Module):
 
 def test_equal_values_are_not_shared_inputs():
     m = _EqualValues(nnx.Rngs(0))
-    assert forward_groups(m, jnp.ones((1, 2, 2, 3)), ["a", "b", "c"]) == [["a"], ["b"], ["c"]]
+    groups = forward_groups(m, jnp.ones((1, 2, 2, 3)), ["a", "b", "c"])
+    assert groups == [(0, ["a"]), (0, ["b"]), (0, ["c"])]
 
 
 @pytest.mark.slow

@@ -56,11 +56,14 @@ class Stage(nnx.Module):
         self.blocks = nnx.List([Block(cout, drop_path_rate=float(r), rngs=rngs)
                                 for r in drop_path_rates[:depth]])
 
+    def segments(self) -> list:
+        """The downsample (if any), then each block."""
+        d = self.downsample
+        return ([] if d is None else [lambda x: d[1](d[0](x))]) + list(self.blocks)
+
     def __call__(self, x: jax.Array) -> jax.Array:
-        if self.downsample is not None:
-            x = self.downsample[1](self.downsample[0](x))
-        for blk in self.blocks:
-            x = blk(x)
+        for segment in self.segments():
+            x = segment(x)
         return x
 
 
@@ -93,11 +96,19 @@ class ConvNeXt(nnx.Module):
                   drop_path_rates=rates[i].tolist(), rngs=rngs) for i in range(len(depths))])
         self.head = NormHead(dims[-1], num_classes, eps=head_norm_eps, rngs=rngs)
 
+    def segments(self) -> list:
+        """The forward pass as a chain: stem, each stage's downsample and every block, then
+        pool + norm + ``fc``. Composing them is ``__call__``; sequential pruning caches each
+        segment's inputs so its calibration runs every image through each block once.
+        """
+        stem = [lambda x: self.stem[1](self.stem[0](x))]
+        body = [seg for stage in self.stages for seg in stage.segments()]
+        return [*stem, *body, lambda x: self.head.fc(self.head.norm(jnp.mean(x, axis=(1, 2))))]
+
     def forward_features(self, x: jax.Array) -> jax.Array:
         """(B, H, W, C) → pooled, normed pre-logits (B, dims[-1])."""
-        x = self.stem[1](self.stem[0](x))
-        for stage in self.stages:
-            x = stage(x)
+        for segment in self.segments()[:-1]:
+            x = segment(x)
         return self.head.norm(jnp.mean(x, axis=(1, 2)))
 
     def __call__(self, x: jax.Array) -> jax.Array:

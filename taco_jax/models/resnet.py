@@ -118,14 +118,26 @@ class ResNet(nnx.Module):
         self.num_features = cin
         self.fc = nnx.Linear(cin, num_classes, rngs=rngs)
 
-    def forward_features(self, x: jax.Array) -> jax.Array:
-        """(B, H, W, C) → pooled pre-logits (B, num_features)."""
+    def stem(self, x: jax.Array) -> jax.Array:
+        """(B, H, W, C) → the input of ``layer1`` (conv, BN, ReLU, optional max-pool)."""
         x = jax.nn.relu(self.bn1(self.conv1(x)))
         if self.max_pool:
             x = nnx.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
-        for i in range(self.num_stages):
-            for blk in getattr(self, f"layer{i + 1}"):
-                x = blk(x)
+        return x
+
+    def segments(self) -> list:
+        """The forward pass as a chain: stem, every residual block, then pool + ``fc``.
+
+        Composing them is ``__call__``; sequential pruning caches each segment's inputs so its
+        calibration runs every image through each block once (cost linear in depth).
+        """
+        blocks = [b for i in range(self.num_stages) for b in getattr(self, f"layer{i + 1}")]
+        return [self.stem, *blocks, lambda x: self.fc(jnp.mean(x, axis=(1, 2)))]
+
+    def forward_features(self, x: jax.Array) -> jax.Array:
+        """(B, H, W, C) → pooled pre-logits (B, num_features)."""
+        for segment in self.segments()[:-1]:
+            x = segment(x)
         return jnp.mean(x, axis=(1, 2))
 
     def __call__(self, x: jax.Array) -> jax.Array:

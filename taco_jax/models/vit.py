@@ -124,8 +124,8 @@ class VisionTransformer(nnx.Module):
         self.head = linear(embed_dim, num_classes, rngs=rngs)
         self.head_dist = linear(embed_dim, num_classes, rngs=rngs) if distilled else None
 
-    def forward_tokens(self, x: jax.Array) -> jax.Array:
-        """(B, H, W, C) → final-normed tokens (B, prefix + N, D); prefix = [cls(, dist)]."""
+    def embed(self, x: jax.Array) -> jax.Array:
+        """(B, H, W, C) → tokens with position embedding (B, prefix + N, D)."""
         x = self.patch_embed(x)
         b = x.shape[0]
         prefix = [self.cls_token.value]
@@ -136,9 +136,26 @@ class VisionTransformer(nnx.Module):
             raise ValueError(f"input gives {x.shape[1]} tokens but pos_embed has "
                              f"{self.pos_embed.value.shape[1]}: feed {self.preprocess.input_size}"
                              "² images or resize the position embedding")
-        x = x + self.pos_embed.value
-        for blk in self.blocks:
-            x = blk(x)
+        return x + self.pos_embed.value
+
+    def head_logits(self, t: jax.Array) -> jax.Array:
+        """Final-normed tokens (B, T, D) → logits (B, num_classes)."""
+        if self.head_dist is None:
+            return self.head(t[:, 0])
+        return (self.head(t[:, 0]) + self.head_dist(t[:, 1])) / 2
+
+    def segments(self) -> list:
+        """The forward pass as a chain: embed, every block, then final norm + head(s).
+
+        Composing them is ``__call__``; sequential pruning caches each segment's inputs so its
+        calibration runs every image through each block once (cost linear in depth).
+        """
+        return [self.embed, *self.blocks, lambda x: self.head_logits(self.norm(x))]
+
+    def forward_tokens(self, x: jax.Array) -> jax.Array:
+        """(B, H, W, C) → final-normed tokens (B, prefix + N, D); prefix = [cls(, dist)]."""
+        for segment in self.segments()[:-1]:
+            x = segment(x)
         return self.norm(x)
 
     def forward_features(self, x: jax.Array) -> jax.Array:
@@ -146,10 +163,7 @@ class VisionTransformer(nnx.Module):
         return self.forward_tokens(x)[:, 0]
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        t = self.forward_tokens(x)
-        if self.head_dist is None:
-            return self.head(t[:, 0])
-        return (self.head(t[:, 0]) + self.head_dist(t[:, 1])) / 2
+        return self.head_logits(self.forward_tokens(x))
 
 
 _SIZES = {"tiny": (192, 12, 3), "small": (384, 12, 6), "base": (768, 12, 12),

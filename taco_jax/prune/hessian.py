@@ -2,9 +2,10 @@
 
 ``HessianState(h, n)`` is an immutable pytree: ``init`` → ``update`` per batch → ``finalize``.
 ``h`` holds the running sum ``Σ 2xxᵀ`` per group (G, k, k); ``n`` the number of input columns.
-``collect_hessians`` wraps the requested layers in taps, runs the model's forward pass once per
-batch under ``jax.jit`` (only the taps' sums are outputs, so XLA drops the compute after the
-deepest tapped layer) and never holds more than one batch of activations.
+``collect_hessians`` wraps the requested layers in taps, runs the model's forward pass (or one
+segment of it, on that segment's cached inputs) once per batch under ``jax.jit`` (only the taps'
+sums are outputs, so XLA drops the compute after the deepest tapped layer) and holds no more than
+one batch of activations beyond its inputs.
 """
 
 from __future__ import annotations
@@ -120,17 +121,25 @@ def untap_layers(model: nnx.Module, taps: dict[str, HessianTap]) -> None:
         set_layer(model, name, tap.layer)
 
 
-def _forward_sums(graphdef, state, x):
+def segments_of(model: nnx.Module) -> list:
+    """The model's forward chain (``model.segments()``), or ``[model]`` if it has none."""
+    return list(model.segments()) if hasattr(model, "segments") else [model]
+
+
+def _forward_sums(graphdef, state, x, segment):
     model = nnx.merge(graphdef, state)
-    model(x)
+    (model if segment is None else segments_of(model)[segment])(x)
     return nnx.state(model, HessianSum)
 
 
-_jit_forward_sums = jax.jit(_forward_sums, static_argnums=0)
+_jit_forward_sums = jax.jit(_forward_sums, static_argnums=(0, 3))
 
 
-def run_taps(model: nnx.Module, batches: Iterable, mesh=None) -> None:
-    """One jitted forward pass per batch, accumulating into the model's HessianTaps."""
+def run_taps(model: nnx.Module, batches: Iterable, mesh=None, segment: int | None = None) -> None:
+    """One jitted forward pass per batch, accumulating into the model's HessianTaps.
+
+    ``segment``: run only ``segments_of(model)[segment]`` on each batch (its cached inputs).
+    """
     for x in batches:
         x = jnp.asarray(x, jnp.float32)
         if mesh is not None:
@@ -140,13 +149,14 @@ def run_taps(model: nnx.Module, batches: Iterable, mesh=None) -> None:
             if x.shape[0] % mesh.devices.size == 0:
                 x = jax.device_put(x, NamedSharding(mesh, P(mesh.axis_names[0])))
         graphdef, state = nnx.split(model)
-        sums = _jit_forward_sums(graphdef, state, x)
+        sums = _jit_forward_sums(graphdef, state, x, segment)
         nnx.update(model, sums)
 
 
 def collect_hessians(model: nnx.Module, batches: Iterable, layer_names: Iterable[str],
-                     mesh=None) -> dict[str, jax.Array]:
-    """name -> H = 2XXᵀ/n of the layer's inputs over ``batches`` (NHWC arrays).
+                     mesh=None, segment: int | None = None) -> dict[str, jax.Array]:
+    """name -> H = 2XXᵀ/n of the layer's inputs over ``batches`` (NHWC arrays, or with
+    ``segment`` the inputs of ``segments_of(model)[segment]``, which must hold the layers).
 
     H is (k, k) for a Linear or ungrouped Conv (k = d_in or C_in·kh·kw) and (G, k, k) for a conv
     with G = ``feature_group_count`` > 1. The model runs in eval mode (BatchNorm running stats).
@@ -155,7 +165,7 @@ def collect_hessians(model: nnx.Module, batches: Iterable, layer_names: Iterable
     model.eval()
     taps = tap_layers(model, layer_names, mesh)
     try:
-        run_taps(model, batches, mesh)
+        run_taps(model, batches, mesh, segment)
     finally:
         untap_layers(model, taps)
     out = {}
