@@ -27,3 +27,13 @@ def test_demo_generalist_ships_and_matches_its_recorded_accuracy(tmp_path):
     assert acc["top1"] > 85.0
     recorded = json.loads((Path(info["path"]) / "info.json").read_text())
     assert recorded["recipe"]["arch"] == config.model
+
+
+def test_new_fit_fields_at_their_defaults_keep_the_recipe_key():
+    from taco_jax import generalist
+    from taco_jax.train import fit
+
+    base = generalist.recipe_fields(fit.FitConfig())
+    assert "kd_loss" not in base  # added after the hash was introduced, default: not hashed
+    assert generalist.recipe_fields(fit.FitConfig(kd_loss="feature_mse"))["kd_loss"] == \
+        "feature_mse"

@@ -31,6 +31,13 @@ def test_cross_entropy_and_feature_mse_match_reference():
     ref = -np.mean(_np_log_softmax(z)[np.arange(6), y])
     np.testing.assert_allclose(losses.cross_entropy(jnp.asarray(z), jnp.asarray(y)), ref,
                                rtol=1e-5)
+    unlabelled = y.copy()
+    unlabelled[[1, 4]] = -1  # transfer images without labels add no CE term
+    keep = unlabelled >= 0
+    ref = -np.mean(_np_log_softmax(z)[keep][np.arange(keep.sum()), y[keep]])
+    np.testing.assert_allclose(losses.cross_entropy(jnp.asarray(z), jnp.asarray(unlabelled)),
+                               ref, rtol=1e-5)
+    assert float(losses.cross_entropy(jnp.asarray(z), -np.ones(6, np.int32))) == 0.0
     s, t = rng.normal(size=(2, 3, 4, 5))
     ref = np.mean(np.sum((s - t) ** 2, (1, 2)) / np.sum(t**2, (1, 2)))
     np.testing.assert_allclose(losses.normalized_feature_mse([jnp.asarray(s)], [jnp.asarray(t)]),

@@ -2,7 +2,9 @@
 
 The same loop trains the embedded generalist, fine-tunes the dense few-shot baseline and recovers
 a pruned model by knowledge distillation from its dense teacher (DESIGN.md §3): the loss is
-``ce_weight · CE(labels) + kd_weight · T²·KL(teacher ‖ student)``, and an optional ``constrain``
+``ce_weight · CE(labels) + kd_weight · T²·KL(teacher ‖ student)`` (or, with ``kd_loss=
+"feature_mse"``, the normalised squared error between the two models' outputs, for models whose
+outputs are features), and an optional ``constrain``
 function (e.g. re-applying pruning masks) runs inside the jitted step after every update, so
 pruned weights stay exactly zero.
 """
@@ -26,11 +28,14 @@ from taco_jax.train import losses
 
 Preprocess = Callable[[jax.Array], jax.Array]
 OPTIMIZERS = ("adamw", "sgd")
+KD_LOSSES = ("kl", "feature_mse")
 
 
 @dataclasses.dataclass(frozen=True)
 class FitConfig:
-    """Training hyper-parameters. ``kd_weight > 0`` needs a teacher."""
+    """Training hyper-parameters. ``kd_weight > 0`` needs a teacher; ``kd_loss`` is how the
+    student's outputs are matched to the teacher's ("kl" on logits, "feature_mse" on features).
+    Labels < 0 mark unlabelled examples (no CE term)."""
 
     steps: int = 500
     batch_size: int = 64
@@ -41,6 +46,7 @@ class FitConfig:
     ce_weight: float = 1.0
     kd_weight: float = 0.0
     temperature: float = 4.0
+    kd_loss: str = "kl"
     augment: str = "none"
     seed: int = 0
     log_every: int = 100
@@ -49,6 +55,8 @@ class FitConfig:
         if self.steps < 1 or self.batch_size < 1:
             raise ValueError(f"steps and batch_size must be >= 1, got {self.steps}, "
                              f"{self.batch_size}")
+        if self.kd_loss not in KD_LOSSES:
+            raise ValueError(f"unknown kd_loss {self.kd_loss!r}; allowed: {KD_LOSSES}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; allowed: {OPTIMIZERS}")
         if self.learning_rate <= 0 or self.temperature <= 0:
@@ -117,7 +125,10 @@ def fit(
             logits = model(x)
             loss = config.ce_weight * losses.cross_entropy(logits, y)
             if t_logits is not None and config.kd_weight > 0:
-                loss += config.kd_weight * losses.kd_kl(logits, t_logits, config.temperature)
+                match = (losses.kd_kl(logits, t_logits, config.temperature)
+                         if config.kd_loss == "kl"
+                         else losses.normalized_feature_mse([logits], [t_logits]))
+                loss += config.kd_weight * match
             return loss
 
         loss, grads = nnx.value_and_grad(loss_fn)(model)
@@ -146,15 +157,18 @@ def fit(
     return history
 
 
-def predict_logits(
-    model: nnx.Module, images: np.ndarray, preprocess: Preprocess, batch_size: int = 256
+def predict(
+    model: nnx.Module, images: np.ndarray, preprocess: Preprocess, batch_size: int = 256,
+    output: Callable[[nnx.Module, jax.Array], jax.Array] | None = None,
 ) -> np.ndarray:
-    """Logits (N, C) of ``model`` in eval mode, in fixed-size batches (one compilation)."""
+    """``output(model, preprocess(x))`` (default: the logits ``model(x)``) over images (N,H,W,C)
+    in eval mode, in fixed-size batches (one compilation); rows stacked to (N, ...)."""
     model.eval()
+    output = output or (lambda m, x: m(x))
 
     @nnx.jit
     def forward(model, x):
-        return model(preprocess(x))
+        return output(model, preprocess(x))
 
     out = []
     for start in range(0, len(images), batch_size):
@@ -164,6 +178,13 @@ def predict_logits(
             chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), chunk.dtype)])
         out.append(np.asarray(forward(model, jnp.asarray(chunk)))[:batch_size - pad])
     return np.concatenate(out)
+
+
+def predict_logits(
+    model: nnx.Module, images: np.ndarray, preprocess: Preprocess, batch_size: int = 256
+) -> np.ndarray:
+    """Logits (N, C) of ``model`` in eval mode, in fixed-size batches (one compilation)."""
+    return predict(model, images, preprocess, batch_size)
 
 
 def accuracy(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:

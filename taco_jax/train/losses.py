@@ -10,8 +10,14 @@ import optax
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    """Mean softmax cross-entropy. logits (B, C), labels (B,) int."""
-    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+    """Mean softmax cross-entropy over the labelled rows. logits (B, C), labels (B,) int.
+
+    A label < 0 marks an unlabelled example (e.g. a transfer image seen only through the
+    teacher's logits): it adds nothing; a batch with no labelled row gives 0.
+    """
+    labelled = labels >= 0
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.maximum(labels, 0))
+    return jnp.sum(jnp.where(labelled, ce, 0.0)) / jnp.maximum(jnp.sum(labelled), 1)
 
 
 def kd_kl(student_logits: jax.Array, teacher_logits: jax.Array, temperature: float) -> jax.Array:

@@ -1,0 +1,253 @@
+"""Task-oriented knowledge transfer: distil a big task teacher into a small student (DESIGN §5).
+
+``transfer(generalist, data, pool, config)`` runs:
+  teacher  — the generalist with its classifier restricted to the task's classes (optionally
+             fine-tuned on the labelled few-shot set);
+  transfer set — the task's unlabelled images ("task"), a generic pool ("pool"), a random pool
+             subset ("random") or the pool images nearest to the labelled ones in the teacher's
+             embedding space ("retrieval", ``retrieval.retrieve``);
+  distil   — the student (any zoo model, randomly initialised) learns the teacher's task logits
+             (KL at temperature T) on transfer set ∪ few-shot set, plus CE on the labelled ones;
+  finetune — the student on the labelled few-shot set;
+and, under the same step budget, the baselines: the student trained on the few-shot set alone,
+and task-agnostic distillation (student features, through a linear projection, matched to the
+frozen generalist's features on the pool, then the same fine-tuning); "random_pool" repeats the
+task-oriented run with a random pool subset of the retrieval set's size.
+
+Every trained model is checkpointed under ``stage_dir`` (if given), so a rerun resumes after the
+last finished stage with the same result (every stage is seeded).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import numpy as np
+from absl import logging
+from flax import nnx
+
+from taco_jax import checkpoint, models
+from taco_jax.compress import adapt, retrieval
+from taco_jax.compress.taco import TaskData
+from taco_jax.data.task import few_shot_indices
+from taco_jax.models.latency import model_latency
+from taco_jax.models.stats import forward_macs, param_count
+from taco_jax.train import fit
+
+TRANSFER_SETS = ("task", "pool", "random", "retrieval")
+BASELINES = ("few_shot_only", "task_agnostic", "random_pool")
+
+
+@dataclasses.dataclass(frozen=True)
+class TransferConfig:
+    """What to distil into what, on which images. ``student_overrides`` go to
+    ``models.create`` (e.g. narrower ``widths``). ``transfer_size`` is the number of pool images
+    for "random" / "retrieval" (the other sets are used whole). ``teacher_finetune`` None keeps
+    the restricted head as is."""
+
+    student: str = "resnet_mini"
+    student_overrides: Mapping = dataclasses.field(default_factory=dict)
+    shots: int = 32
+    seed: int = 0
+    transfer_set: str = "retrieval"
+    transfer_size: int = 2000
+    teacher_finetune: fit.FitConfig | None = None
+    distill: fit.FitConfig = dataclasses.field(
+        default_factory=lambda: fit.FitConfig(kd_weight=1.0, ce_weight=1.0))
+    finetune: fit.FitConfig = dataclasses.field(default_factory=fit.FitConfig)
+    baselines: tuple[str, ...] = BASELINES
+    latency_batch: int = 256
+
+    def __post_init__(self):
+        if self.student not in models.names():
+            raise ValueError(f"unknown student model {self.student!r}; valid: "
+                             f"{', '.join(models.names())}")
+        if self.transfer_set not in TRANSFER_SETS:
+            raise ValueError(f"transfer_set must be one of {TRANSFER_SETS}, got "
+                             f"{self.transfer_set!r}")
+        bad = [b for b in self.baselines if b not in BASELINES]
+        if bad:
+            raise ValueError(f"unknown baselines {bad}; allowed: {BASELINES}")
+        if self.transfer_size < 1 or self.shots < 1:
+            raise ValueError(f"transfer_size and shots must be >= 1, got {self.transfer_size}, "
+                             f"{self.shots}")
+        if self.distill.kd_weight <= 0 or self.distill.kd_loss != "kl":
+            raise ValueError("distill must match the teacher's task logits: kd_weight > 0 and "
+                             f"kd_loss 'kl', got {self.distill.kd_weight}, "
+                             f"{self.distill.kd_loss!r}")
+
+
+@dataclasses.dataclass
+class TransferResult:
+    """The task student, the ids of its transfer images (pool ids, or task train ids), report."""
+
+    student: nnx.Module
+    transfer_ids: np.ndarray
+    report: dict
+
+
+class _Projected(nnx.Module):
+    """Student features through a linear map to the teacher's width (task-agnostic baseline)."""
+
+    def __init__(self, student: nnx.Module, width: int, rngs: nnx.Rngs):
+        self.student = student
+        self.proj = nnx.Linear(student.num_features, width, rngs=rngs)
+
+    def __call__(self, x):
+        return self.proj(self.student.forward_features(x))
+
+
+class _Features(nnx.Module):
+    """A frozen model seen through its pre-logit features."""
+
+    def __init__(self, model: nnx.Module):
+        self.model = model
+
+    def __call__(self, x):
+        return self.model.forward_features(x)
+
+
+def _stage(stage_dir: Path | None, name: str, model: nnx.Module,
+           train: Callable[[], object]) -> nnx.Module:
+    """Run ``train`` (in place on ``model``) unless ``stage_dir/name`` holds its result."""
+    logging.info("=" * 20 + " %s " + "=" * 20, name)
+    path = None if stage_dir is None else stage_dir / name
+    if path is not None and path.exists():
+        logging.info("%s: restored from %s", name, path)
+        return checkpoint.restore_state(path, model)
+    train()
+    if path is not None:
+        checkpoint.save_state(path, model)
+    return model
+
+
+def _drop_query_copies(pool: np.ndarray, queries: np.ndarray) -> np.ndarray:
+    """Ids of pool images that are not byte-identical to a query (the labelled images)."""
+    seen = {q.tobytes() for q in queries}
+    return np.asarray([i for i, p in enumerate(pool) if p.tobytes() not in seen], np.int64)
+
+
+def _evaluate(model, data: TaskData) -> dict:
+    return fit.evaluate(model, data.test_images, data.test_labels, data.preprocess)
+
+
+def _cost(model: nnx.Module, data: TaskData, batch: int) -> dict:
+    x = data.preprocess(data.test_images[:batch])
+    lat = model_latency(model, x, repeats=10, warmup=2)
+    return {"params": param_count(model), "macs": forward_macs(model, (1, *x.shape[1:])),
+            "latency_s": lat["median"], "latency_batch": lat["batch"]}
+
+
+def transfer(generalist: nnx.Module, data: TaskData, pool: np.ndarray, config: TransferConfig, *,
+             stage_dir: str | Path | None = None) -> TransferResult:
+    """Distil ``generalist`` (adapted to the task) into a small student; see the module doc.
+
+    ``pool`` (P, H, W, C) uint8: the generic image pool (same image format as the task).
+    """
+    timings: dict[str, float] = {}
+    stage_dir = None if stage_dir is None else Path(stage_dir)
+    ids = few_shot_indices(data.train_labels, config.shots, config.seed)
+    shots_x, shots_y = data.train_images[ids], data.train_labels[ids]
+    k = len(data.class_ids)
+
+    t = time.perf_counter()
+    teacher = adapt.restrict_head(nnx.clone(generalist), data.class_ids)
+    if config.teacher_finetune is not None:
+        _stage(stage_dir, "teacher_finetune", teacher, lambda: fit.fit(
+            teacher, shots_x, shots_y, config.teacher_finetune, data.preprocess,
+            desc="teacher finetune"))
+    dense = _evaluate(teacher, data)
+    timings["teacher"] = time.perf_counter() - t
+    logging.info("task teacher: top-1 %.2f%% on %d test images", dense["top1"], dense["n"])
+
+    def new_student() -> nnx.Module:
+        s = models.create(config.student, num_classes=k, rngs=nnx.Rngs(config.seed),
+                          **dict(config.student_overrides))
+        if s.preprocess != generalist.preprocess:
+            raise ValueError(f"student {config.student!r} expects input {s.preprocess}, the "
+                             f"teacher {generalist.preprocess}: they must share a transform")
+        return s
+
+    pool_ids = _drop_query_copies(pool, shots_x)
+    size = min(config.transfer_size, len(pool_ids))
+    t = time.perf_counter()
+    retrieved = None
+    if config.transfer_set == "retrieval" or "random_pool" in config.baselines:
+        logging.info("retrieval: %d queries over a pool of %d", len(shots_x), len(pool_ids))
+        q = retrieval.embed(teacher, shots_x, data.preprocess)
+        p = retrieval.embed(teacher, pool[pool_ids], data.preprocess)
+        retrieved = pool_ids[retrieval.retrieve(q, p, size)]
+    timings["retrieval"] = time.perf_counter() - t
+    rng = np.random.default_rng(config.seed)
+    random_ids = np.sort(rng.choice(pool_ids, size, replace=False))
+    sets = {"task": (data.train_images, np.arange(len(data.train_images))),
+            "pool": (pool, pool_ids), "random": (pool, random_ids)}
+    if retrieved is not None:
+        sets["retrieval"] = (pool, np.sort(retrieved))
+
+    def task_oriented(name: str, images: np.ndarray, chosen: np.ndarray) -> nnx.Module:
+        student = new_student()
+        x = np.concatenate([shots_x, images[chosen]])
+        y = np.concatenate([shots_y, np.full(len(chosen), -1, shots_y.dtype)])
+        t = time.perf_counter()
+        _stage(stage_dir, f"{name}_distill", student, lambda: fit.fit(
+            student, x, y, config.distill, data.preprocess, teacher=teacher,
+            desc=f"{name} distill"))
+        _stage(stage_dir, f"{name}_finetune", student, lambda: fit.fit(
+            student, shots_x, shots_y, config.finetune, data.preprocess, teacher=teacher,
+            desc=f"{name} finetune"))
+        timings[name] = time.perf_counter() - t
+        return student
+
+    images, chosen = sets[config.transfer_set]
+    student = task_oriented(config.transfer_set, images, chosen)
+    acc = _evaluate(student, data)
+    logging.info("task-oriented student (%s, %d images): top-1 %.2f%%", config.transfer_set,
+                 len(chosen), acc["top1"])
+
+    baselines = {}
+    if "few_shot_only" in config.baselines:
+        alone = new_student()
+        budget = dataclasses.replace(config.distill, steps=config.distill.steps +
+                                     config.finetune.steps, kd_weight=0.0, ce_weight=1.0)
+        t = time.perf_counter()
+        _stage(stage_dir, "few_shot_only", alone, lambda: fit.fit(
+            alone, shots_x, shots_y, budget, data.preprocess, desc="few-shot only"))
+        timings["few_shot_only"] = time.perf_counter() - t
+        baselines["few_shot_only"] = _evaluate(alone, data)
+    if "task_agnostic" in config.baselines:
+        agnostic = new_student()
+        projected = _Projected(agnostic, generalist.num_features, nnx.Rngs(config.seed))
+        feats = dataclasses.replace(config.distill, ce_weight=0.0, kd_loss="feature_mse")
+        px = pool[pool_ids]
+        t = time.perf_counter()
+        _stage(stage_dir, "task_agnostic_distill", projected, lambda: fit.fit(
+            projected, px, np.full(len(px), -1, np.int32), feats, data.preprocess,
+            teacher=_Features(generalist), desc="task-agnostic distill"))
+        _stage(stage_dir, "task_agnostic_finetune", agnostic, lambda: fit.fit(
+            agnostic, shots_x, shots_y, config.finetune, data.preprocess, teacher=teacher,
+            desc="task-agnostic finetune"))
+        timings["task_agnostic"] = time.perf_counter() - t
+        baselines["task_agnostic"] = _evaluate(agnostic, data)
+    if "random_pool" in config.baselines and config.transfer_set != "random":
+        baselines["random_pool"] = _evaluate(task_oriented("random", *sets["random"]), data)
+    for name, b in baselines.items():
+        logging.info("baseline %s: top-1 %.2f%%", name, b["top1"])
+
+    report = {
+        "task": {"classes": list(data.class_names), "source_class_ids": data.class_ids.tolist(),
+                 "shots": config.shots, "few_shot_ids": ids.tolist(),
+                 "test_images": len(data.test_labels)},
+        "dense": dense,
+        "compressed": acc,
+        "cost": {"teacher": _cost(teacher, data, config.latency_batch),
+                 "student": _cost(student, data, config.latency_batch)},
+        "transfer": {"set": config.transfer_set, "images": len(chosen),
+                     "labelled": len(shots_x), "pool": len(pool_ids)},
+        "baselines": baselines,
+        "seconds": timings,
+    }
+    return TransferResult(student=student, transfer_ids=np.asarray(chosen), report=report)
