@@ -25,11 +25,9 @@ def _fit_config(c: ml_collections.ConfigDict, seed: int) -> fit.FitConfig:
     return fit.FitConfig(seed=seed, **c.to_dict())
 
 
-def parse(config: ml_collections.ConfigDict) -> tuple[taco.TacoConfig, fit.FitConfig, Task]:
-    """Typed, validated configs from a config file; raises ValueError naming a bad value.
-
-    Called before any work starts, so a typo fails in a second, not after training.
-    """
+def parse_source(config: ml_collections.ConfigDict) -> tuple[fit.FitConfig, Task]:
+    """The generalist recipe and the task of any method's config (fields ``model``, ``seed``,
+    ``generalist``, ``task``), validated; raises ValueError naming a bad value."""
     if config.model not in models.names():
         raise ValueError(f"config.model={config.model!r} is not a known model; valid: "
                          f"{', '.join(models.names())}")
@@ -43,14 +41,24 @@ def parse(config: ml_collections.ConfigDict) -> tuple[taco.TacoConfig, fit.FitCo
     else:
         raise ValueError(f"config.task.dataset={task.dataset!r}: this launcher runs on the "
                          f"embedded default {source.EMBEDDED!r} for now")
+    return _fit_config(config.generalist, config.seed), task
+
+
+def parse(config: ml_collections.ConfigDict) -> tuple[taco.TacoConfig, fit.FitConfig, Task]:
+    """Typed, validated configs from a config file; raises ValueError naming a bad value.
+
+    Called before any work starts, so a typo fails in a second, not after training.
+    """
+    generalist_config, task = parse_source(config)
     prune = sequential.PruneConfig(**config.prune.to_dict())
     taco_config = taco.TacoConfig(
         shots=config.shots, seed=config.seed, prune=prune,
         recover=_fit_config(config.recover, config.seed), baselines=tuple(config.baselines))
-    return taco_config, _fit_config(config.generalist, config.seed), task
+    return taco_config, generalist_config, task
 
 
-def _write_json(path: Path, obj) -> None:
+def write_json(path: Path, obj) -> None:
+    """``obj`` as JSON at ``path``, atomically (a temporary file renamed into place)."""
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(obj, indent=2, default=float))
     os.replace(tmp, path)  # never a half-written file at `path`
@@ -65,7 +73,7 @@ def run_taco(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> d
     taco_config, generalist_config, task = parse(config)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    _write_json(workdir / "config.json", json.loads(config.to_json_best_effort()))
+    write_json(workdir / "config.json", json.loads(config.to_json_best_effort()))
     start = time.perf_counter()
 
     model, gen_info = generalist.load_or_train(
@@ -83,11 +91,11 @@ def run_taco(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> d
                              "devices": [str(d) for d in jax.devices()],
                              "machine": platform.machine(), "cpus": os.cpu_count()}
     report["seconds"]["total"] = time.perf_counter() - start
-    _write_json(workdir / "few_shot_ids.json", report["task"]["few_shot_ids"])
+    write_json(workdir / "few_shot_ids.json", report["task"]["few_shot_ids"])
     checkpoint.save_state(workdir / "compressed", result.model)
     np.savez_compressed(workdir / "masks.npz", **{k: np.asarray(v)
                                                   for k, v in result.masks.items()})
-    _write_json(workdir / "report.json", report)
+    write_json(workdir / "report.json", report)
     _log_summary(report)
     return report
 

@@ -149,9 +149,18 @@ def transfer(generalist: nnx.Module, data: TaskData, pool: np.ndarray, config: T
     """
     timings: dict[str, float] = {}
     stage_dir = None if stage_dir is None else Path(stage_dir)
+
+    def new_student() -> nnx.Module:
+        s = models.create(config.student, num_classes=len(data.class_ids),
+                          rngs=nnx.Rngs(config.seed), **dict(config.student_overrides))
+        if s.preprocess != generalist.preprocess:
+            raise ValueError(f"student {config.student!r} expects input {s.preprocess}, the "
+                             f"teacher {generalist.preprocess}: they must share a transform")
+        return s
+
+    new_student()  # a bad student fails here, before any work
     ids = few_shot_indices(data.train_labels, config.shots, config.seed)
     shots_x, shots_y = data.train_images[ids], data.train_labels[ids]
-    k = len(data.class_ids)
 
     t = time.perf_counter()
     teacher = adapt.restrict_head(nnx.clone(generalist), data.class_ids)
@@ -162,14 +171,6 @@ def transfer(generalist: nnx.Module, data: TaskData, pool: np.ndarray, config: T
     dense = _evaluate(teacher, data)
     timings["teacher"] = time.perf_counter() - t
     logging.info("task teacher: top-1 %.2f%% on %d test images", dense["top1"], dense["n"])
-
-    def new_student() -> nnx.Module:
-        s = models.create(config.student, num_classes=k, rngs=nnx.Rngs(config.seed),
-                          **dict(config.student_overrides))
-        if s.preprocess != generalist.preprocess:
-            raise ValueError(f"student {config.student!r} expects input {s.preprocess}, the "
-                             f"teacher {generalist.preprocess}: they must share a transform")
-        return s
 
     pool_ids = _drop_query_copies(pool, shots_x)
     size = min(config.transfer_size, len(pool_ids))

@@ -1,0 +1,71 @@
+"""Task-oriented knowledge transfer on the embedded default: distil the 20-class resnet_mini
+generalist, restricted to the five farm species, into a 4x smaller student, with 32 labelled
+images per class and 2,000 transfer images retrieved from the embedded train pool.
+
+  python -m launch.transfer --workdir=runs/transfer
+  python -m launch.transfer --config=configs/transfer/demo.py:transfer_set=random --workdir=runs/r
+  python -m launch.transfer --config=configs/transfer/demo.py:runlocal --workdir=/tmp/smoke
+
+Variant keys: transfer_set (task, pool, random, retrieval), transfer_size, shots, seed, runlocal.
+"""
+
+import ml_collections
+
+from configs.taco import demo as taco_demo
+from taco_jax.config_variants import parse_variant
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    v = parse_variant(arg, {"transfer_set": str, "transfer_size": int, "shots": int, "seed": int,
+                            "runlocal": bool})
+    taco = taco_demo.get_config("runlocal" if v.get("runlocal") else None)
+    c = ml_collections.ConfigDict()
+    c.model = taco.model  # the teacher: the TACO demo's shipped generalist
+    c.generalist = taco.generalist
+    c.task = taco.task
+    c.seed = v.get("seed", 0)
+    c.cache_dir = ""
+    c.shots = v.get("shots", 32)
+
+    c.pool = ml_collections.ConfigDict()  # generic unlabelled images: every class of the dataset
+    c.pool.dataset = "taco_embedded"
+    c.pool.split = "train"
+    c.pool.data_dir = ""
+
+    c.student = "resnet_mini"
+    c.student_overrides = {"widths": (8, 16, 32), "layers": (1, 1, 1)}
+    c.transfer_set = v.get("transfer_set", "retrieval")
+    c.transfer_size = v.get("transfer_size", 2000)
+    c.teacher_finetune_steps = 0  # 0: the restricted head as is
+
+    c.distill = ml_collections.ConfigDict()
+    c.distill.steps = 1000
+    c.distill.batch_size = 128
+    c.distill.learning_rate = 3e-3
+    c.distill.weight_decay = 1e-4
+    c.distill.warmup_steps = 50
+    c.distill.kd_weight = 1.0
+    c.distill.ce_weight = 1.0
+    c.distill.temperature = 4.0
+    c.distill.augment = "shift_flip"
+
+    c.finetune = ml_collections.ConfigDict()
+    c.finetune.steps = 200
+    c.finetune.batch_size = 64
+    c.finetune.learning_rate = 5e-4
+    c.finetune.weight_decay = 1e-4
+    c.finetune.kd_weight = 1.0
+    c.finetune.ce_weight = 1.0
+    c.finetune.temperature = 4.0
+    c.finetune.augment = "shift_flip"
+
+    c.baselines = ("few_shot_only", "task_agnostic", "random_pool")
+    c.latency_batch = 256
+
+    if v.get("runlocal"):
+        c.shots = 8
+        c.transfer_size = 200
+        c.distill.steps = 20
+        c.finetune.steps = 10
+        c.latency_batch = 16
+    return c

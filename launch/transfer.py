@@ -1,0 +1,39 @@
+"""Task-oriented knowledge transfer launcher: distil a big task teacher into a small student.
+
+  python -m launch.transfer --workdir=runs/transfer
+  python -m launch.transfer --config=configs/transfer/demo.py:transfer_set=task --workdir=runs/t
+  python -m launch.transfer --config=configs/transfer/demo.py --config.distill.steps=2000 \\
+      --workdir=runs/long
+
+Writes config.json, few_shot_ids.json, transfer_ids.json, stages/ (resumable), student/ and
+report.json into --workdir; rerunning with the same --workdir resumes after the last stage.
+"""
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from taco_jax.compress import transfer_run
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", "configs/transfer/demo.py",
+    "Config file (ml_collections), optionally with a variant string: FILE:key=value,...; any "
+    "field can then be overridden with --config.FIELD=VALUE.", lock_config=True)
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Output directory for the report, the chosen ids and the checkpoints; an "
+    "existing one is resumed.")
+flags.mark_flag_as_required("workdir")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    try:
+        transfer_run.parse(_CONFIG.value)
+    except ValueError as e:
+        raise app.UsageError(str(e)) from None
+    logging.info("Config:\n%s", _CONFIG.value)
+    transfer_run.run_transfer(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+    app.run(main)

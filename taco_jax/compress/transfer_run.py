@@ -1,0 +1,91 @@
+"""Run task-oriented transfer from a config (what ``launch/transfer.py`` calls)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import jax
+import ml_collections
+from absl import logging
+
+from taco_jax import checkpoint, generalist
+from taco_jax.compress import run, transfer
+from taco_jax.data import preprocess, source
+from taco_jax.data.task import Task
+from taco_jax.train import fit
+
+
+def parse(config: ml_collections.ConfigDict
+          ) -> tuple[transfer.TransferConfig, fit.FitConfig, Task, Task]:
+    """Typed, validated configs (transfer, generalist training, task, pool); raises ValueError
+    naming a bad value before any work starts."""
+    generalist_config, task = run.parse_source(config)
+    pool = Task(config.pool.dataset, (), config.pool.data_dir or None,
+                train_split=config.pool.split)
+    if pool.dataset != source.EMBEDDED:
+        raise ValueError(f"config.pool.dataset={pool.dataset!r}: this launcher runs on the "
+                         f"embedded default {source.EMBEDDED!r} for now")
+    finetune_teacher = (fit.FitConfig(steps=config.teacher_finetune_steps, seed=config.seed,
+                                      **_without_steps(config.finetune))
+                        if config.teacher_finetune_steps > 0 else None)
+    cfg = transfer.TransferConfig(
+        student=config.student, student_overrides=dict(config.student_overrides),
+        shots=config.shots, seed=config.seed, transfer_set=config.transfer_set,
+        transfer_size=config.transfer_size, teacher_finetune=finetune_teacher,
+        distill=fit.FitConfig(seed=config.seed, **config.distill.to_dict()),
+        finetune=fit.FitConfig(seed=config.seed, **config.finetune.to_dict()),
+        baselines=tuple(config.baselines), latency_batch=config.latency_batch)
+    return cfg, generalist_config, task, pool
+
+
+def _without_steps(c: ml_collections.ConfigDict) -> dict:
+    return {k: v for k, v in c.to_dict().items() if k != "steps"}
+
+
+def run_transfer(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
+    """Distil the configured generalist into the configured student; write into ``workdir``:
+    config.json, few_shot_ids.json, transfer_ids.json, student/ (orbax), stages/ (per-stage
+    checkpoints: a rerun resumes after the last finished stage), report.json."""
+    cfg, generalist_config, task, pool_task = parse(config)
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    run.write_json(workdir / "config.json", json.loads(config.to_json_best_effort()))
+    start = time.perf_counter()
+    model, gen_info = generalist.load_or_train(
+        config.model, generalist_config, data_dir=task.data_dir,
+        cache_dir=config.cache_dir or None)
+    train_x, train_y = task.load(task.train_split)
+    test_x, test_y = task.load(task.test_split)
+    pool_x, _ = pool_task.load(pool_task.train_split)
+    data = transfer.TaskData(train_x, train_y, test_x, test_y, task.source_class_ids(),
+                             tuple(task.class_names()), preprocess.for_model(model))
+    result = transfer.transfer(model, data, pool_x, cfg, stage_dir=workdir / "stages")
+    report = result.report
+    report["model"] = config.model
+    report["student"] = config.student
+    report["generalist"] = {k: gen_info[k] for k in ("test_top1", "test_top5", "path")}
+    report["environment"] = {"jax": jax.__version__, "backend": jax.default_backend(),
+                             "devices": [str(d) for d in jax.devices()], "cpus": os.cpu_count()}
+    report["seconds"]["total"] = time.perf_counter() - start
+    run.write_json(workdir / "few_shot_ids.json", report["task"]["few_shot_ids"])
+    run.write_json(workdir / "transfer_ids.json", {"set": cfg.transfer_set,
+                                                     "ids": result.transfer_ids.tolist()})
+    if not (workdir / "student").exists():
+        checkpoint.save_state(workdir / "student", result.student)
+    run.write_json(workdir / "report.json", report)
+    _log_summary(report)
+    return report
+
+
+def _log_summary(report: dict) -> None:
+    cost = report["cost"]
+    lines = [f"task teacher ({cost['teacher']['params']:,} params)   top-1 "
+             f"{report['dense']['top1']:6.2f}%",
+             f"student, {report['transfer']['set']} transfer ({cost['student']['params']:,} "
+             f"params, {cost['teacher']['latency_s'] / cost['student']['latency_s']:.1f}x "
+             f"faster)   top-1 {report['compressed']['top1']:6.2f}%"]
+    lines += [f"baseline {k:<14} top-1 {b['top1']:6.2f}%" for k, b in report["baselines"].items()]
+    logging.info("Summary:\n  %s", "\n  ".join(lines))

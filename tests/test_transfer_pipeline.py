@@ -1,0 +1,69 @@
+"""Task-oriented transfer end to end on a tiny teacher and the embedded data."""
+
+import numpy as np
+import pytest
+from flax import nnx
+
+from taco_jax.compress import adapt, transfer
+from taco_jax.train import fit
+
+
+def _config(**kw):
+    base = dict(student="resnet_mini", student_overrides={"widths": (4, 4, 8), "layers": (1, 1, 1)},
+                shots=8, transfer_size=60,
+                distill=fit.FitConfig(steps=6, batch_size=16, kd_weight=1.0, ce_weight=1.0),
+                finetune=fit.FitConfig(steps=4, batch_size=8, kd_weight=1.0),
+                baselines=("few_shot_only", "task_agnostic", "random_pool"), latency_batch=8)
+    return transfer.TransferConfig(**{**base, **kw})
+
+
+def test_transfer_report_sets_and_resume(tiny_task, tmp_path):
+    model, data, pool = tiny_task
+    pool = pool[:1500]
+    out = transfer.transfer(model, data, pool, _config(), stage_dir=tmp_path)
+    r = out.report
+
+    teacher = adapt.restrict_head(nnx.clone(model), data.class_ids)
+    assert r["dense"] == fit.evaluate(teacher, data.test_images, data.test_labels,
+                                      data.preprocess)
+    # The retrieved set: the asked size, distinct, never a copy of a labelled image.
+    ids = out.transfer_ids
+    assert len(ids) == 60 == len(set(ids.tolist())) and ids.max() < len(pool)
+    shots = {data.train_images[i].tobytes() for i in r["task"]["few_shot_ids"]}
+    assert not any(pool[i].tobytes() in shots for i in ids)
+    # Retrieval ranks by the teacher's embedding: the retrieved images are closer to the
+    # labelled ones than a random pool sample is (mean best cosine similarity).
+    from taco_jax.compress import retrieval
+
+    q = retrieval.embed(teacher, data.train_images[r["task"]["few_shot_ids"]], data.preprocess)
+    e = retrieval.embed(teacher, pool, data.preprocess)
+    rand = np.random.default_rng(0).choice(len(pool), 60, replace=False)
+    assert (q @ e[ids].T).max(0).mean() > (q @ e[rand].T).max(0).mean()
+
+    assert r["cost"]["student"]["params"] < r["cost"]["teacher"]["params"] / 3
+    assert r["compressed"]["n"] == len(data.test_labels)
+    assert set(r["baselines"]) == {"few_shot_only", "task_agnostic", "random_pool"}
+    assert out.student.fc.kernel.value.shape == (8, 3)
+
+    again = transfer.transfer(model, data, pool, _config(), stage_dir=tmp_path)  # all restored
+    assert again.report["compressed"] == r["compressed"]
+    assert again.report["baselines"] == r["baselines"]
+    np.testing.assert_array_equal(again.transfer_ids, ids)
+
+
+def test_bad_configs_are_named():
+    with pytest.raises(ValueError, match="transfer_set"):
+        _config(transfer_set="web")
+    with pytest.raises(ValueError, match="unknown student model 'resnet9000'"):
+        _config(student="resnet9000")
+    with pytest.raises(ValueError, match="unknown baselines"):
+        _config(baselines=("magic",))
+    with pytest.raises(ValueError, match="kd_weight > 0"):
+        _config(distill=fit.FitConfig(kd_weight=0.0))
+
+
+def test_student_must_share_the_teachers_input_transform(tiny_task):
+    model, data, pool = tiny_task
+    cfg = _config(student="resnet18", student_overrides={}, baselines=())
+    with pytest.raises(ValueError, match="must share a transform"):
+        transfer.transfer(model, data, pool[:200], cfg)
