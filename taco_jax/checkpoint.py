@@ -2,13 +2,28 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
 import orbax.checkpoint as ocp
+from absl import logging
 from flax import nnx
 
 _WEIGHTS = (nnx.Param, nnx.BatchStat)
+
+
+@contextlib.contextmanager
+def quiet_orbax():
+    """Orbax logs each step of every save and restore at INFO (dozens of lines); inside this
+    block only warnings and errors are logged, so a run's log stays readable."""
+    old = logging.get_verbosity()
+    if old >= logging.INFO:
+        logging.set_verbosity(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.set_verbosity(old)
 
 
 def save_state(path: str | os.PathLike, model: nnx.Module) -> None:
@@ -17,7 +32,7 @@ def save_state(path: str | os.PathLike, model: nnx.Module) -> None:
     orbax writes into a temporary directory and renames it at the end, so an interrupted save
     never leaves a half-written checkpoint at ``path``.
     """
-    with ocp.StandardCheckpointer() as checkpointer:
+    with quiet_orbax(), ocp.StandardCheckpointer() as checkpointer:
         checkpointer.save(Path(path).absolute(), nnx.state(model, _WEIGHTS).to_pure_dict())
 
 
@@ -28,7 +43,7 @@ def restore_state(path: str | os.PathLike, model: nnx.Module) -> nnx.Module:
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint at {path}")
     state = nnx.state(model, _WEIGHTS)
-    with ocp.StandardCheckpointer() as checkpointer:
+    with quiet_orbax(), ocp.StandardCheckpointer() as checkpointer:
         restored = checkpointer.restore(path, state.to_pure_dict())
     nnx.replace_by_pure_dict(state, restored)
     nnx.update(model, state)

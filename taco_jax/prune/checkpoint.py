@@ -15,6 +15,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from taco_jax.checkpoint import quiet_orbax
 from taco_jax.models.paths import dotted
 from taco_jax.prune.shrink import shrink_pair
 
@@ -37,7 +38,7 @@ def save(directory: str, step: int, model: nnx.Module, result, config) -> None:
     arrays = {k: v for k, v in arrays.items() if v}  # orbax rejects empty subtrees
     meta = {"step": step, "config": repr(config),
             "stats": [dataclasses.asdict(s) for s in result.stats]}
-    with _manager(directory) as mngr:
+    with quiet_orbax(), _manager(directory) as mngr:
         mngr.save(step, args=ocp.args.Composite(arrays=ocp.args.StandardSave(arrays),
                                                  meta=ocp.args.JsonSave(meta)))
         mngr.wait_until_finished()
@@ -47,7 +48,7 @@ def restore(directory: str, model: nnx.Module, result, config, pairs) -> int:
     """Load the latest checkpoint into ``model``/``result``; returns the groups already done."""
     from taco_jax.prune.sequential import LayerStats
 
-    with _manager(directory) as mngr:
+    with quiet_orbax(), _manager(directory) as mngr:
         step = mngr.latest_step()
         if step is None:
             return 0
