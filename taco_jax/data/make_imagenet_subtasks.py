@@ -94,25 +94,29 @@ def derive(children: Mapping[str, set[str]], names: Mapping[str, str], wnids: Se
     return tasks
 
 
-_IS_A = flags.DEFINE_string("is_a", None, "ImageNet's wordnet.is_a.txt (parent child per line).")
-_WORDS = flags.DEFINE_string("words", None, "ImageNet's words.txt (wnid<TAB>names per line).")
-_OUT = flags.DEFINE_string("out", str(OUT), "Where to write the JSON.")
+def _define_flags() -> None:
+    """Flags only when run as a script (tests import this module next to other launchers)."""
+    flags.DEFINE_string("is_a", None, "ImageNet's wordnet.is_a.txt (parent child per line).")
+    flags.DEFINE_string("words", None, "ImageNet's words.txt (wnid<TAB>names per line).")
+    flags.DEFINE_string("out", str(OUT), "Where to write the JSON.")
+    flags.mark_flags_as_required(["is_a", "words"])
 
 
 def main(argv: Sequence[str]) -> None:
     del argv
-    children = parse_is_a(Path(_IS_A.value).read_text().splitlines())
-    names = dict(line.split("\t", 1) for line in Path(_WORDS.value).read_text().splitlines()
+    f = flags.FLAGS
+    children = parse_is_a(Path(f.is_a).read_text().splitlines())
+    names = dict(line.split("\t", 1) for line in Path(f.words).read_text().splitlines()
                  if line.strip())
     tasks = derive(children, names, tfds_imagenet_wnids())
     doc = {"source": "WordNet 3.0 is-a hierarchy of ImageNet (wordnet.is_a.txt, words.txt); "
                      "class ids are tfds imagenet2012 label ids",
            "made_by": "python -m taco_jax.data.make_imagenet_subtasks", "tasks": tasks}
-    Path(_OUT.value).write_text(json.dumps(doc, indent=1) + "\n")
+    Path(f.out).write_text(json.dumps(doc, indent=1) + "\n")
     for name, t in tasks.items():
         print(f"{name:20s} {len(t['class_ids']):4d} classes  ({t['root']} {t['root_name']})")
 
 
 if __name__ == "__main__":
-    flags.mark_flags_as_required(["is_a", "words"])
+    _define_flags()
     app.run(main)
