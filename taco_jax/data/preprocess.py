@@ -90,26 +90,22 @@ def num_taps(in_sizes: np.ndarray, resized: np.ndarray, method: str) -> int:
     return k + k % 2
 
 
-def _apply_taps(x: jax.Array, start: jax.Array, w: jax.Array, axis: int) -> jax.Array:
-    """Gather-and-weight along ``axis`` (1 or 2) of x (B, H, W, C); start (B, S), w (B, S, K)."""
-    limit = x.shape[axis] - 1
-    shape = [x.shape[0], 1, 1, 1]
-    shape[axis] = start.shape[1]
-
-    def tap(k, acc):
-        idx = jnp.minimum(start + k, limit).reshape(shape)
-        wk = jax.lax.dynamic_index_in_dim(w, k, axis=2, keepdims=False).reshape(shape)
-        return acc + wk * jnp.take_along_axis(x, idx, axis=axis).astype(jnp.float32)
-
-    out_shape = list(x.shape)
-    out_shape[axis] = start.shape[1]
-    return jax.lax.fori_loop(0, w.shape[2], tap, jnp.zeros(out_shape, jnp.float32))
+def _apply_taps(x: jax.Array, start: jax.Array, w: jax.Array) -> jax.Array:
+    """Gather-and-weight along axis 1 of x (B, H, W, C): out[:, s] = sum_k w[:, s, k] *
+    x[:, start[:, s] + k]; start (B, S), w (B, S, K). Each tap gathers whole rows."""
+    limit = x.shape[1] - 1
+    take_rows = jax.vmap(lambda img, rows: img[rows])
+    # Unrolled over the (static, small) tap count so XLA fuses all taps into one pass.
+    return sum(w[:, :, k, None, None]
+               * take_rows(x, jnp.minimum(start + k, limit)).astype(jnp.float32)
+               for k in range(w.shape[2]))
 
 
 @jax.jit
 def _resample(images, row_start, row_w, col_start, col_w):
-    rows = _apply_taps(images, row_start, row_w, axis=1)
-    return jnp.clip(_apply_taps(rows, col_start, col_w, axis=2), 0.0, 255.0)
+    rows = _apply_taps(images, row_start, row_w)  # (B, S, Wp, C)
+    cols = _apply_taps(rows.transpose(0, 2, 1, 3), col_start, col_w)  # (B, S, S, C), transposed
+    return jnp.clip(cols.transpose(0, 2, 1, 3), 0.0, 255.0)
 
 
 def pad_batch(images: Sequence[np.ndarray], multiple: int = PAD_MULTIPLE) -> tuple[
