@@ -3,6 +3,7 @@
 
 import importlib.util
 import json
+import sys
 
 import jax
 import numpy as np
@@ -153,6 +154,12 @@ def test_calibration_and_eval_iterators(array_record_dir):
     np.testing.assert_array_equal(np.concatenate([y for _, y in ev]), labels)
     np.testing.assert_allclose(np.concatenate([x for x, _ in ev]),
                                transform(task.split("test").images(keep)), atol=1e-6)
+
+
+def test_missing_tensorflow_is_a_clear_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorflow", None)  # as if not installed
+    with pytest.raises(ImportError, match=r"reading 'x' needs TensorFlow.*taco-jax\[images\]"):
+        source._needs_tensorflow("reading 'x'")
 
 
 def test_bad_input_names_the_bad_value(array_record_dir, tmp_path):
