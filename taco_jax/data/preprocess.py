@@ -90,22 +90,21 @@ def num_taps(in_sizes: np.ndarray, resized: np.ndarray, method: str) -> int:
     return k + k % 2
 
 
-def _apply_taps(x: jax.Array, start: jax.Array, w: jax.Array) -> jax.Array:
-    """Gather-and-weight along axis 1 of x (B, H, W, C): out[:, s] = sum_k w[:, s, k] *
-    x[:, start[:, s] + k]; start (B, S), w (B, S, K). Each tap gathers whole rows."""
-    limit = x.shape[1] - 1
-    take_rows = jax.vmap(lambda img, rows: img[rows])
+def _apply_taps(x: jax.Array, start: jax.Array, w: jax.Array, axis: int) -> jax.Array:
+    """Gather-and-weight along ``axis`` (1: rows, 2: columns) of x (B, H, W, C):
+    out[:, s] = sum_k w[:, s, k] * x[:, start[:, s] + k]; start (B, S), w (B, S, K)."""
+    limit = x.shape[axis] - 1
+    take = jax.vmap((lambda img, i: img[i]) if axis == 1 else (lambda img, i: img[:, i]))
+    weight = (lambda k: w[:, :, k, None, None]) if axis == 1 else (lambda k: w[:, None, :, k, None])
     # Unrolled over the (static, small) tap count so XLA fuses all taps into one pass.
-    return sum(w[:, :, k, None, None]
-               * take_rows(x, jnp.minimum(start + k, limit)).astype(jnp.float32)
+    return sum(weight(k) * take(x, jnp.minimum(start + k, limit)).astype(jnp.float32)
                for k in range(w.shape[2]))
 
 
 @jax.jit
 def _resample(images, row_start, row_w, col_start, col_w):
-    rows = _apply_taps(images, row_start, row_w)  # (B, S, Wp, C)
-    cols = _apply_taps(rows.transpose(0, 2, 1, 3), col_start, col_w)  # (B, S, S, C), transposed
-    return jnp.clip(cols.transpose(0, 2, 1, 3), 0.0, 255.0)
+    rows = _apply_taps(images, row_start, row_w, axis=1)  # (B, S, Wp, C)
+    return jnp.clip(_apply_taps(rows, col_start, col_w, axis=2), 0.0, 255.0)
 
 
 def pad_batch(images: Sequence[np.ndarray], multiple: int = PAD_MULTIPLE) -> tuple[
