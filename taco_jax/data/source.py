@@ -1,10 +1,27 @@
-"""Read prepared tfds datasets (array_record) through ``tfds.data_source``, without TensorFlow.
+"""Read a dataset split: labels of every example and decoded images by index.
 
-The embedded default (``taco_embedded``) is prepared on first use from files inside installed
-packages; every other dataset must already be prepared under ``data_dir`` (no network at run time).
+Three kinds of source, one interface (``Split``):
+
+* a prepared tfds dataset in **array_record** format (and the embedded default
+  ``taco_embedded``, prepared on first use): random access through ``tfds.data_source``, no
+  TensorFlow. ``tfds.features.Image`` bytes are decoded with PIL in a thread pool.
+* a prepared tfds dataset in **tfrecord** format (tfds's default, e.g. most ``imagenet2012``
+  preparations): read sequentially with ``builder.as_dataset``, which needs TensorFlow
+  (``pip install 'taco-jax[images]'``).
+* a local image folder ``<data_dir>/<split>/<class>/<image>.{jpg,jpeg,png}`` through
+  ``tfds.folder_dataset.ImageFolder`` (dataset name ``image_folder``); tfds lists it with
+  ``tf.io.gfile``, so it needs TensorFlow too.
+
+Nothing is ever downloaded: every dataset but the embedded default must already be prepared.
 """
 
 from __future__ import annotations
+
+import concurrent.futures
+import functools
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -13,16 +30,40 @@ from absl import logging
 from taco_jax.data import embedded
 
 EMBEDDED = "taco_embedded"
+IMAGE_FOLDER = "image_folder"
+_DECODE_THREADS = os.cpu_count() or 1
+
+
+def _check_data_dir(data_dir: str | None) -> None:
+    if data_dir is not None and not Path(data_dir).expanduser().is_dir():
+        raise FileNotFoundError(f"data_dir {data_dir!r} does not exist or is not a directory")
+
+
+def _needs_tensorflow(what: str) -> None:
+    try:
+        import tensorflow  # noqa: F401
+    except ImportError:
+        raise ImportError(
+            f"{what} needs TensorFlow, which is not installed; install it with "
+            "`pip install 'taco-jax[images]'` (tensorflow-cpu)") from None
 
 
 def builder(name: str, data_dir: str | None = None) -> tfds.core.DatasetBuilder:
-    """The tfds builder of a prepared dataset (preparing ``taco_embedded`` if needed)."""
+    """The tfds builder of a prepared dataset (preparing ``taco_embedded`` if needed), or an
+    ``ImageFolder`` over ``data_dir`` for ``name == 'image_folder'``."""
+    _check_data_dir(data_dir)
     if name == EMBEDDED:
         b = embedded.TacoEmbedded(data_dir=data_dir, file_format="array_record")
         if not b.is_prepared():
             logging.info("Preparing the embedded dataset under %s (once).", b.data_dir)
             b.download_and_prepare()
         return b
+    if name == IMAGE_FOLDER:
+        if data_dir is None:
+            raise ValueError("dataset 'image_folder' needs data_dir=<root>, the folder that holds "
+                             "<split>/<class>/<image> files")
+        _needs_tensorflow(f"reading the image folder {data_dir!r} (tfds ImageFolder)")
+        return tfds.folder_dataset.ImageFolder(data_dir)
     try:
         b = tfds.builder(name, data_dir=data_dir)
     except tfds.core.registered.DatasetNotFoundError as e:
@@ -40,20 +81,121 @@ def class_names(name: str, data_dir: str | None = None, label_key: str = "label"
     return list(builder(name, data_dir).info.features[label_key].names)
 
 
+def _decode_all(feature: tfds.features.FeatureConnector, encoded: Sequence) -> list[np.ndarray]:
+    """Decode image bytes with PIL (tfds's NumPy path) in threads; PIL releases the GIL."""
+    if not isinstance(feature, tfds.features.Image):
+        return [np.asarray(e) for e in encoded]
+    with concurrent.futures.ThreadPoolExecutor(_DECODE_THREADS) as pool:
+        return list(pool.map(feature.decode_example_np, encoded))
+
+
+class Split:
+    """One split of a dataset: ``labels()`` (N,) of every example and ``images(indices)``.
+
+    Indices are positions in the split's fixed read order (the order of ``labels()``); they
+    are what the few-shot sampler records.
+    """
+
+    def __init__(self, dataset: str, split: str, data_dir: str | None = None,
+                 image_key: str = "image", label_key: str = "label"):
+        self.builder = builder(dataset, data_dir)
+        if split not in self.builder.info.splits:
+            raise ValueError(f"dataset {dataset!r} has no split {split!r}; it has "
+                             f"{list(self.builder.info.splits)}")
+        self.dataset, self.split = dataset, split
+        self.image_key, self.label_key = image_key, label_key
+        self.num_examples = self.builder.info.splits[split].num_examples
+        self.image_feature = self.builder.info.features[image_key]
+        self._skip = ({image_key: tfds.decode.SkipDecoding()}
+                      if isinstance(self.image_feature, tfds.features.Image) else None)
+        fmt = getattr(self.builder.info, "file_format", None)
+        self.random_access = fmt is not None and fmt.value == "array_record"
+        if not self.random_access:
+            _needs_tensorflow(f"reading {dataset!r} (stored as {fmt.value if fmt else 'files'}, "
+                              "not array_record)")
+        self._labels: np.ndarray | None = None
+
+    def _data_source(self):
+        return self.builder.as_data_source(split=self.split, decoders=self._skip)
+
+    def _stream(self) -> Iterator[dict]:
+        """Every example in read order, image left encoded (TensorFlow path)."""
+        ds = self.builder.as_dataset(split=self.split, shuffle_files=False, decoders=self._skip)
+        return iter(tfds.as_numpy(ds))
+
+    def labels(self) -> np.ndarray:
+        """(N,) int64 label of every example; images are not decoded."""
+        if self._labels is None:
+            if self.random_access:
+                src = self._data_source()
+                rows = src.__getitems__(list(range(len(src))))
+                self._labels = np.array([r[self.label_key] for r in rows], np.int64)
+            else:
+                self._labels = np.array([ex[self.label_key] for ex in self._stream()], np.int64)
+        return self._labels
+
+    def encoded(self, indices: Sequence[int]) -> list:
+        """The stored (undecoded) images of ``indices``, in that order."""
+        indices = [int(i) for i in indices]
+        if indices and not (min(indices) >= 0 and max(indices) < self.num_examples):
+            raise IndexError(f"example index out of range [0, {self.num_examples}) in "
+                             f"{self.dataset!r}/{self.split!r}")
+        if self.random_access:
+            return [r[self.image_key] for r in self._data_source().__getitems__(indices)]
+        wanted = set(indices)
+        found = {i: ex[self.image_key] for i, ex in enumerate(self._stream()) if i in wanted}
+        return [found[i] for i in indices]
+
+    def images(self, indices: Sequence[int]) -> list[np.ndarray]:
+        """Decoded images (H, W, C) uint8 of ``indices`` (sizes may differ)."""
+        return _decode_all(self.image_feature, self.encoded(indices))
+
+    def image_batches(self, indices: Sequence[int], batch_size: int) -> Iterator[
+            tuple[np.ndarray, list[np.ndarray]]]:
+        """(indices chunk, decoded images) in chunks of ``batch_size``, in ``indices`` order.
+
+        Random-access sources read each chunk on demand; streamed ones make one pass. The next
+        chunk is read and decoded in a background thread while the caller uses this one."""
+        indices = np.asarray(indices, np.int64)
+        chunks = [indices[i:i + batch_size] for i in range(0, len(indices), batch_size)]
+        if self.random_access:
+            with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                pending = pool.submit(self.images, chunks[0]) if chunks else None
+                for k, chunk in enumerate(chunks):
+                    images = pending.result()
+                    if k + 1 < len(chunks):
+                        pending = pool.submit(self.images, chunks[k + 1])
+                    yield chunk, images
+            return
+        position = {int(i): k for k, i in enumerate(indices)}
+        buffer: dict[int, object] = {}
+        next_chunk = 0
+        for i, ex in enumerate(self._stream()):
+            if i in position:
+                buffer[i] = ex[self.image_key]
+            while next_chunk < len(chunks) and all(int(j) in buffer for j in chunks[next_chunk]):
+                chunk = chunks[next_chunk]
+                yield chunk, _decode_all(self.image_feature, [buffer.pop(int(j)) for j in chunk])
+                next_chunk += 1
+
+
+@functools.lru_cache(maxsize=16)
+def open_split(dataset: str, split: str, data_dir: str | None = None) -> Split:
+    """A cached ``Split`` (its labels are read once per process)."""
+    return Split(dataset, split, data_dir)
+
+
 def read_split(
     name: str,
     split: str,
     data_dir: str | None = None,
     keys: tuple[str, ...] = ("image", "label"),
 ) -> dict[str, np.ndarray]:
-    """All examples of a split as stacked NumPy arrays, e.g. {'image': (N,H,W,C), 'label': (N,)}.
-
-    For datasets whose images fit in memory (the embedded default, few-shot subsets); large
-    evaluation sets are streamed by the task iterators instead.
-    """
-    b = builder(name, data_dir)
-    if split not in b.info.splits:
-        raise ValueError(f"dataset {name!r} has no split {split!r}; it has {list(b.info.splits)}")
-    source = b.as_data_source(split=split)
-    rows = source.__getitems__(list(range(len(source))))
+    """All examples of an array_record split as stacked NumPy arrays, e.g. {'image': (N,H,W,C),
+    'label': (N,)}, for datasets of equal-size images that fit in memory (the embedded default).
+    Larger or mixed-size sets go through ``Split.image_batches``."""
+    s = open_split(name, split, data_dir)
+    if not s.random_access:
+        raise ValueError(f"read_split needs an array_record dataset; {name!r} is streamed")
+    rows = s.builder.as_data_source(split=split).__getitems__(list(range(s.num_examples)))
     return {k: np.stack([r[k] for r in rows]) for k in keys}

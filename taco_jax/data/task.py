@@ -3,21 +3,29 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 
+import jax
 import numpy as np
 
 from taco_jax.data import source
+from taco_jax.train import augment as augment_lib
 
 
 @dataclasses.dataclass(frozen=True)
 class Task:
-    """A class subset of a prepared tfds dataset.
+    """A class subset of a dataset.
 
     Attributes:
-      dataset: tfds name (``taco_embedded`` for the embedded default).
+      dataset: tfds name of a prepared dataset (``taco_embedded`` for the embedded default,
+        ``image_folder`` for a local ``<data_dir>/<split>/<class>/<image>`` folder).
       classes: class names or ids of the subset, in the order of the task's labels; empty means
-        every class of the dataset.
-      data_dir: tfds data directory (None: tfds's default).
+        every class of the dataset. Task label ``i`` is source class (= classifier row)
+        ``source_class_ids()[i]``.
+      data_dir: tfds data directory (None: tfds's default), or the image folder's root.
       train_split / test_split: where few-shot samples and evaluation images come from.
     """
 
@@ -36,8 +44,9 @@ class Task:
         for c in self.classes:
             if isinstance(c, str):
                 if c not in names:
+                    shown = names if len(names) <= 50 else [*names[:50], "..."]
                     raise ValueError(f"class {c!r} is not in {self.dataset!r}; its classes are "
-                                     f"{names}")
+                                     f"{shown}")
                 ids.append(names.index(c))
             elif isinstance(c, int | np.integer) and 0 <= c < len(names):
                 ids.append(int(c))
@@ -52,26 +61,113 @@ class Task:
         names = source.class_names(self.dataset, self.data_dir)
         return [names[i] for i in self.source_class_ids()]
 
-    def load(self, split: str) -> tuple[np.ndarray, np.ndarray]:
-        """The task's examples of a split: images (N,H,W,C) uint8 and task labels (N,) int32."""
-        data = source.read_split(self.dataset, split, self.data_dir)
+    def split(self, split: str) -> source.Split:
+        return source.open_split(self.dataset, split, self.data_dir)
+
+    def examples(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """The task's examples of a split: their indices in the split (M,) and task labels (M,)
+        int32 (source labels remapped to 0..num_task_classes-1)."""
+        labels = self.split(split).labels()
         ids = self.source_class_ids()
-        remap = np.full(data["label"].max() + 1, -1, np.int64)
+        remap = np.full(max(labels.max(initial=0), ids.max()) + 1, -1, np.int64)
         remap[ids] = np.arange(len(ids))
-        keep = np.isin(data["label"], ids)
-        return data["image"][keep], remap[data["label"][keep]].astype(np.int32)
+        keep = np.flatnonzero(np.isin(labels, ids))
+        return keep, remap[labels[keep]].astype(np.int32)
+
+    def load(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """The task's examples of a split in memory: images (N,H,W,C) uint8 and task labels (N,)
+        int32. For small datasets of equal-size images (the embedded default)."""
+        keep, labels = self.examples(split)
+        images = self.split(split).images(keep)
+        if len({im.shape for im in images}) > 1:
+            raise ValueError(f"{self.dataset!r}/{split!r} images differ in size; use "
+                             "eval_batches / calibration_batches with a model's eval transform")
+        return np.stack(images) if images else np.zeros((0, 0, 0, 0), np.uint8), labels
+
+    def few_shot(self, shots: int, seed: int, split: str | None = None) -> FewShot:
+        """``shots`` training examples per task class, seeded and deterministic."""
+        split = split or self.train_split
+        keep, labels = self.examples(split)
+        chosen = few_shot_indices(labels, shots, seed, class_names=self.class_names())
+        return FewShot(self, split, shots, seed, keep[chosen], labels[chosen])
+
+    def eval_batches(self, transform: Callable[[Sequence[np.ndarray]], jax.Array],
+                     batch_size: int = 256, split: str | None = None
+                     ) -> Iterator[tuple[jax.Array, np.ndarray]]:
+        """The task's whole test split: (model inputs (B, S, S, C) float32, task labels (B,)),
+        in read order; ``transform`` is e.g. ``preprocess.eval_transform(model.preprocess)``.
+        The last batch may be smaller."""
+        keep, labels = self.examples(split or self.test_split)
+        for k, (_, images) in enumerate(self.split(split or self.test_split)
+                                        .image_batches(keep, batch_size)):
+            yield transform(images), labels[k * batch_size:(k + 1) * batch_size]
 
 
-def few_shot_indices(labels: np.ndarray, shots: int, seed: int) -> np.ndarray:
-    """``shots`` example indices per class of ``labels`` (N,), seeded, sorted; deterministic."""
+@dataclasses.dataclass(frozen=True)
+class FewShot:
+    """A few-shot sample: ``indices`` (n,) into ``task.split(split)`` and task ``labels`` (n,)."""
+
+    task: Task
+    split: str
+    shots: int
+    seed: int
+    indices: np.ndarray
+    labels: np.ndarray
+
+    def to_json(self) -> dict:
+        return {"dataset": self.task.dataset, "classes": list(self.task.classes),
+                "class_names": self.task.class_names(), "split": self.split,
+                "shots": self.shots, "seed": self.seed, "indices": self.indices.tolist(),
+                "labels": self.labels.tolist()}
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the chosen example ids with the run (atomically: never a half-written file)."""
+        path = Path(path)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(json.dumps(self.to_json(), indent=1))
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, task: Task) -> FewShot:
+        """Read a saved sample back for ``task`` (checked to be the task it was drawn for)."""
+        d = json.loads(Path(path).read_text())
+        if d["dataset"] != task.dataset or d["class_names"] != task.class_names():
+            raise ValueError(f"{path} was drawn for {d['dataset']!r} classes "
+                             f"{d['class_names']}, not for {task}")
+        return cls(task, d["split"], d["shots"], d["seed"], np.asarray(d["indices"], np.int64),
+                   np.asarray(d["labels"], np.int32))
+
+    def calibration_batches(self, transform: Callable[[Sequence[np.ndarray]], jax.Array],
+                            batch_size: int, augment: str = "none", key: jax.Array | None = None,
+                            ) -> Iterator[tuple[jax.Array, np.ndarray]]:
+        """The sample once, in ``indices`` order: (model inputs (B, S, S, C), labels (B,)),
+        optionally augmented (``taco_jax.train.augment``: ``shift`` / ``shift_flip``) with
+        ``key`` (required then)."""
+        augment_lib.validate(augment)
+        if augment != "none" and key is None:
+            raise ValueError(f"augment={augment!r} needs a PRNG key")
+        split = self.task.split(self.split)
+        for k, (_, images) in enumerate(split.image_batches(self.indices, batch_size)):
+            x = transform(images)
+            if augment != "none":
+                x = augment_lib.augment(jax.random.fold_in(key, k), x, augment)
+            yield x, self.labels[k * batch_size:(k + 1) * batch_size]
+
+
+def few_shot_indices(labels: np.ndarray, shots: int, seed: int,
+                     class_names: Sequence[str] | None = None) -> np.ndarray:
+    """``shots`` example indices per class of ``labels`` (N,), seeded, sorted; deterministic.
+    With ``class_names``, every class ``0..len(class_names)-1`` must have ``shots`` examples and
+    errors name it; without, the classes are those present in ``labels``."""
     if shots < 1:
         raise ValueError(f"shots must be >= 1, got {shots}")
     rng = np.random.default_rng(seed)
     chosen = []
-    for c in np.unique(labels):
+    for c in np.unique(labels) if class_names is None else range(len(class_names)):
         members = np.flatnonzero(labels == c)
         if len(members) < shots:
-            raise ValueError(f"class {c} has only {len(members)} examples; cannot draw {shots} "
+            name = f"class {c}" + (f" ({class_names[c]!r})" if class_names is not None else "")
+            raise ValueError(f"{name} has only {len(members)} examples; cannot draw {shots} "
                              "shots")
         chosen.append(rng.choice(members, shots, replace=False))
     return np.sort(np.concatenate(chosen))
