@@ -124,8 +124,8 @@ class VisionTransformer(nnx.Module):
         self.head = linear(embed_dim, num_classes, rngs=rngs)
         self.head_dist = linear(embed_dim, num_classes, rngs=rngs) if distilled else None
 
-    def forward_tokens(self, x: jax.Array) -> jax.Array:
-        """(B, H, W, C) → final-normed tokens (B, prefix + N, D); prefix = [cls(, dist)]."""
+    def embed(self, x: jax.Array) -> jax.Array:
+        """(B, H, W, C) → the first block's input tokens (B, prefix + N, D), position-embedded."""
         x = self.patch_embed(x)
         b = x.shape[0]
         prefix = [self.cls_token.value]
@@ -136,7 +136,11 @@ class VisionTransformer(nnx.Module):
             raise ValueError(f"input gives {x.shape[1]} tokens but pos_embed has "
                              f"{self.pos_embed.value.shape[1]}: feed {self.preprocess.input_size}"
                              "² images or resize the position embedding")
-        x = x + self.pos_embed.value
+        return x + self.pos_embed.value
+
+    def forward_tokens(self, x: jax.Array) -> jax.Array:
+        """(B, H, W, C) → final-normed tokens (B, prefix + N, D); prefix = [cls(, dist)]."""
+        x = self.embed(x)
         for blk in self.blocks:
             x = blk(x)
         return self.norm(x)

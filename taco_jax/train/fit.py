@@ -2,7 +2,8 @@
 
 The same loop trains the embedded generalist, fine-tunes the dense few-shot baseline and recovers
 a pruned model by knowledge distillation from its dense teacher (DESIGN.md §3): the loss is
-``ce_weight · CE(labels) + kd_weight · T²·KL(teacher ‖ student)``, and an optional ``constrain``
+``ce_weight · CE(labels) + kd_weight · T²·KL(teacher ‖ student)`` (plus, with ``features``, a
+normalized feature-distillation term against the teacher), and an optional ``constrain``
 function (e.g. re-applying pruning masks) runs inside the jitted step after every update, so
 pruned weights stay exactly zero.
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -25,6 +26,7 @@ from taco_jax.train import augment as augment_lib
 from taco_jax.train import losses
 
 Preprocess = Callable[[jax.Array], jax.Array]
+Features = Callable[[nnx.Module, jax.Array], Sequence[jax.Array]]
 OPTIMIZERS = ("adamw", "sgd")
 
 
@@ -92,14 +94,18 @@ def fit(
     *,
     teacher: nnx.Module | None = None,
     constrain: Callable[[nnx.Module], None] | None = None,
+    features: Features | None = None,
     desc: str = "train",
 ) -> list[dict[str, float]]:
     """Train ``model`` in place on images (N,H,W,C) uint8 and labels (N,) int.
 
+    ``features(module, x)``: feature maps (e.g. final features, block outputs) that the student
+    matches to the teacher's with ``losses.normalized_feature_mse`` (weight 1, added to the CE/KD
+    terms; with ``ce_weight = kd_weight = 0`` the labels are unused and the logits not computed).
     Returns the logged history: one dict per ``log_every`` steps (step, loss, seconds).
     """
-    if config.kd_weight > 0 and teacher is None:
-        raise ValueError("kd_weight > 0 needs a teacher model")
+    if (config.kd_weight > 0 or features is not None) and teacher is None:
+        raise ValueError("kd_weight > 0 and features need a teacher model")
     if len(images) != len(labels) or len(images) == 0:
         raise ValueError(f"need as many labels as images (> 0), got {len(images)} and "
                          f"{len(labels)}")
@@ -111,13 +117,19 @@ def fit(
     @nnx.jit
     def step(model, optimizer, teacher, x, y, key):
         x = augment_lib.augment(key, preprocess(x), config.augment)
-        t_logits = None if teacher is None else jax.lax.stop_gradient(teacher(x))
+        kd = config.kd_weight > 0
+        t_logits = jax.lax.stop_gradient(teacher(x)) if kd else None
+        t_feats = None if features is None else jax.lax.stop_gradient(features(teacher, x))
 
         def loss_fn(model):
-            logits = model(x)
-            loss = config.ce_weight * losses.cross_entropy(logits, y)
-            if t_logits is not None and config.kd_weight > 0:
-                loss += config.kd_weight * losses.kd_kl(logits, t_logits, config.temperature)
+            loss = jnp.zeros(())
+            if config.ce_weight > 0 or kd:
+                logits = model(x)
+                loss += config.ce_weight * losses.cross_entropy(logits, y)
+                if kd:
+                    loss += config.kd_weight * losses.kd_kl(logits, t_logits, config.temperature)
+            if t_feats is not None:
+                loss += losses.normalized_feature_mse(features(model, x), t_feats)
             return loss
 
         loss, grads = nnx.value_and_grad(loss_fn)(model)
