@@ -26,8 +26,8 @@ from absl import logging
 from flax import nnx
 
 from taco_jax import generalist, models
-from taco_jax.compress import adapt, dcvit, dcvit_sweep, run, sparsity_report
-from taco_jax.data import preprocess
+from taco_jax.compress import adapt, dcvit, dcvit_sweep, sparsity_report
+from taco_jax.data import embedded, preprocess, source
 from taco_jax.data.task import Task, few_shot_indices
 from taco_jax.models import stats
 from taco_jax.models.vit import VisionTransformer
@@ -71,7 +71,18 @@ def parse(config: ml_collections.ConfigDict) -> Settings:
     """Typed, validated settings; raises ValueError naming a bad value, before any work."""
     if config.mode not in MODES:
         raise ValueError(f"config.mode={config.mode!r}; expected one of {MODES}")
-    _, gen, task = run.parse(config)  # model name, task classes, generalist recipe
+    if config.model not in models.names():
+        raise ValueError(f"config.model={config.model!r} is not a known model; valid: "
+                         f"{', '.join(models.names())}")
+    task = Task(config.task.dataset, tuple(config.task.classes), config.task.data_dir or None)
+    if task.dataset != source.EMBEDDED:
+        raise ValueError(f"config.task.dataset={task.dataset!r}: this launcher runs on the "
+                         f"embedded default {source.EMBEDDED!r} for now")
+    unknown = [c for c in task.classes if isinstance(c, str) and c not in embedded.CLASS_NAMES]
+    if unknown:
+        raise ValueError(f"config.task.classes has {unknown}, not classes of "
+                         f"{source.EMBEDDED!r}: {list(embedded.CLASS_NAMES)}")
+    gen = fit.FitConfig(seed=config.seed, **config.generalist.to_dict())
     depth = _depth(config.model)
     _check_blocks("config.plan.attn_blocks", [config.plan.attn_blocks], depth, 0)
     _check_fractions("config.plan.mlp_keep", [config.plan.mlp_keep])
