@@ -11,7 +11,7 @@ from flax import nnx
 
 from taco_jax import models
 from taco_jax.compress import dcvit, dcvit_sweep
-from taco_jax.models import stats
+from taco_jax.models import latency, stats
 from taco_jax.models.layers import gelu
 from taco_jax.train import fit, losses
 
@@ -181,8 +181,17 @@ def test_paired_latency_reports_both_models():
     model = _vit()
     small = nnx.clone(model)
     dcvit.apply_plan(small, dcvit.cut_plan(DEPTH, [0, 1, 2], 0.0), _batches())
-    out = dcvit_sweep.paired_latency(model, small, _batches()[0], rounds=2, repeats=2)
-    assert out["dense"] > 0 and out["compressed"] > 0 and out["batch"] == 24
-    assert out["reduction"] == pytest.approx(1 - out["compressed"] / out["dense"], abs=0.5)
-    with pytest.raises(ValueError, match="rounds must be >= 1"):
-        dcvit_sweep.paired_latency(model, small, _batches()[0], rounds=0)
+    x = jnp.concatenate(_batches(n=256, per=256))
+    out = dcvit_sweep.paired_latency(model, small, x, repeats=5, warmup=1)
+    assert out["dense"] > 0 and out["compressed"] > 0 and out["batch"] == 256
+    # no block left: only the patch embedding and head, far less than a tenth of the work
+    assert out["reduction"] > 0.5
+
+
+def test_interleaved_latency_times_each_model_in_turn():
+    model = _vit()
+    outs = latency.interleaved_latency([model, model], _batches()[0], repeats=3, warmup=0)
+    for o in outs:
+        assert len(o["times"]) == 3 and o["min"] <= o["median"] <= o["max"]
+    with pytest.raises(ValueError, match="repeats"):
+        latency.interleaved_latency([model], _batches()[0], repeats=0)

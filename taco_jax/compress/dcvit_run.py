@@ -93,8 +93,8 @@ def parse(config: ml_collections.ConfigDict) -> Settings:
     bad = [t for t in config.sweep.targets if not 0.0 < t < 1.0]
     if bad:
         raise ValueError(f"config.sweep.targets has {bad}; expected latency reductions in (0, 1)")
-    if config.latency.batch < 1 or config.latency.rounds < 1 or config.latency.repeats < 1:
-        raise ValueError(f"config.latency needs batch, rounds, repeats >= 1, got "
+    if config.latency.batch < 1 or config.latency.repeats < 1:
+        raise ValueError(f"config.latency needs batch, repeats >= 1, got "
                          f"{config.latency.to_dict()}")
     recover = fit.FitConfig(seed=config.seed, **config.recover.to_dict())
     d = dcvit.DcvitConfig(
@@ -170,7 +170,6 @@ def _evaluate_cut(setup: _Setup, plan: dcvit.Plan, s: Settings, config, desc: st
                                           s.dcvit, desc=desc)
     acc = fit.evaluate(student, setup.test_x, setup.test_y, setup.preprocess)
     lat = dcvit_sweep.paired_latency(setup.teacher, student, setup.latency_x,
-                                     rounds=config.latency.rounds,
                                      repeats=config.latency.repeats)
     shape = (1, *setup.test_x.shape[1:])
     point = {"plan": plan.label(), "attn": list(plan.attn), "mlp_keep": list(plan.mlp_keep),

@@ -1,8 +1,8 @@
 """DC-ViT's latency/accuracy family: measure, keep the frontier, compare, plot.
 
-Each compressed model is timed against the dense teacher *back to back*, alternating the two for
-several rounds with the one timer (``models.latency.model_latency``), so slow drift of a shared
-machine's load cancels in the per-round ratio. A method's frontier holds its models that no
+Each compressed model is timed against the dense teacher *back to back*, alternating the two call
+by call (``models.latency.interleaved_latency``, the one timer), so the drifting load of a shared
+machine cancels in the ratio of adjacent calls. A method's frontier holds its models that no
 other model of the method beats in both latency reduction and accuracy; the accuracy "at" a
 latency reduction is read off the frontier by linear interpolation (the dense model is the
 frontier's 0% point), so two methods are compared at exactly the same latency.
@@ -17,22 +17,17 @@ import jax
 import numpy as np
 from flax import nnx
 
-from taco_jax.models.latency import model_latency
+from taco_jax.models.latency import interleaved_latency
 
 
-def paired_latency(dense: nnx.Module, model: nnx.Module, x: jax.Array, *, rounds: int = 3,
-                   repeats: int = 5) -> dict[str, float]:
-    """Median seconds of ``dense`` and ``model`` on ``x``, timed alternately ``rounds`` times
-    (``repeats`` calls each), and the latency reduction 1 − median per-round ratio."""
-    if rounds < 1:
-        raise ValueError(f"rounds must be >= 1, got {rounds}")
-    d, m = [], []
-    for _ in range(rounds):
-        d.append(model_latency(dense, x, repeats=repeats, warmup=1)["median"])
-        m.append(model_latency(model, x, repeats=repeats, warmup=1)["median"])
-    ratio = statistics.median(b / a for a, b in zip(d, m, strict=True))
-    return {"dense": statistics.median(d), "compressed": statistics.median(m),
-            "reduction": 1.0 - ratio, "batch": int(x.shape[0]), "rounds": rounds,
+def paired_latency(dense: nnx.Module, model: nnx.Module, x: jax.Array, *,
+                   repeats: int = 20, warmup: int = 2) -> dict[str, float]:
+    """Median seconds of ``dense`` and ``model`` on ``x``, timed call by call in turn, and the
+    latency reduction 1 − median over repeats of (model time / adjacent dense time)."""
+    d, m = interleaved_latency([dense, model], x, repeats=repeats, warmup=warmup)
+    ratio = statistics.median(b / a for a, b in zip(d["times"], m["times"], strict=True))
+    return {"dense": d["median"], "compressed": m["median"], "reduction": 1.0 - ratio,
+            "dense_min": d["min"], "compressed_min": m["min"], "batch": d["batch"],
             "repeats": repeats}
 
 
