@@ -60,8 +60,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.then_prune.recover_steps = c.recover.steps
 
     c.sweep = ml_collections.ConfigDict()
-    c.sweep.attn_blocks = (1, 2, 3)
-    c.sweep.mlp_keep = (1.0, 0.75, 0.5, 0.25)
+    # DC-ViT models: (blocks without attention, least sensitive first; the kept fraction of
+    # their MLP neurons; the kept MLP fraction of the other blocks, which keep attention).
+    c.sweep.dcvit = (*((k, f, 1.0) for k in (1, 2, 3) for f in (1.0, 0.75, 0.5, 0.25)),
+                     (2, 0.125, 1.0), (2, 0.5, 0.75), (2, 0.25, 0.75), (2, 0.125, 0.75))
     c.sweep.drop_blocks = (1, 2, 3)
     c.sweep.targets = (0.25, 0.40)  # latency reductions at which the two methods are compared
 
@@ -73,8 +75,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.shots = 8
         c.recover.steps = 5
         c.then_prune.recover_steps = 5
-        c.sweep.attn_blocks = (1,)
-        c.sweep.mlp_keep = (0.5,)
+        c.sweep.dcvit = ((1, 0.5, 1.0),)
         c.sweep.drop_blocks = (1,)
         c.latency.batch = 16
         c.latency.repeats = 2

@@ -87,8 +87,12 @@ def parse(config: ml_collections.ConfigDict) -> Settings:
     _check_blocks("config.plan.attn_blocks", [config.plan.attn_blocks], depth, 0)
     _check_fractions("config.plan.mlp_keep", [config.plan.mlp_keep])
     _check_blocks("config.baseline_drop_blocks", [config.baseline_drop_blocks], depth - 1, 1)
-    _check_blocks("config.sweep.attn_blocks", config.sweep.attn_blocks, depth, 1)
-    _check_fractions("config.sweep.mlp_keep", config.sweep.mlp_keep)
+    for entry in config.sweep.dcvit:
+        if len(entry) != 3:
+            raise ValueError(f"config.sweep.dcvit has {entry}; expected (attention-free blocks, "
+                             "their MLP keep fraction, the other blocks' MLP keep fraction)")
+        _check_blocks("config.sweep.dcvit", [entry[0]], depth, 1)
+        _check_fractions("config.sweep.dcvit", entry[1:])
     _check_blocks("config.sweep.drop_blocks", config.sweep.drop_blocks, depth - 1, 1)
     bad = [t for t in config.sweep.targets if not 0.0 < t < 1.0]
     if bad:
@@ -262,8 +266,8 @@ def _compress(config, s: Settings, setup: _Setup, header: dict, workdir: Path) -
 
 def _sweep(config, s: Settings, setup: _Setup, header: dict, workdir: Path) -> dict:
     depth = len(setup.teacher.blocks)
-    plans = [("dcvit", dcvit.cut_plan(depth, setup.attn_order[:k], f))
-             for k in config.sweep.attn_blocks for f in config.sweep.mlp_keep]
+    plans = [("dcvit", dcvit.cut_plan(depth, setup.attn_order[:k], f, rest))
+             for k, f, rest in config.sweep.dcvit]
     plans += [("block_drop", dcvit.cut_plan(depth, setup.drop_order[:n], 0.0))
               for n in config.sweep.drop_blocks]
     out = {**header, "method": "dcvit_sweep", "points": {"dcvit": [], "block_drop": []},
