@@ -104,8 +104,10 @@ def fit(
     terms; with ``ce_weight = kd_weight = 0`` the labels are unused and the logits not computed).
     Returns the logged history: one dict per ``log_every`` steps (step, loss, seconds).
     """
-    if (config.kd_weight > 0 or features is not None) and teacher is None:
-        raise ValueError("kd_weight > 0 and features need a teacher model")
+    if config.kd_weight > 0 and teacher is None:
+        raise ValueError("kd_weight > 0 needs a teacher model")
+    if features is not None and teacher is None:
+        raise ValueError("features (feature distillation) needs a teacher model")
     if len(images) != len(labels) or len(images) == 0:
         raise ValueError(f"need as many labels as images (> 0), got {len(images)} and "
                          f"{len(labels)}")
