@@ -29,11 +29,17 @@ def test_demo_generalist_ships_and_matches_its_recorded_accuracy(tmp_path):
     assert recorded["recipe"]["arch"] == config.model
 
 
-def test_new_fit_fields_at_their_defaults_keep_the_recipe_key():
+def test_new_fit_fields_at_their_defaults_keep_the_recipe_key(monkeypatch):
+    import dataclasses
+
     from taco_jax import generalist
     from taco_jax.train import fit
 
     base = generalist.recipe_fields(fit.FitConfig())
-    assert "kd_loss" not in base  # added after the hash was introduced, default: not hashed
-    assert generalist.recipe_fields(fit.FitConfig(kd_loss="feature_mse"))["kd_loss"] == \
-        "feature_mse"
+    assert set(base) == set(generalist._HASHED_ALWAYS)
+    # A field added later enters the key only when set away from its default.
+    newer = dataclasses.make_dataclass("NewerFit", [("novel", float, 0.0)], bases=(fit.FitConfig,),
+                                       frozen=True)
+    monkeypatch.setattr(fit, "FitConfig", newer)
+    assert generalist.recipe_fields(newer()) == base
+    assert generalist.recipe_fields(newer(novel=0.5))["novel"] == 0.5

@@ -74,10 +74,9 @@ class TransferConfig:
         if self.transfer_size < 1 or self.shots < 1:
             raise ValueError(f"transfer_size and shots must be >= 1, got {self.transfer_size}, "
                              f"{self.shots}")
-        if self.distill.kd_weight <= 0 or self.distill.kd_loss != "kl":
-            raise ValueError("distill must match the teacher's task logits: kd_weight > 0 and "
-                             f"kd_loss 'kl', got {self.distill.kd_weight}, "
-                             f"{self.distill.kd_loss!r}")
+        if self.distill.kd_weight <= 0:
+            raise ValueError("distill must match the teacher's task logits: kd_weight > 0, got "
+                             f"{self.distill.kd_weight}")
 
 
 @dataclasses.dataclass
@@ -222,12 +221,13 @@ def transfer(generalist: nnx.Module, data: TaskData, pool: np.ndarray, config: T
     if "task_agnostic" in config.baselines:
         agnostic = new_student()
         projected = _Projected(agnostic, generalist.num_features, nnx.Rngs(config.seed))
-        feats = dataclasses.replace(config.distill, ce_weight=0.0, kd_loss="feature_mse")
+        feats = dataclasses.replace(config.distill, ce_weight=0.0, kd_weight=0.0)
         px = pool[pool_ids]
         t = time.perf_counter()
         _stage(stage_dir, "task_agnostic_distill", projected, lambda: fit.fit(
             projected, px, np.full(len(px), -1, np.int32), feats, data.preprocess,
-            teacher=_Features(generalist), desc="task-agnostic distill"))
+            teacher=_Features(generalist), features=lambda m, x: [m(x)],
+            desc="task-agnostic distill"))
         _stage(stage_dir, "task_agnostic_finetune", agnostic, lambda: fit.fit(
             agnostic, shots_x, shots_y, config.finetune, data.preprocess, teacher=teacher,
             desc="task-agnostic finetune"))

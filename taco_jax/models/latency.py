@@ -3,16 +3,25 @@
 One timer for every report (TACO, DC-ViT, transfer, the model benchmark): the eval forward is
 jitted and compiled ahead of time, run ``warmup`` times, then ``repeats`` timed calls each ending
 in ``block_until_ready``. The median is the figure to report; min and max show the spread.
+``interleaved_latency`` times several models in turns, for comparisons on a loaded machine.
 """
 
 from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
+
+
+def _compiled(model: nnx.Module, x: jax.Array):
+    model.eval()
+    graphdef, state = nnx.split(model)
+    forward = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x)).lower(state, x).compile()
+    return lambda: forward(state, x).block_until_ready()
 
 
 def model_latency(model: nnx.Module, x: jax.Array, *, repeats: int = 10,
@@ -21,18 +30,31 @@ def model_latency(model: nnx.Module, x: jax.Array, *, repeats: int = 10,
 
     The model is put in eval mode (BatchNorm running stats, no dropout) and left so.
     """
+    out = interleaved_latency([model], x, repeats=repeats, warmup=warmup)[0]
+    del out["times"]
+    return out
+
+
+def interleaved_latency(models: Sequence[nnx.Module], x: jax.Array, *, repeats: int = 10,
+                        warmup: int = 2) -> list[dict[str, float]]:
+    """``model_latency`` of several models, timed call by call in turn (m0, m1, ..., m0, ...).
+
+    On a shared machine the load drifts; calls adjacent in time see nearly the same load, so
+    per-repeat ratios between models (``times``: each model's list of seconds) are far steadier
+    than ratios of separately measured medians.
+    """
     if repeats < 1 or warmup < 0:
         raise ValueError(f"repeats must be >= 1 and warmup >= 0, got {repeats}, {warmup}")
-    model.eval()
-    graphdef, state = nnx.split(model)
     x = jnp.asarray(x)
-    forward = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x)).lower(state, x).compile()
+    calls = [_compiled(m, x) for m in models]
     for _ in range(warmup):
-        forward(state, x).block_until_ready()
-    times = []
+        for call in calls:
+            call()
+    times: list[list[float]] = [[] for _ in calls]
     for _ in range(repeats):
-        start = time.perf_counter()
-        forward(state, x).block_until_ready()
-        times.append(time.perf_counter() - start)
-    return {"median": statistics.median(times), "min": min(times), "max": max(times),
-            "batch": int(x.shape[0])}
+        for call, t in zip(calls, times, strict=True):
+            start = time.perf_counter()
+            call()
+            t.append(time.perf_counter() - start)
+    return [{"median": statistics.median(t), "min": min(t), "max": max(t),
+             "batch": int(x.shape[0]), "times": t} for t in times]

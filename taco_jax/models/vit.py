@@ -125,7 +125,7 @@ class VisionTransformer(nnx.Module):
         self.head_dist = linear(embed_dim, num_classes, rngs=rngs) if distilled else None
 
     def embed(self, x: jax.Array) -> jax.Array:
-        """(B, H, W, C) → tokens with position embedding (B, prefix + N, D)."""
+        """(B, H, W, C) → the first block's input tokens (B, prefix + N, D), position-embedded."""
         x = self.patch_embed(x)
         b = x.shape[0]
         prefix = [self.cls_token.value]

@@ -2,9 +2,8 @@
 
 The same loop trains the embedded generalist, fine-tunes the dense few-shot baseline and recovers
 a pruned model by knowledge distillation from its dense teacher (DESIGN.md §3): the loss is
-``ce_weight · CE(labels) + kd_weight · T²·KL(teacher ‖ student)`` (or, with ``kd_loss=
-"feature_mse"``, the normalised squared error between the two models' outputs, for models whose
-outputs are features), and an optional ``constrain``
+``ce_weight · CE(labels) + kd_weight · T²·KL(teacher ‖ student)`` (plus, with ``features``, a
+normalized feature-distillation term against the teacher), and an optional ``constrain``
 function (e.g. re-applying pruning masks) runs inside the jitted step after every update, so
 pruned weights stay exactly zero.
 """
@@ -13,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -27,15 +26,14 @@ from taco_jax.train import augment as augment_lib
 from taco_jax.train import losses
 
 Preprocess = Callable[[jax.Array], jax.Array]
+Features = Callable[[nnx.Module, jax.Array], Sequence[jax.Array]]
 OPTIMIZERS = ("adamw", "sgd")
-KD_LOSSES = ("kl", "feature_mse")
 
 
 @dataclasses.dataclass(frozen=True)
 class FitConfig:
-    """Training hyper-parameters. ``kd_weight > 0`` needs a teacher; ``kd_loss`` is how the
-    student's outputs are matched to the teacher's ("kl" on logits, "feature_mse" on features).
-    Labels < 0 mark unlabelled examples (no CE term)."""
+    """Training hyper-parameters. ``kd_weight > 0`` needs a teacher. Labels < 0 mark unlabelled
+    examples (no CE term)."""
 
     steps: int = 500
     batch_size: int = 64
@@ -46,7 +44,6 @@ class FitConfig:
     ce_weight: float = 1.0
     kd_weight: float = 0.0
     temperature: float = 4.0
-    kd_loss: str = "kl"
     augment: str = "none"
     seed: int = 0
     log_every: int = 100
@@ -55,8 +52,6 @@ class FitConfig:
         if self.steps < 1 or self.batch_size < 1:
             raise ValueError(f"steps and batch_size must be >= 1, got {self.steps}, "
                              f"{self.batch_size}")
-        if self.kd_loss not in KD_LOSSES:
-            raise ValueError(f"unknown kd_loss {self.kd_loss!r}; allowed: {KD_LOSSES}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; allowed: {OPTIMIZERS}")
         if self.learning_rate <= 0 or self.temperature <= 0:
@@ -100,14 +95,20 @@ def fit(
     *,
     teacher: nnx.Module | None = None,
     constrain: Callable[[nnx.Module], None] | None = None,
+    features: Features | None = None,
     desc: str = "train",
 ) -> list[dict[str, float]]:
     """Train ``model`` in place on images (N,H,W,C) uint8 and labels (N,) int.
 
+    ``features(module, x)``: feature maps (e.g. final features, block outputs) that the student
+    matches to the teacher's with ``losses.normalized_feature_mse`` (weight 1, added to the CE/KD
+    terms; with ``ce_weight = kd_weight = 0`` the labels are unused and the logits not computed).
     Returns the logged history: one dict per ``log_every`` steps (step, loss, seconds).
     """
     if config.kd_weight > 0 and teacher is None:
         raise ValueError("kd_weight > 0 needs a teacher model")
+    if features is not None and teacher is None:
+        raise ValueError("features (feature distillation) needs a teacher model")
     if len(images) != len(labels) or len(images) == 0:
         raise ValueError(f"need as many labels as images (> 0), got {len(images)} and "
                          f"{len(labels)}")
@@ -119,16 +120,19 @@ def fit(
     @nnx.jit
     def step(model, optimizer, teacher, x, y, key):
         x = augment_lib.augment(key, preprocess(x), config.augment)
-        t_logits = None if teacher is None else jax.lax.stop_gradient(teacher(x))
+        kd = config.kd_weight > 0
+        t_logits = jax.lax.stop_gradient(teacher(x)) if kd else None
+        t_feats = None if features is None else jax.lax.stop_gradient(features(teacher, x))
 
         def loss_fn(model):
-            logits = model(x)
-            loss = config.ce_weight * losses.cross_entropy(logits, y)
-            if t_logits is not None and config.kd_weight > 0:
-                match = (losses.kd_kl(logits, t_logits, config.temperature)
-                         if config.kd_loss == "kl"
-                         else losses.normalized_feature_mse([logits], [t_logits]))
-                loss += config.kd_weight * match
+            loss = jnp.zeros(())
+            if config.ce_weight > 0 or kd:
+                logits = model(x)
+                loss += config.ce_weight * losses.cross_entropy(logits, y)
+                if kd:
+                    loss += config.kd_weight * losses.kd_kl(logits, t_logits, config.temperature)
+            if t_feats is not None:
+                loss += losses.normalized_feature_mse(features(model, x), t_feats)
             return loss
 
         loss, grads = nnx.value_and_grad(loss_fn)(model)

@@ -1,0 +1,82 @@
+"""DC-ViT on the embedded default: compress the 20-class vit_mini generalist to a smaller dense
+ViT for the five farm species, from a few hundred unlabeled task images.
+
+  python -m launch.dcvit --workdir=runs/dcvit                                # one model
+  python -m launch.dcvit --config=configs/dcvit/demo.py:attn_blocks=3,mlp_keep=0.5 --workdir=DIR
+  python -m launch.dcvit --config=configs/dcvit/demo.py:then_sparsity=0.5 --workdir=DIR  # + TACO
+  python -m launch.dcvit --config=configs/dcvit/demo.py:sweep --workdir=runs/dcvit_sweep
+  python -m launch.dcvit --config=configs/dcvit/demo.py:runlocal --workdir=/tmp/smoke   # quick
+
+Variant keys: sweep (the latency/accuracy family and its frontier vs block dropping),
+attn_blocks, mlp_keep, drop_blocks, then_sparsity, shots, steps, block_outputs, seed, runlocal.
+The task and the generalist recipe are TACO's demo ones (``model=vit_mini``), so both methods
+start from the same generalist checkpoint (shipped under taco_jax/assets/generalist/).
+"""
+
+import ml_collections
+
+from configs.taco import demo as taco_demo
+from taco_jax.config_variants import parse_variant
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    v = parse_variant(arg, {"sweep": bool, "attn_blocks": int, "mlp_keep": float,
+                            "drop_blocks": int, "then_sparsity": float, "shots": int,
+                            "steps": int, "block_outputs": bool, "seed": int, "runlocal": bool})
+    base = taco_demo.get_config(f"model=vit_mini,seed={v.get('seed', 0)}")
+    c = ml_collections.ConfigDict()
+    c.mode = "sweep" if v.get("sweep") else "compress"
+    c.model = base.model
+    c.seed = base.seed
+    c.cache_dir = base.cache_dir
+    c.task = base.task
+    c.generalist = base.generalist
+
+    c.shots = v.get("shots", 64)  # unlabeled images per class: 320 for the 5 farm species
+    c.calibration_batch = 64
+    c.prune = ml_collections.ConfigDict()  # the structured second-order MLP-neuron criterion
+    c.prune.blocksize = 128
+    c.prune.percdamp = 0.01
+    # Few-shot feature distillation (no labels: ce_weight stays 0), the same for every model.
+    c.recover = ml_collections.ConfigDict()
+    c.recover.steps = v.get("steps", 120)
+    c.recover.batch_size = 32
+    c.recover.learning_rate = 1e-3
+    c.recover.weight_decay = 0.0
+    c.recover.warmup_steps = 10
+    c.recover.ce_weight = 0.0
+    c.recover.kd_weight = 0.0
+    c.recover.augment = "shift_flip"
+    c.block_outputs = v.get("block_outputs", False)  # also distill every block's output tokens
+
+    c.plan = ml_collections.ConfigDict()  # compress mode: least sensitive blocks first
+    c.plan.attn_blocks = v.get("attn_blocks", 2)  # blocks that lose their attention branch
+    c.plan.mlp_keep = v.get("mlp_keep", 0.5)  # fraction of those blocks' MLP neurons kept
+    c.baseline_drop_blocks = v.get("drop_blocks", 1)  # same-budget block-dropping baseline
+
+    c.then_prune = ml_collections.ConfigDict()  # DC-ViT then TACO; sparsity 0 = off
+    c.then_prune.pattern = "unstructured"
+    c.then_prune.sparsity = v.get("then_sparsity", 0.0)
+    c.then_prune.recover_steps = c.recover.steps
+
+    c.sweep = ml_collections.ConfigDict()
+    # DC-ViT models: (blocks without attention, least sensitive first; the kept fraction of
+    # their MLP neurons; the kept MLP fraction of the other blocks, which keep attention).
+    c.sweep.dcvit = (*((k, f, 1.0) for k in (1, 2, 3) for f in (1.0, 0.75, 0.5, 0.25)),
+                     (2, 0.125, 1.0), (2, 0.5, 0.75), (2, 0.25, 0.75), (2, 0.125, 0.75))
+    c.sweep.drop_blocks = (1, 2, 3)
+    c.sweep.targets = (0.25, 0.40)  # latency reductions at which the two methods are compared
+
+    c.latency = ml_collections.ConfigDict()  # dense and compressed timed call by call in turn
+    c.latency.batch = 256
+    c.latency.repeats = 20
+
+    if v.get("runlocal"):
+        c.shots = 8
+        c.recover.steps = 5
+        c.then_prune.recover_steps = 5
+        c.sweep.dcvit = ((1, 0.5, 1.0),)
+        c.sweep.drop_blocks = (1,)
+        c.latency.batch = 16
+        c.latency.repeats = 2
+    return c

@@ -1,0 +1,38 @@
+"""DC-ViT launcher: dense few-shot compression of a ViT (one model, or the frontier sweep).
+
+  python -m launch.dcvit --workdir=runs/dcvit
+  python -m launch.dcvit --config=configs/dcvit/demo.py:sweep --workdir=runs/dcvit_sweep
+
+compress mode writes config.json, few_shot_ids.json, report.json and compressed/ (orbax state +
+structure.json; masks.npz too when composed with TACO) into --workdir; sweep mode writes
+config.json, few_shot_ids.json, sweep.json and frontier.png.
+"""
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from taco_jax.compress import dcvit_run
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", "configs/dcvit/demo.py",
+    "Config file (ml_collections), optionally with a variant string: FILE:key=value,...; any "
+    "field can then be overridden with --config.FIELD=VALUE.", lock_config=True)
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Output directory for the report or sweep, the few-shot ids and the "
+    "compressed checkpoint.")
+flags.mark_flag_as_required("workdir")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    try:
+        dcvit_run.parse(_CONFIG.value)
+    except ValueError as e:
+        raise app.UsageError(str(e)) from None
+    logging.info("Config:\n%s", _CONFIG.value)
+    dcvit_run.run_dcvit(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+    app.run(main)

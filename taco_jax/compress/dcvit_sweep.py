@@ -1,0 +1,75 @@
+"""DC-ViT's latency/accuracy family: measure, keep the frontier, compare, plot.
+
+Each compressed model is timed against the dense teacher *back to back*, alternating the two call
+by call (``models.latency.interleaved_latency``, the one timer), so the drifting load of a shared
+machine cancels in the ratio of adjacent calls. A method's frontier holds its models that no
+other model of the method beats in both latency reduction and accuracy; the accuracy "at" a
+latency reduction is read off the frontier by linear interpolation (the dense model is the
+frontier's 0% point), so two methods are compared at exactly the same latency.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+
+import jax
+import numpy as np
+from flax import nnx
+
+from taco_jax.models.latency import interleaved_latency
+
+
+def paired_latency(dense: nnx.Module, model: nnx.Module, x: jax.Array, *,
+                   repeats: int = 20, warmup: int = 2) -> dict[str, float]:
+    """Median seconds of ``dense`` and ``model`` on ``x``, timed call by call in turn, and the
+    latency reduction 1 − median over repeats of (model time / adjacent dense time)."""
+    d, m = interleaved_latency([dense, model], x, repeats=repeats, warmup=warmup)
+    ratio = statistics.median(b / a for a, b in zip(d["times"], m["times"], strict=True))
+    return {"dense": d["median"], "compressed": m["median"], "reduction": 1.0 - ratio,
+            "dense_min": d["min"], "compressed_min": m["min"], "batch": d["batch"],
+            "repeats": repeats}
+
+
+def frontier(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The (reduction, accuracy) points not beaten in both by another, by reduction ascending."""
+    best = []
+    for r, a in sorted(points, key=lambda p: (-p[0], -p[1])):
+        if not best or a > best[-1][1]:
+            best.append((r, a))
+    return best[::-1]
+
+
+def accuracy_at(front: Sequence[tuple[float, float]], reduction: float) -> float | None:
+    """Accuracy on ``front`` at ``reduction``, linear between its points; None outside it."""
+    rs = [r for r, _ in front]
+    if not front or reduction > rs[-1] or reduction < rs[0]:
+        return None
+    return float(np.interp(reduction, rs, [a for _, a in front]))
+
+
+def plot(methods: dict[str, Sequence[dict]], dense_top1: float, path, title: str) -> None:
+    """Accuracy vs measured latency reduction, one colour per method, its frontier as a line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for (name, pts), color in zip(methods.items(), ("C0", "C3", "C2", "C1"), strict=False):
+        r = [100 * p["latency"]["reduction"] for p in pts]
+        a = [p["top1"] for p in pts]
+        ax.scatter(r, a, color=color, s=18, alpha=0.6)
+        front = frontier([(0.0, dense_top1), *zip(r, a, strict=True)])
+        ax.plot([f[0] for f in front], [f[1] for f in front], "-o", color=color, ms=4,
+                label=f"{name} (frontier)")
+    ax.scatter([0], [dense_top1], marker="*", s=120, color="k", label="dense task teacher",
+               zorder=5)
+    ax.set_xlabel("measured latency reduction vs dense (%)")
+    ax.set_ylabel("task test top-1 (%)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,197 @@
+"""DC-ViT: the cut is what it claims (independent references), the compressed model is really
+smaller, it round-trips through its checkpoint, and the frontier arithmetic is right."""
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from taco_jax import models
+from taco_jax.compress import dcvit, dcvit_sweep
+from taco_jax.models import latency, stats
+from taco_jax.models.layers import gelu
+from taco_jax.train import fit, losses
+
+DEPTH, DIM, HIDDEN = 3, 96, 384
+
+
+def _vit(seed=0, num_classes=5):
+    model = models.create("vit_mini", num_classes=num_classes, depth=DEPTH, rngs=nnx.Rngs(seed))
+    model.eval()
+    return model
+
+
+def _batches(seed=0, n=48, per=24):
+    x = jax.random.normal(jax.random.key(seed), (n, 28, 28, 1))
+    return [x[i:i + per] for i in range(0, n, per)]
+
+
+def _zero(linear):
+    linear.kernel.set_value(jnp.zeros_like(linear.kernel.get_value()))
+    linear.bias.set_value(jnp.zeros_like(linear.bias.get_value()))
+
+
+@pytest.mark.parametrize("blocks, mlp_keep", [([1], 1.0), ([0, 2], 1.0), ([1], 0.0),
+                                              ([0, 1, 2], 0.0)])
+def test_removed_branch_equals_a_zeroed_branch(blocks, mlp_keep):
+    """Removing attention (and, for mlp_keep=0, the MLP) computes what zeroing that branch's
+    output projection computes in the uncut model."""
+    model, batches = _vit(), _batches()
+    ref = nnx.clone(model)
+    for b in blocks:
+        _zero(ref.blocks[b].attn.proj)
+        if mlp_keep == 0.0:
+            _zero(ref.blocks[b].mlp.fc2)
+    assert dcvit.apply_plan(model, dcvit.cut_plan(DEPTH, blocks, mlp_keep), batches) is None
+    for b in blocks:
+        assert model.blocks[b].attn is None and model.blocks[b].norm1 is None
+        assert (model.blocks[b].mlp is None) == (mlp_keep == 0.0)
+    x = batches[0]
+    np.testing.assert_allclose(model(x), ref(x), rtol=1e-5, atol=1e-5)
+    assert np.abs(np.asarray(ref(x)) - np.asarray(_vit()(x))).max() > 1e-3  # the cut matters
+
+
+def _hidden(model, block, batches):
+    """fc2's inputs (N·T, HIDDEN) in float64: the block's MLP hidden activations on the tokens
+    that reach it through ``model`` (already cut above ``block``)."""
+    outs = []
+    for x in batches:
+        t = model.embed(x)
+        for blk in model.blocks[:block]:
+            t = blk(t)
+        blk = model.blocks[block]
+        if blk.attn is not None:
+            t = t + blk.attn(blk.norm1(t))
+        outs.append(np.asarray(gelu(blk.mlp.fc1(blk.norm2(t)))).reshape(-1, HIDDEN))
+    return np.concatenate(outs).astype(np.float64)
+
+
+def test_mlp_cut_keeps_fc1_weights_and_gives_fc2_its_least_squares_update():
+    """After removing block 1's attention and keeping half its MLP neurons: fc1's kept columns
+    are the original ones, and fc2's kept rows are the damped least-squares fit (float64 numpy)
+    of the full MLP's output from the kept neurons, on the inputs of the *cut* model."""
+    model, batches = _vit(1), _batches(1)
+    W1 = np.asarray(model.blocks[1].mlp.fc1.kernel.get_value())
+    W2 = np.asarray(model.blocks[1].mlp.fc2.kernel.get_value(), np.float64)  # (HIDDEN, DIM)
+    cut_inputs = nnx.clone(model)
+    dcvit.apply_plan(cut_inputs, dcvit.cut_plan(DEPTH, [1], 1.0), batches)
+    X = _hidden(cut_inputs, 1, batches)
+
+    result = dcvit.apply_plan(model, dcvit.cut_plan(DEPTH, [1], 0.5), batches)
+    kept = result.kept["blocks.1.mlp.fc2"]
+    assert len(kept) == HIDDEN // 2 and model.blocks[1].mlp.fc1.out_features == HIDDEN // 2
+    np.testing.assert_array_equal(model.blocks[1].mlp.fc1.kernel.get_value(), W1[:, kept])
+
+    H = X.T @ X
+    H += 0.01 * np.mean(np.diag(H)) * np.eye(HIDDEN)  # the solver's damping (percdamp 0.01)
+    expected = np.linalg.solve(H[np.ix_(kept, kept)], H[kept] @ W2)
+    got = np.asarray(model.blocks[1].mlp.fc2.kernel.get_value(), np.float64)
+    assert np.linalg.norm(got - expected) <= 2e-3 * np.linalg.norm(expected)
+    # and the compensation is worth having: plain truncation reconstructs much worse
+    err = lambda w: np.linalg.norm(X[:, kept] @ w - X @ W2)
+    assert err(got) < 0.8 * err(W2[kept])
+
+
+def test_compressed_model_is_smaller_and_round_trips(tmp_path):
+    model, batches = _vit(2), _batches(2)
+    dense_params, dense_macs = stats.param_count(model), stats.forward_macs(model, (1, 28, 28, 1))
+    dcvit.apply_plan(model, dcvit.cut_plan(DEPTH, [0, 2], 0.25), batches)
+    kept = HIDDEN // 4
+    attn = 2 * DIM + (DIM * 3 * DIM + 3 * DIM) + (DIM * DIM + DIM)  # norm1, qkv, proj
+    mlp = (DIM + 1) * (HIDDEN - kept) + DIM * (HIDDEN - kept)  # fc1 columns+bias, fc2 rows
+    assert stats.param_count(model) == dense_params - 2 * (attn + mlp)
+    assert stats.forward_macs(model, (1, 28, 28, 1)) < 0.6 * dense_macs
+    assert dcvit.structure(model)["blocks"] == [
+        {"attn": False, "mlp_hidden": kept}, {"attn": True, "mlp_hidden": HIDDEN},
+        {"attn": False, "mlp_hidden": kept}]
+
+    dcvit.save(tmp_path / "c", model)
+    fresh = dcvit.load(tmp_path / "c", _vit(seed=7))
+    x = batches[0]
+    np.testing.assert_array_equal(np.asarray(fresh(x)), np.asarray(model(x)))
+    with pytest.raises(FileNotFoundError, match=r"structure\.json"):
+        dcvit.load(tmp_path, _vit())
+
+
+def test_block_scores_rank_a_disabled_block_first():
+    """A block whose branches output zero changes nothing when removed: score 0, ranked first."""
+    model, batches = _vit(3), _batches(3)
+    _zero(model.blocks[1].attn.proj)
+    _zero(model.blocks[1].mlp.fc2)
+    for drop in (False, True):
+        scores = dcvit.block_scores(model, batches, drop_block=drop)
+        assert scores.shape == (DEPTH,) and scores[1] < 1e-10 < scores.min(initial=1, where=(
+            np.arange(DEPTH) != 1))
+
+
+def test_feature_distillation_pulls_the_student_to_the_teacher():
+    teacher, batches = _vit(4), _batches(4)
+    student = nnx.clone(teacher)
+    dcvit.apply_plan(student, dcvit.cut_plan(DEPTH, [0], 1.0), batches)
+    images = np.random.default_rng(0).integers(0, 256, (64, 28, 28, 1), np.uint8)
+    norm = lambda x: (x.astype(jnp.float32) / 255.0 - 0.5) / 0.5
+
+    def loss(s):
+        x = norm(images)
+        return float(losses.normalized_feature_mse(dcvit.block_features(s, x, blocks=True),
+                                                   dcvit.block_features(teacher, x, blocks=True)))
+
+    before = loss(student)
+    cfg = fit.FitConfig(steps=30, batch_size=32, learning_rate=2e-3, ce_weight=0.0,
+                        weight_decay=0.0)
+    head = np.asarray(student.head.kernel.get_value())
+    dcvit.recover(student, teacher, images, cfg, norm, block_outputs=True)
+    assert loss(student) < 0.7 * before
+    np.testing.assert_array_equal(student.head.kernel.get_value(), head)  # no gradient reaches it
+    with pytest.raises(ValueError, match="ce_weight must be 0"):
+        dcvit.recover(student, teacher, images, fit.FitConfig(steps=1), norm)
+
+
+def test_bad_plans_are_rejected():
+    with pytest.raises(ValueError, match=r"\[5\] out of range"):
+        dcvit.cut_plan(DEPTH, [5], 0.5)
+    with pytest.raises(ValueError, match=r"\[1.5\]"):
+        dcvit.Plan((True,), (1.5,))
+    with pytest.raises(ValueError, match="plan is for 2 blocks"):
+        dcvit.apply_plan(_vit(), dcvit.Plan.dense(2), _batches())
+    with pytest.raises(TypeError, match="VisionTransformer"):
+        dcvit.apply_plan(models.create("resnet_mini", num_classes=2, rngs=nnx.Rngs(0)),
+                         dcvit.Plan.dense(1), _batches())
+
+
+def test_frontier_and_interpolation_match_brute_force():
+    rng = np.random.default_rng(0)
+    pts = [(float(r), float(a)) for r, a in zip(rng.uniform(0, 0.8, 30), rng.uniform(40, 90, 30),
+                                                 strict=True)]
+    front = dcvit_sweep.frontier(pts)
+    brute = sorted(p for p in pts if not any(q != p and q[0] >= p[0] and q[1] >= p[1]
+                                             for q in pts))
+    assert front == brute
+    assert all(a[1] > b[1] for a, b in itertools.pairwise(front))  # faster = less accurate
+    f = [(0.0, 90.0), (0.25, 80.0), (0.5, 60.0)]
+    assert dcvit_sweep.accuracy_at(f, 0.4) == pytest.approx(68.0)
+    assert dcvit_sweep.accuracy_at(f, 0.25) == pytest.approx(80.0)
+    assert dcvit_sweep.accuracy_at(f, 0.6) is None
+
+
+def test_paired_latency_reports_both_models():
+    model = _vit()
+    small = nnx.clone(model)
+    dcvit.apply_plan(small, dcvit.cut_plan(DEPTH, [0, 1, 2], 0.0), _batches())
+    x = jnp.concatenate(_batches(n=256, per=256))
+    out = dcvit_sweep.paired_latency(model, small, x, repeats=5, warmup=1)
+    assert out["dense"] > 0 and out["compressed"] > 0 and out["batch"] == 256
+    # no block left: only the patch embedding and head, far less than a tenth of the work
+    assert out["reduction"] > 0.5
+
+
+def test_interleaved_latency_times_each_model_in_turn():
+    model = _vit()
+    outs = latency.interleaved_latency([model, model], _batches()[0], repeats=3, warmup=0)
+    for o in outs:
+        assert len(o["times"]) == 3 and o["min"] <= o["median"] <= o["max"]
+    with pytest.raises(ValueError, match="repeats"):
+        latency.interleaved_latency([model], _batches()[0], repeats=0)
