@@ -180,7 +180,7 @@ def transfer(generalist: nnx.Module, data: TaskData, pool: np.ndarray, config: T
         q = retrieval.embed(teacher, shots_x, data.preprocess)
         p = retrieval.embed(teacher, pool[pool_ids], data.preprocess)
         retrieved = pool_ids[retrieval.retrieve(q, p, size)]
-    timings["retrieval"] = time.perf_counter() - t
+    timings["retrieval_search"] = time.perf_counter() - t
     rng = np.random.default_rng(config.seed)
     random_ids = np.sort(rng.choice(pool_ids, size, replace=False))
     sets = {"task": (data.train_images, np.arange(len(data.train_images))),
