@@ -36,6 +36,21 @@ def _build(arch: str, seed: int) -> nnx.Module:
     return models.create(arch, num_classes=len(embedded.CLASS_NAMES), rngs=nnx.Rngs(seed))
 
 
+# FitConfig's fields when the recipe hash was introduced: always hashed. A field added later
+# enters the hash only when set away from its default, so adding one keeps every cached or
+# shipped generalist findable.
+_HASHED_ALWAYS = ("steps", "batch_size", "learning_rate", "weight_decay", "warmup_steps",
+                  "optimizer", "ce_weight", "kd_weight", "temperature", "augment", "seed",
+                  "log_every")
+
+
+def recipe_fields(config: fit.FitConfig) -> dict:
+    """The training fields that name a generalist (its cache key)."""
+    default = fit.FitConfig()
+    return {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
+            if f.name in _HASHED_ALWAYS or getattr(config, f.name) != getattr(default, f.name)}
+
+
 def load_or_train(
     arch: str,
     train_config: fit.FitConfig,
@@ -48,7 +63,7 @@ def load_or_train(
     Trains with ``train_config`` on the embedded train split if no cached checkpoint exists.
     """
     recipe = {"arch": arch, "dataset": f"{source.EMBEDDED}:{embedded.TacoEmbedded.VERSION}",
-              "train": dataclasses.asdict(train_config)}
+              "train": recipe_fields(train_config)}
     key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
     name = Path("generalist") / f"{arch}-{key}"
     model = _build(arch, train_config.seed)
