@@ -57,11 +57,20 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.recover.temperature = 4.0
     c.recover.augment = "shift_flip"
 
+    # Gradual pruning: these intermediate sparsities, each followed by schedule_steps of the
+    # same recovery, before the final prune to c.prune.sparsity (magnitude gets the same).
+    c.schedule = ()
+    c.schedule_steps = 100
+
     c.baselines = ("magnitude", "dense_finetune")
+    c.latency_batch = 64  # measured dense vs compressed latency on this device; 0 = skip
+    c.sweep = ()  # extra sparsities for the accuracy-vs-compression plot, e.g. (0.5, 0.75, 0.95)
 
     if v.get("runlocal"):
         c.generalist.steps = 60
         c.shots = 8
         c.recover.steps = 20
         c.baselines = ("magnitude",)
+        c.schedule_steps = 5
+        c.latency_batch = 8
     return c

@@ -42,6 +42,7 @@ class FitConfig:
     kd_weight: float = 0.0
     temperature: float = 4.0
     augment: str = "none"
+    mixup: float = 0.0  # Beta(α, α) parameter of mixup; 0 = off
     seed: int = 0
     log_every: int = 100
 
@@ -51,6 +52,8 @@ class FitConfig:
                              f"{self.batch_size}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; allowed: {OPTIMIZERS}")
+        if self.mixup < 0:
+            raise ValueError(f"mixup must be >= 0 (Beta parameter; 0 = off), got {self.mixup}")
         if self.learning_rate <= 0 or self.temperature <= 0:
             raise ValueError("learning_rate and temperature must be > 0, got "
                              f"{self.learning_rate}, {self.temperature}")
@@ -110,12 +113,16 @@ def fit(
 
     @nnx.jit
     def step(model, optimizer, teacher, x, y, key):
-        x = augment_lib.augment(key, preprocess(x), config.augment)
+        k_aug, k_mix = jax.random.split(key)
+        x = augment_lib.augment(k_aug, preprocess(x), config.augment)
+        x, lam, perm = augment_lib.mixup(k_mix, x, config.mixup)
         t_logits = None if teacher is None else jax.lax.stop_gradient(teacher(x))
 
         def loss_fn(model):
             logits = model(x)
-            loss = config.ce_weight * losses.cross_entropy(logits, y)
+            ce = (lam * losses.cross_entropy(logits, y)
+                  + (1 - lam) * losses.cross_entropy(logits, y[perm]))
+            loss = config.ce_weight * ce
             if t_logits is not None and config.kd_weight > 0:
                 loss += config.kd_weight * losses.kd_kl(logits, t_logits, config.temperature)
             return loss
