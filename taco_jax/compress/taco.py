@@ -158,8 +158,9 @@ def _prune_and_recover(teacher, calib_x, calib_y, data, config, method, store, t
         name = f"{tag}_prune{step}"
         if store.done(name):  # structured cuts change shapes: replay them before restoring
             _replay_cuts(student, store.load(name)[1]["kept"], config)
-        masks, pruned = _stage(store, name, f"{tag}: prune ({method}, {prune_config.pattern} at "
-                               f"{sparsity:.0%}) on {len(calib_x)} task images", student, prune)
+        level = "" if ":" in str(prune_config.pattern) else f" at {sparsity:.0%}"  # N:M: fixed
+        masks, pruned = _stage(store, name, f"{tag}: prune ({method}, {prune_config.pattern}"
+                               f"{level}) on {len(calib_x)} task images", student, prune)
 
         def recover(masks=masks, recover_config=recover_config, step=step):
             fit.fit(student, calib_x, calib_y, recover_config, data.preprocess, teacher=teacher,
