@@ -128,6 +128,16 @@ def _replay_cuts(model: nnx.Module, kept: dict[str, list[int]], config: TacoConf
         shrink_pair(model, pairs[name], np.asarray(channels))
 
 
+def _layers_to_prune(model: nnx.Module, config: sequential.PruneConfig) -> list[str]:
+    """The solver's default layers minus those an override keeps dense (sparsity 0): they are
+    not pruned, so they take no part in the global allocation nor in the pruned-layer counts."""
+    def dense(spec) -> bool:
+        return (spec[1] if isinstance(spec, tuple) else spec) == 0
+
+    return [n for n in sequential.default_layers(model, config)
+            if not dense(config.overrides.get(n, config.sparsity))]
+
+
 def _prune_and_recover(teacher, calib_x, calib_y, data, config, method, store, tag):
     """Prune a copy of ``teacher`` (gradually if ``config.schedule``) and recover it by KD;
     every step is a checkpointed stage. Returns (student, masks, prune info, recovery info)."""
@@ -145,6 +155,7 @@ def _prune_and_recover(teacher, calib_x, calib_y, data, config, method, store, t
 
         def prune(prune_config=prune_config, step=step):
             result = sequential.prune_model(student, batches, prune_config,
+                                            layers=_layers_to_prune(student, prune_config),
                                             checkpoint_dir=_str(store.path(f"{tag}_prune{step}")))
             if config.reestimate_bn:
                 batchnorm.reestimate(student, calib_x, data.preprocess)
