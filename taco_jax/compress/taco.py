@@ -243,14 +243,16 @@ def compress(model: nnx.Module, data: TaskData, config: TacoConfig, *,
     if "dense_finetune" in config.baselines:
         tuned = nnx.clone(teacher)
 
-        def finetune():
+        budget = config.recover.steps + len(config.schedule) * config.schedule_steps
+
+        def finetune():  # the same total number of steps as the pruned models' recovery
             fit.fit(tuned, calib_x, calib_y, dataclasses.replace(
-                config.recover, kd_weight=0.0, ce_weight=1.0), data.preprocess,
+                config.recover, kd_weight=0.0, ce_weight=1.0, steps=budget), data.preprocess,
                 desc="dense finetune")
             return None, {"accuracy": _evaluate(tuned, data)}
 
-        _, info = _stage(store, "dense_finetune",
-                         "baseline: dense teacher fine-tuned on the few-shot set", tuned, finetune)
+        _, info = _stage(store, "dense_finetune", f"baseline: dense teacher fine-tuned on the "
+                         f"few-shot set, {budget} steps", tuned, finetune)
         report["baselines"]["dense_finetune"] = info["accuracy"]
         timings["dense_finetune"] = info["seconds"]
     if config.latency_batch:
