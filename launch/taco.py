@@ -4,7 +4,11 @@
   python -m launch.taco --config=configs/taco/demo.py:sparsity=0.75 --workdir=runs/s75
   python -m launch.taco --config=configs/taco/demo.py --config.shots=16 --workdir=runs/k16
 
-Writes config.json, few_shot_ids.json, report.json, compressed/ and masks.npz into --workdir.
+Writes config.json, few_shot_ids.json, report.json, compressed/, masks.npz, export/ and stages/
+into --workdir (and sweep.json + sweep.png with --config.sweep). Rerunning the same command after
+an interruption resumes from the last finished stage (or pruned layer group).
+
+  python -m launch.taco --workdir=runs/sweep --config.sweep='(0.5,0.75,0.95)'
 """
 
 from absl import app, flags, logging
@@ -26,6 +30,7 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     try:
         run.parse(_CONFIG.value)
+        run.check_workdir(_CONFIG.value, _WORKDIR.value)
     except ValueError as e:
         raise app.UsageError(str(e)) from None
     logging.info("Config:\n%s", _CONFIG.value)

@@ -6,8 +6,9 @@ import pytest
 from flax import nnx
 
 from taco_jax import checkpoint
-from taco_jax.compress import adapt, sparsity_report
+from taco_jax.compress import adapt, export, sparsity_report, stages, sweep
 from taco_jax.config_variants import parse_variant
+from taco_jax.train import batchnorm
 
 
 class _Net(nnx.Module):
@@ -67,3 +68,87 @@ def test_sparsity_summary_counts_weights_not_masks():
     zero_init_biases = 8 + 8 + 5  # fc bias, bn bias, head bias start at zero
     assert s["model"]["params"] == total
     assert s["model"]["nonzero"] == total - 36 - zero_init_biases
+
+
+def test_macs_skip_one_mac_per_zero_weight_and_output_position():
+    net = _Net(nnx.Rngs(0))
+    mask = np.zeros((6, 8), bool)
+    mask[:3] = True  # 24 of 48 fc weights kept
+    net.fc.kernel.value = net.fc.kernel.value * mask
+    m = sparsity_report.macs(net, {"fc": mask}, (6,))
+    assert m["dense"] == 6 * 8 + 8 * 5  # one position per image for a Linear on (1, 6)
+    assert m["sparse"] == m["dense"] - 24
+    assert m["reduction"] == pytest.approx(88 / 64)
+
+
+def test_stage_store_round_trip_and_interrupted_save(tmp_path):
+    a, b = _Net(nnx.Rngs(0)), _Net(nnx.Rngs(1))
+    store = stages.StageStore(tmp_path)
+    assert not store.done("prune")
+    masks = {"fc": np.arange(48).reshape(6, 8) % 3 == 0}
+    store.save("prune", a, masks, {"accuracy": 91.5})
+    assert store.done("prune")
+    got_masks, info = store.load("prune", b)
+    np.testing.assert_array_equal(got_masks["fc"], masks["fc"])
+    assert info == {"accuracy": 91.5}
+    np.testing.assert_array_equal(np.asarray(b.fc.kernel.value), np.asarray(a.fc.kernel.value))
+    (tmp_path / "prune" / "info.json").unlink()  # as if killed before the record was written
+    assert not store.done("prune")
+    assert not stages.StageStore(None).done("prune")
+
+
+def test_bsr_export_round_trips_the_layer_matrix(tmp_path):
+    from taco_jax.kernels.bsr import bsr_to_dense
+
+    net = _Net(nnx.Rngs(0))
+    w = np.asarray(net.fc.kernel.value)  # (6, 8) = (d_in, d_out)
+    mask = np.zeros_like(w, bool)
+    mask[:2, 4:] = True  # one 4x2 block of W = kernel.T (d_out 8, d_in 6)
+    net.fc.kernel.value = jnp.asarray(w * mask)
+    bsr = export.to_bsr(net, {"fc": mask}, (4, 2))
+    assert int(bsr["fc"].data.shape[0]) == 1
+    np.testing.assert_array_equal(np.asarray(bsr_to_dense(bsr["fc"])), (w * mask).T)
+    assert export.to_bsr(net, {"fc": mask}, (3, 4)) == {}  # 8 x 6 is not tiled by 3 x 4
+    summary = export.save_bsr(tmp_path / "bsr.npz", bsr)
+    assert summary["fc"]["blocks"] == 1 and summary["fc"]["block_density"] == 1 / 6
+    with np.load(tmp_path / "bsr.npz") as f:
+        np.testing.assert_array_equal(f["fc/data"], np.asarray(bsr["fc"].data))
+    assert export.block_shape_for("block16x32") == (16, 32)
+    assert export.block_shape_for("2:4") == (16, 16)
+
+
+def test_sweep_plot_writes_a_png(tmp_path):
+    points = [{"sparsity": s, "compression": 1 / (1 - s), "taco_top1": 90 - 10 * s,
+               "magnitude_top1": 85 - 20 * s} for s in (0.5, 0.9)]
+    main = {"dense": {"top1": 95.0}, "baselines": {"dense_finetune": {"top1": 93.0}},
+            "task": {"classes": ["cat", "cow"], "shots": 8}}
+    sweep.plot(points, main, tmp_path / "s.png")
+    assert (tmp_path / "s.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_batchnorm_reestimate_sets_the_calibration_statistics():
+    net = _Net(nnx.Rngs(0))
+    x = np.random.default_rng(0).normal(2.0, 3.0, size=(40, 6)).astype(np.float32)
+    n = batchnorm.reestimate(net, x, lambda v: v, batch_size=20)
+    assert n == 1 and net.bn.use_running_average  # eval mode after
+    h = x.astype(np.float64) @ np.asarray(net.fc.kernel.value, np.float64) + np.asarray(
+        net.fc.bias.value)
+    halves = h.reshape(2, 20, 8)  # mean over the two batches of each batch's statistics
+    np.testing.assert_allclose(np.asarray(net.bn.mean.value), halves.mean(1).mean(0), rtol=1e-5,
+                               atol=1e-5)
+    np.testing.assert_allclose(np.asarray(net.bn.var.value), halves.var(1).mean(0), rtol=1e-4)
+    assert net.bn.momentum == 0.99  # nnx default restored
+
+
+def test_mixup_blends_pairs_and_alpha_zero_is_identity():
+    import jax
+
+    from taco_jax.train import augment
+
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(6, 4, 4, 1)), jnp.float32)
+    same, lam, perm = augment.mixup(jax.random.key(0), x, 0.0)
+    assert same is x and float(lam) == 1.0
+    mixed, lam, perm = augment.mixup(jax.random.key(1), x, 0.4)
+    assert 0 <= float(lam) <= 1 and sorted(np.asarray(perm).tolist()) == list(range(6))
+    ref = float(lam) * np.asarray(x) + (1 - float(lam)) * np.asarray(x)[np.asarray(perm)]
+    np.testing.assert_allclose(np.asarray(mixed), ref, rtol=1e-6, atol=1e-6)

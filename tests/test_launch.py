@@ -42,3 +42,12 @@ def test_unknown_task_class_is_named(tmp_path):
     out = _run("launch.taco", "--config.task.classes=('cat','unicorn')",
                f"--workdir={tmp_path / 'run'}")
     assert out.returncode != 0 and "'unicorn'" in out.stderr
+
+
+def test_workdir_of_another_config_is_refused_before_work(tmp_path):
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    (workdir / "config.json").write_text('{"model": "something else"}')
+    out = _run("launch.taco", "--config=configs/taco/demo.py:runlocal", f"--workdir={workdir}")
+    assert out.returncode != 0 and "holds a run of a different config" in out.stderr
+    assert sorted(p.name for p in workdir.iterdir()) == ["config.json"]

@@ -62,6 +62,45 @@ def test_compress_holds_masks_and_reports(setup):
     assert all(x["rel_error"] >= 0 for x in r["layers"])
 
 
+def _tree(model):
+    return [np.asarray(v.value) for _, v in nnx.state(model).flat_state()]
+
+
+@pytest.mark.slow
+def test_gradual_run_resumes_from_its_stages_with_the_same_result(setup, tmp_path):
+    """Kill-and-rerun: drop the later stages' records (as if preempted there) and rerun."""
+    model, data = setup
+    config = taco.TacoConfig(
+        shots=8, schedule=(0.5,), schedule_steps=5,
+        prune=sequential.PruneConfig(pattern="2:4", sparsity=0.75),
+        recover=fit.FitConfig(steps=8, batch_size=8, kd_weight=1.0, ce_weight=0.5),
+        baselines=("magnitude",), latency_batch=4)
+    full = taco.compress(model, data, config, workdir=tmp_path)
+    r = full.report
+    assert [h["sparsity"] for h in r["schedule"]] == [0.5, 0.75]
+    assert [h["sparsity"] for h in r["baselines"]["magnitude"]["schedule"]] == [0.5, 0.75]
+    assert r["macs"]["compressed"]["sparse"] < r["macs"]["dense"]
+    assert r["macs"]["compressed"]["dense"] == r["macs"]["dense"]
+    assert set(r["latency_seconds"]) == {"dense", "compressed"}
+    for name, mask in full.masks.items():  # 2:4 after the 50% step: exactly 2 of every 4 kept
+        kernel = np.asarray(models.get_layer(full.model, name).kernel.value)
+        assert np.all(kernel[~mask] == 0), name
+    stages_dir = tmp_path / "stages"
+    for stage in ("taco_recover_2", "magnitude_prune_2", "magnitude_recover_2"):
+        (stages_dir / stage / "info.json").unlink()
+    again = taco.compress(model, data, config, workdir=tmp_path)
+    assert again.report["compressed"] == r["compressed"]
+    assert again.report["baselines"]["magnitude"]["compressed"] == \
+        r["baselines"]["magnitude"]["compressed"]
+    for a, b in zip(_tree(full.model), _tree(again.model), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_taco_config_rejects_bad_schedule():
+    with pytest.raises(ValueError, match=r"schedule \(0.5, 0.95\) must increase"):
+        taco.TacoConfig(schedule=(0.5, 0.95), prune=sequential.PruneConfig(sparsity=0.9))
+
+
 def test_taco_config_rejects_unknown_baseline():
     with pytest.raises(ValueError, match=r"unknown baselines \['random'\]"):
         dataclasses.replace(taco.TacoConfig(), baselines=("random",))

@@ -14,7 +14,7 @@ import numpy as np
 from absl import logging
 
 from taco_jax import checkpoint, generalist, models
-from taco_jax.compress import taco
+from taco_jax.compress import export, sweep, taco
 from taco_jax.data import embedded, preprocess, source
 from taco_jax.data.task import Task
 from taco_jax.prune import sequential
@@ -53,7 +53,13 @@ def parse(config: ml_collections.ConfigDict) -> tuple[taco.TacoConfig, fit.FitCo
     prune = sequential.PruneConfig(**config.prune.to_dict())
     taco_config = taco.TacoConfig(
         shots=config.shots, seed=config.seed, prune=prune,
-        recover=_fit_config(config.recover, config.seed), baselines=tuple(config.baselines))
+        recover=_fit_config(config.recover, config.seed), baselines=tuple(config.baselines),
+        schedule=tuple(config.schedule), schedule_steps=config.schedule_steps,
+        latency_batch=config.latency_batch)
+    for s in config.sweep:
+        if not 0 < s < 1:
+            raise ValueError(f"config.sweep={tuple(config.sweep)}: every sparsity must be in "
+                             f"(0, 1), got {s}")
     return taco_config, generalist_config, task
 
 
@@ -64,16 +70,30 @@ def write_json(path: Path, obj) -> None:
     os.replace(tmp, path)  # never a half-written file at `path`
 
 
+def check_workdir(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> None:
+    """A workdir holds one run: resuming needs the same resolved config (else ValueError)."""
+    path = Path(workdir) / "config.json"
+    if path.exists() and json.loads(path.read_text()) != _resolved(config):
+        raise ValueError(f"{workdir} holds a run of a different config ({path}); resume with "
+                         "the same config or use a new --workdir")
+
+
+def _resolved(config: ml_collections.ConfigDict) -> dict:
+    return json.loads(config.to_json_best_effort())
+
+
 def run_taco(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
     """Compress the configured generalist for the configured task; write everything to workdir.
 
     Outputs: config.json (resolved), few_shot_ids.json, report.json, compressed/ (orbax state of
-    the compressed model) and masks.npz. Returns the report.
+    the compressed model), masks.npz, export/ (BSR weights), stages/ (checkpoints: a rerun with
+    the same config resumes), and with ``config.sweep`` sweep.json + sweep.png. Returns the report.
     """
     taco_config, generalist_config, task = parse(config)
+    check_workdir(config, workdir)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    write_json(workdir / "config.json", json.loads(config.to_json_best_effort()))
+    write_json(workdir / "config.json", _resolved(config))
     start = time.perf_counter()
 
     model, gen_info = generalist.load_or_train(
@@ -82,7 +102,7 @@ def run_taco(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> d
     test_x, test_y = task.load(task.test_split)
     data = taco.TaskData(train_x, train_y, test_x, test_y, task.source_class_ids(),
                          tuple(task.class_names()), preprocess.for_model(model))
-    result = taco.compress(model, data, taco_config)
+    result = taco.compress(model, data, taco_config, workdir=workdir)
 
     report = result.report
     report["model"] = config.model
@@ -90,11 +110,19 @@ def run_taco(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> d
     report["environment"] = {"jax": jax.__version__, "backend": jax.default_backend(),
                              "devices": [str(d) for d in jax.devices()],
                              "machine": platform.machine(), "cpus": os.cpu_count()}
-    report["seconds"]["total"] = time.perf_counter() - start
     write_json(workdir / "few_shot_ids.json", report["task"]["few_shot_ids"])
     checkpoint.save_state(workdir / "compressed", result.model)
     np.savez_compressed(workdir / "masks.npz", **{k: np.asarray(v)
                                                   for k, v in result.masks.items()})
+    if result.masks:
+        block = export.block_shape_for(str(taco_config.prune.pattern))
+        (workdir / "export").mkdir(exist_ok=True)
+        report["export"] = export.save_bsr(workdir / "export" / "bsr.npz",
+                                           export.to_bsr(result.model, result.masks, block))
+    if config.sweep:
+        report["sweep"] = sweep.run_sweep(model, data, taco_config, tuple(config.sweep),
+                                          workdir / "sweep", report)
+    report["seconds"]["total"] = time.perf_counter() - start
     write_json(workdir / "report.json", report)
     _log_summary(report)
     return report

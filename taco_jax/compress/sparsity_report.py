@@ -7,6 +7,8 @@ import numpy as np
 from flax import nnx
 
 from taco_jax.models import get_layer
+from taco_jax.models.stats import forward_macs
+from taco_jax.prune.allocate import positions_per_image
 
 
 def summarize(model: nnx.Module, masks: dict[str, np.ndarray]) -> dict:
@@ -35,3 +37,17 @@ def summarize(model: nnx.Module, masks: dict[str, np.ndarray]) -> dict:
                   "compression": total / max(total_nnz, 1)},
         "per_layer": per_layer,
     }
+
+
+def macs(model: nnx.Module, masks: dict[str, np.ndarray], image_shape: tuple[int, ...]) -> dict:
+    """Multiply-accumulates per image: ``dense`` (every weight, ``models.stats.forward_macs``) and
+    ``sparse`` (zero weights of the masked layers skipped: each zero saves one MAC per output
+    position), and their ratio. ``image_shape`` is (H, W, C)."""
+    dense = forward_macs(model, (1, *image_shape))
+    positions = positions_per_image(model, np.zeros((1, *image_shape), np.float32), list(masks))
+    saved = 0
+    for name in masks:
+        kernel = np.asarray(get_layer(model, name).kernel.value)
+        saved += positions[name] * int(kernel.size - np.count_nonzero(kernel))
+    return {"dense": int(dense), "sparse": int(dense - saved),
+            "reduction": dense / max(dense - saved, 1)}

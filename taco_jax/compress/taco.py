@@ -5,22 +5,32 @@ the dense task teacher) → few-shot calibration sample → sequential second-or
 task samples → recovery by knowledge distillation from the teacher, masks held exactly →
 evaluation; and, on the same data and budget, the baselines (magnitude pruning with the same
 recovery; the dense teacher fine-tuned on the few-shot set).
+
+With a ``workdir`` every stage checkpoints its result (``stages.StageStore``; the solver also
+checkpoints after every layer group), so a rerun after preemption resumes where it stopped and
+gives the same final result.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 
+import jax.numpy as jnp
 import numpy as np
 from absl import logging
 from flax import nnx
 
-from taco_jax.compress import adapt, sparsity_report
+from taco_jax.compress import adapt, sparsity_report, stages
 from taco_jax.data.task import few_shot_indices
+from taco_jax.models.latency import model_latency
 from taco_jax.prune import sequential
-from taco_jax.train import fit
+from taco_jax.prune.shrink import infer_pairs, shrink_pair
+from taco_jax.train import batchnorm, fit
 
 BASELINES = ("magnitude", "dense_finetune")
 
@@ -40,7 +50,16 @@ class TaskData:
 
 @dataclasses.dataclass(frozen=True)
 class TacoConfig:
-    """What to compress and how. ``prune.method`` is the solver ("sparsegpt" by default)."""
+    """What to compress and how. ``prune.method`` is the solver ("sparsegpt" by default).
+
+    ``schedule``: gradual pruning, intermediate sparsities (increasing, below
+    ``prune.sparsity``); after each, ``schedule_steps`` steps of the same KD recovery, and the
+    next step is solved on the recovered model. The final step prunes to ``prune.sparsity``
+    and is recovered for ``recover.steps``. Magnitude gets the same schedule and budget.
+    ``reestimate_bn``: after each prune, set BatchNorm running statistics to those of the
+    few-shot images through the pruned model (``train.batchnorm``; both methods).
+    ``latency_batch``: batch size of the measured dense vs compressed latency (0: not measured).
+    """
 
     shots: int = 32
     seed: int = 0
@@ -48,6 +67,10 @@ class TacoConfig:
     recover: fit.FitConfig = dataclasses.field(default_factory=fit.FitConfig)
     baselines: tuple[str, ...] = BASELINES
     calibration_batch: int = 64
+    schedule: tuple[float, ...] = ()
+    schedule_steps: int = 100
+    reestimate_bn: bool = True
+    latency_batch: int = 64
 
     def __post_init__(self):
         bad = [b for b in self.baselines if b not in BASELINES]
@@ -56,6 +79,15 @@ class TacoConfig:
         if self.shots < 1 or self.calibration_batch < 1:
             raise ValueError(f"shots and calibration_batch must be >= 1, got {self.shots}, "
                              f"{self.calibration_batch}")
+        levels = (*self.schedule, self.prune.sparsity)
+        if self.schedule and (any(b <= a for a, b in itertools.pairwise(levels))
+                              or self.schedule[0] <= 0):
+            raise ValueError(f"schedule {self.schedule} must increase from > 0 to below the "
+                             f"final sparsity {self.prune.sparsity}")
+        if self.schedule and self.schedule_steps < 1:
+            raise ValueError(f"schedule_steps must be >= 1, got {self.schedule_steps}")
+        if self.latency_batch < 0:
+            raise ValueError(f"latency_batch must be >= 0, got {self.latency_batch}")
 
 
 @dataclasses.dataclass
@@ -67,38 +99,115 @@ class CompressedModel:
     report: dict
 
 
-def _stage(name: str):
+def _banner(name: str) -> float:
     logging.info("=" * 20 + " %s " + "=" * 20, name)
     return time.perf_counter()
 
 
-def _prune_and_recover(teacher, calib_x, calib_y, data, config, method, timings, tag):
+def _stage(store: stages.StageStore, name: str, title: str, model: nnx.Module | None,
+           work: Callable[[], tuple[dict | None, dict]]) -> tuple[dict | None, dict]:
+    """Run ``work`` (-> masks, info) as a checkpointed stage, or restore it if it is done.
+    ``info["seconds"]`` is the stage's wall time when it ran."""
+    start = _banner(title)
+    if store.done(name):
+        return store.load(name, model)
+    masks, info = work()
+    info["seconds"] = time.perf_counter() - start
+    store.save(name, model, masks, info)
+    return masks, info
+
+
+def _evaluate(model, data: TaskData) -> dict:
+    return fit.evaluate(model, data.test_images, data.test_labels, data.preprocess)
+
+
+def _replay_cuts(model: nnx.Module, kept: dict[str, list[int]], config: TacoConfig) -> None:
+    """Apply a finished structured stage's channel cuts, so its checkpoint's shapes fit."""
+    pairs = {p.consumer: p for p in (config.prune.pairs or infer_pairs(model))}
+    for name, channels in kept.items():
+        shrink_pair(model, pairs[name], np.asarray(channels))
+
+
+def _layers_to_prune(model: nnx.Module, config: sequential.PruneConfig) -> list[str]:
+    """The solver's default layers minus those an override keeps dense (sparsity 0): they are
+    not pruned, so they take no part in the global allocation nor in the pruned-layer counts."""
+    def dense(spec) -> bool:
+        return (spec[1] if isinstance(spec, tuple) else spec) == 0
+
+    return [n for n in sequential.default_layers(model, config)
+            if not dense(config.overrides.get(n, config.sparsity))]
+
+
+def _prune_and_recover(teacher, calib_x, calib_y, data, config, method, store, tag):
+    """Prune a copy of ``teacher`` (gradually if ``config.schedule``) and recover it by KD;
+    every step is a checkpointed stage. Returns (student, masks, prune info, recovery info)."""
     student = nnx.clone(teacher)
-    batches = [calib_x[i:i + config.calibration_batch]
+    batches = [data.preprocess(jnp.asarray(calib_x[i:i + config.calibration_batch]))
                for i in range(0, len(calib_x), config.calibration_batch)]
-    prune_config = dataclasses.replace(config.prune, method=method)
-    t = _stage(f"{tag}: prune ({method}, {prune_config.pattern} at {prune_config.sparsity:.0%})")
-    result = sequential.prune_model(student, [data.preprocess(b) for b in batches], prune_config)
-    timings[f"{tag}_prune"] = time.perf_counter() - t
-    pruned_acc = fit.evaluate(student, data.test_images, data.test_labels, data.preprocess)
-    logging.info("%s after pruning, before recovery: top-1 %.2f%%", tag, pruned_acc["top1"])
+    levels = (*config.schedule, config.prune.sparsity)
+    history = []
+    for k, sparsity in enumerate(levels):
+        final = k == len(levels) - 1
+        step = "" if len(levels) == 1 else f"_{k + 1}"
+        prune_config = dataclasses.replace(config.prune, method=method, sparsity=sparsity)
+        recover_config = (config.recover if final else
+                          dataclasses.replace(config.recover, steps=config.schedule_steps))
 
-    t = _stage(f"{tag}: recover (KD from the dense task teacher, masks fixed)")
-    fit.fit(student, calib_x, calib_y, config.recover, data.preprocess, teacher=teacher,
-            constrain=lambda m: sequential.apply_masks(m, result.masks), desc=f"{tag} recover")
-    timings[f"{tag}_recover"] = time.perf_counter() - t
-    acc = fit.evaluate(student, data.test_images, data.test_labels, data.preprocess)
-    logging.info("%s after recovery: top-1 %.2f%%", tag, acc["top1"])
-    return student, result, {"pruned": pruned_acc, "recovered": acc}
+        def prune(prune_config=prune_config, step=step):
+            result = sequential.prune_model(student, batches, prune_config,
+                                            layers=_layers_to_prune(student, prune_config),
+                                            checkpoint_dir=_str(store.path(f"{tag}_prune{step}")))
+            if config.reestimate_bn:
+                batchnorm.reestimate(student, calib_x, data.preprocess)
+            pruned = _evaluate(student, data)
+            logging.info("%s after pruning to %.0f%%, before recovery: top-1 %.2f%%", tag,
+                         100 * prune_config.sparsity, pruned["top1"])
+            return result.masks, {"before_recovery": pruned,
+                                  "layers": [dataclasses.asdict(s) for s in result.stats],
+                                  "kept": {k: v.tolist() for k, v in result.kept.items()}}
+
+        name = f"{tag}_prune{step}"
+        if store.done(name):  # structured cuts change shapes: replay them before restoring
+            _replay_cuts(student, store.load(name)[1]["kept"], config)
+        level = "" if ":" in str(prune_config.pattern) else f" at {sparsity:.0%}"  # N:M: fixed
+        masks, pruned = _stage(store, name, f"{tag}: prune ({method}, {prune_config.pattern}"
+                               f"{level}) on {len(calib_x)} task images", student, prune)
+
+        def recover(masks=masks, recover_config=recover_config, step=step):
+            fit.fit(student, calib_x, calib_y, recover_config, data.preprocess, teacher=teacher,
+                    constrain=lambda m: sequential.apply_masks(m, masks),
+                    desc=f"{tag} recover{step}")
+            acc = _evaluate(student, data)
+            logging.info("%s after recovery: top-1 %.2f%%", tag, acc["top1"])
+            return masks, {"accuracy": acc}
+
+        _, recovered = _stage(store, f"{tag}_recover{step}",
+                              f"{tag}: recover {recover_config.steps} steps (KD from the dense "
+                              "task teacher, masks fixed)", student, recover)
+        history.append({"sparsity": sparsity, "before_recovery": pruned["before_recovery"],
+                        "after_recovery": recovered["accuracy"],
+                        "prune_seconds": pruned["seconds"],
+                        "recover_seconds": recovered["seconds"]})
+    pruned = dict(pruned, seconds=sum(h["prune_seconds"] for h in history), steps=history)
+    recovered = dict(recovered, seconds=sum(h["recover_seconds"] for h in history))
+    return student, masks, pruned, recovered
 
 
-def compress(model: nnx.Module, data: TaskData, config: TacoConfig) -> CompressedModel:
-    """Compress a generalist ``model`` for the task ``data`` (the input model is not modified)."""
-    timings: dict[str, float] = {}
-    t = _stage("adapt: restrict the classifier to the task's classes")
+def _str(path: Path | None) -> str | None:
+    return None if path is None else os.fspath(path)
+
+
+def compress(model: nnx.Module, data: TaskData, config: TacoConfig, *,
+             workdir: str | os.PathLike | None = None) -> CompressedModel:
+    """Compress a generalist ``model`` for the task ``data`` (the input model is not modified).
+
+    ``workdir``: where stage checkpoints go (``<workdir>/stages``); None keeps nothing.
+    """
+    store = stages.StageStore(None if workdir is None else Path(workdir) / "stages")
+    start = _banner("adapt: restrict the classifier to the task's classes")
     teacher = adapt.restrict_head(nnx.clone(model), data.class_ids)
-    dense = fit.evaluate(teacher, data.test_images, data.test_labels, data.preprocess)
-    timings["adapt"] = time.perf_counter() - t
+    dense = _evaluate(teacher, data)
+    timings = {"adapt": time.perf_counter() - start}
     logging.info("dense task teacher: top-1 %.2f%% on %d test images", dense["top1"], dense["n"])
 
     ids = few_shot_indices(data.train_labels, config.shots, config.seed)
@@ -106,31 +215,51 @@ def compress(model: nnx.Module, data: TaskData, config: TacoConfig) -> Compresse
     logging.info("few-shot set: %d images (%d per class, seed %d)", len(ids), config.shots,
                  config.seed)
 
-    student, result, acc = _prune_and_recover(teacher, calib_x, calib_y, data, config,
-                                              config.prune.method, timings, "taco")
+    student, masks, pruned, recovered = _prune_and_recover(
+        teacher, calib_x, calib_y, data, config, config.prune.method, store, "taco")
+    timings.update(taco_prune=pruned["seconds"], taco_recover=recovered["seconds"])
+    image_shape = tuple(data.test_images.shape[1:])
     report = {
         "task": {"classes": list(data.class_names), "source_class_ids": data.class_ids.tolist(),
                  "shots": config.shots, "few_shot_ids": ids.tolist(),
                  "test_images": len(data.test_labels)},
         "dense": dense,
-        "compressed": acc["recovered"],
-        "compressed_before_recovery": acc["pruned"],
-        "sparsity": sparsity_report.summarize(student, result.masks),
-        "layers": [dataclasses.asdict(s) for s in result.stats],
+        "compressed": recovered["accuracy"],
+        "compressed_before_recovery": pruned["before_recovery"],
+        "schedule": pruned["steps"],
+        "sparsity": sparsity_report.summarize(student, masks),
+        "macs": {"dense": sparsity_report.macs(teacher, {}, image_shape)["dense"],
+                 "compressed": sparsity_report.macs(student, masks, image_shape)},
+        "layers": pruned["layers"],
         "baselines": {},
     }
     if "magnitude" in config.baselines:
-        _, _, mag = _prune_and_recover(teacher, calib_x, calib_y, data, config, "magnitude",
-                                       timings, "magnitude")
-        report["baselines"]["magnitude"] = {"compressed": mag["recovered"],
-                                            "before_recovery": mag["pruned"]}
+        _, _, mag_pruned, mag = _prune_and_recover(teacher, calib_x, calib_y, data, config,
+                                                   "magnitude", store, "magnitude")
+        report["baselines"]["magnitude"] = {"compressed": mag["accuracy"],
+                                            "before_recovery": mag_pruned["before_recovery"],
+                                            "schedule": mag_pruned["steps"]}
+        timings.update(magnitude_prune=mag_pruned["seconds"], magnitude_recover=mag["seconds"])
     if "dense_finetune" in config.baselines:
-        t = _stage("baseline: dense teacher fine-tuned on the few-shot set")
         tuned = nnx.clone(teacher)
-        fit.fit(tuned, calib_x, calib_y, dataclasses.replace(config.recover, kd_weight=0.0,
-                ce_weight=1.0), data.preprocess, desc="dense finetune")
-        report["baselines"]["dense_finetune"] = fit.evaluate(
-            tuned, data.test_images, data.test_labels, data.preprocess)
-        timings["dense_finetune"] = time.perf_counter() - t
+
+        budget = config.recover.steps + len(config.schedule) * config.schedule_steps
+
+        def finetune():  # the same total number of steps as the pruned models' recovery
+            fit.fit(tuned, calib_x, calib_y, dataclasses.replace(
+                config.recover, kd_weight=0.0, ce_weight=1.0, steps=budget), data.preprocess,
+                desc="dense finetune")
+            return None, {"accuracy": _evaluate(tuned, data)}
+
+        _, info = _stage(store, "dense_finetune", f"baseline: dense teacher fine-tuned on the "
+                         f"few-shot set, {budget} steps", tuned, finetune)
+        report["baselines"]["dense_finetune"] = info["accuracy"]
+        timings["dense_finetune"] = info["seconds"]
+    if config.latency_batch:
+        t = _banner(f"latency: dense vs compressed, batch {config.latency_batch}")
+        x = data.preprocess(jnp.asarray(data.test_images[:config.latency_batch]))
+        report["latency_seconds"] = {"dense": model_latency(teacher, x),
+                                     "compressed": model_latency(student, x)}
+        timings["latency"] = time.perf_counter() - t
     report["seconds"] = timings
-    return CompressedModel(model=student, masks=result.masks, report=report)
+    return CompressedModel(model=student, masks=masks, report=report)

@@ -32,3 +32,20 @@ def augment(key: jax.Array, images: jax.Array, name: str, max_shift: int = 3) ->
         flip = jax.random.bernoulli(k_flip, 0.5, (b, 1, 1, 1))
         out = jnp.where(flip, out[:, :, ::-1], out)
     return out
+
+
+def mixup(key: jax.Array, images: jax.Array,
+          alpha: float) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Mixup (Zhang et al. 2018): one λ ~ Beta(α, α) per batch, each image blended with the one
+    at a random permutation. Returns (mixed images, λ, permutation (B,)); α = 0 is the identity.
+
+    With distillation the teacher labels the mixed image itself, so mixup turns a few dozen
+    images into a continuum of inputs on which to match the teacher (function matching).
+    """
+    b = images.shape[0]
+    if alpha <= 0:
+        return images, jnp.ones(()), jnp.arange(b)
+    k_lam, k_perm = jax.random.split(key)
+    lam = jax.random.beta(k_lam, alpha, alpha)
+    perm = jax.random.permutation(k_perm, b)
+    return lam * images + (1 - lam) * images[perm], lam, perm

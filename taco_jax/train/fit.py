@@ -45,6 +45,7 @@ class FitConfig:
     kd_weight: float = 0.0
     temperature: float = 4.0
     augment: str = "none"
+    mixup: float = 0.0  # Beta(α, α) parameter of mixup; 0 = off
     seed: int = 0
     log_every: int = 100
 
@@ -54,6 +55,8 @@ class FitConfig:
                              f"{self.batch_size}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; allowed: {OPTIMIZERS}")
+        if self.mixup < 0:
+            raise ValueError(f"mixup must be >= 0 (Beta parameter; 0 = off), got {self.mixup}")
         if self.learning_rate <= 0 or self.temperature <= 0:
             raise ValueError("learning_rate and temperature must be > 0, got "
                              f"{self.learning_rate}, {self.temperature}")
@@ -119,7 +122,9 @@ def fit(
 
     @nnx.jit
     def step(model, optimizer, teacher, x, y, key):
-        x = augment_lib.augment(key, preprocess(x), config.augment)
+        k_aug, k_mix = jax.random.split(key)
+        x = augment_lib.augment(k_aug, preprocess(x), config.augment)
+        x, lam, perm = augment_lib.mixup(k_mix, x, config.mixup)
         kd = config.kd_weight > 0
         t_logits = jax.lax.stop_gradient(teacher(x)) if kd else None
         t_feats = None if features is None else jax.lax.stop_gradient(features(teacher, x))
@@ -128,7 +133,9 @@ def fit(
             loss = jnp.zeros(())
             if config.ce_weight > 0 or kd:
                 logits = model(x)
-                loss += config.ce_weight * losses.cross_entropy(logits, y)
+                ce = (lam * losses.cross_entropy(logits, y)
+                      + (1 - lam) * losses.cross_entropy(logits, y[perm]))
+                loss += config.ce_weight * ce
                 if kd:
                     loss += config.kd_weight * losses.kd_kl(logits, t_logits, config.temperature)
             if t_feats is not None:

@@ -1,0 +1,63 @@
+"""Stage checkpoints for a resumable pipeline: each finished stage leaves the model's weights
+(orbax), its masks (npz) and a JSON record under ``root/<stage>/``; a rerun restores it instead of
+recomputing. The JSON is written last, so a stage interrupted while saving counts as not done.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+from absl import logging
+from flax import nnx
+
+from taco_jax import checkpoint
+
+_INFO = "info.json"
+
+
+class StageStore:
+    """Checkpoints of finished stages under ``root`` (None: nothing is saved or restored)."""
+
+    def __init__(self, root: str | os.PathLike | None):
+        self.root = None if root is None else Path(root)
+
+    def done(self, stage: str) -> bool:
+        return self.root is not None and (self.root / stage / _INFO).exists()
+
+    def save(self, stage: str, model: nnx.Module | None, masks: dict[str, np.ndarray] | None,
+             info: dict) -> None:
+        """Record a finished stage: the model's params and batch stats, masks, JSON info."""
+        if self.root is None:
+            return
+        d = self.root / stage
+        if d.exists():  # leftovers of an interrupted save
+            shutil.rmtree(d)
+        d.mkdir(parents=True)
+        if model is not None:
+            checkpoint.save_state(d / "model", model)
+        if masks is not None:
+            np.savez(d / "masks.npz", **{k: np.asarray(v) for k, v in masks.items()})
+        tmp = d / (_INFO + ".tmp")
+        tmp.write_text(json.dumps(info, default=float))
+        os.replace(tmp, d / _INFO)
+
+    def load(self, stage: str, model: nnx.Module | None = None
+             ) -> tuple[dict[str, np.ndarray] | None, dict]:
+        """Restore a finished stage into ``model`` (same shapes) in place; (masks, info)."""
+        d = self.root / stage
+        if model is not None:
+            checkpoint.restore_state(d / "model", model)
+        masks = None
+        if (d / "masks.npz").exists():
+            with np.load(d / "masks.npz") as f:
+                masks = {k: f[k] for k in f.files}
+        logging.info("stage %s: restored from %s", stage, d)
+        return masks, json.loads((d / _INFO).read_text())
+
+    def path(self, stage: str) -> Path | None:
+        """A scratch directory for a stage's own finer-grained checkpoints (e.g. per layer)."""
+        return None if self.root is None else self.root / f"{stage}.partial"

@@ -1,0 +1,58 @@
+"""Re-estimate BatchNorm running statistics on a few images (after pruning changed the weights).
+
+Pruning shifts each channel's mean and scale; the running statistics of the dense model then
+normalise with the wrong values. ``reestimate`` sets every BatchNorm's running mean and variance
+to their averages over ``images`` in batches, each batch normalised with its own statistics (as
+in training), so every layer sees inputs normalised by the already-corrected layers before it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+
+def _batchnorms(model: nnx.Module) -> list[nnx.BatchNorm]:
+    return [m for _, m in model.iter_modules() if isinstance(m, nnx.BatchNorm)]
+
+
+def reestimate(model: nnx.Module, images: np.ndarray,
+               preprocess: Callable[[jax.Array], jax.Array], batch_size: int = 256) -> int:
+    """Set every BatchNorm's running mean/var to the mean over batches of ``images`` (N,H,W,C)
+    of the per-batch statistics; the model is left in eval mode. Returns the BatchNorm count."""
+    bns = _batchnorms(model)
+    if not bns:
+        return 0
+    momenta = [bn.momentum for bn in bns]
+
+    @nnx.jit
+    def batch_stats(model, x):
+        model(preprocess(x))
+        return [(bn.mean.value, bn.var.value) for bn in _batchnorms(model)]
+
+    sums = None
+    weights = 0
+    try:
+        for bn in bns:
+            bn.momentum = 0.0  # running stats := this batch's statistics
+        model.train()
+        for start in range(0, len(images), batch_size):
+            chunk = jnp.asarray(images[start:start + batch_size])
+            stats = batch_stats(model, chunk)
+            w = len(chunk)
+            stats = [(m * w, v * w) for m, v in stats]
+            sums = stats if sums is None else [(a + m, b + v) for (a, b), (m, v) in
+                                               zip(sums, stats, strict=True)]
+            weights += w
+    finally:
+        for bn, m in zip(bns, momenta, strict=True):
+            bn.momentum = m
+        model.eval()
+    for bn, (m, v) in zip(bns, sums, strict=True):
+        bn.mean.value = m / weights
+        bn.var.value = v / weights
+    return len(bns)
