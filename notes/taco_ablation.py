@@ -1,6 +1,6 @@
 """Ablations for the TACO demo (issue #7), each variant named on the command line:
 
-  PYTHONPATH=. .venv/bin/python notes/issue7_experiments.py A_sg A_global C_global ...
+  PYTHONPATH=. .venv/bin/python notes/taco_ablation.py A_sg A_global C_global ...
 
 Loads the shipped generalist, the demo task and its few-shot set once, then runs each named
 variant (prune, optionally recover) and prints top-1 on the 1,000 task test images. The A_*
