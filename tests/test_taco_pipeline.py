@@ -8,25 +8,13 @@ from flax import nnx
 
 from taco_jax import models
 from taco_jax.compress import adapt, taco
-from taco_jax.data import preprocess, source
-from taco_jax.data.task import Task
 from taco_jax.prune import sequential
 from taco_jax.train import fit
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    data_dir = str(tmp_path_factory.mktemp("tfds"))
-    model = models.create("resnet_mini", num_classes=20, widths=(8, 8, 16), layers=(1, 1, 1))
-    train = source.read_split(source.EMBEDDED, "train", data_dir)
-    normalize = preprocess.for_model(model)
-    fit.fit(model, train["image"], train["label"],
-            fit.FitConfig(steps=120, batch_size=64, learning_rate=3e-3), normalize)
-    task = Task(source.EMBEDDED, ("cat", "cow", "sheep"), data_dir=data_dir)
-    train_x, train_y = task.load("train")
-    test_x, test_y = task.load("test")
-    data = taco.TaskData(train_x, train_y, test_x[:300], test_y[:300], task.source_class_ids(),
-                         tuple(task.class_names()), normalize)
+def setup(tiny_task):
+    model, data, _ = tiny_task
     return model, data
 
 
