@@ -12,7 +12,7 @@ report.json into --workdir; rerunning with the same --workdir resumes after the 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from taco_jax.compress import transfer_run
+from taco_jax.compress import run, transfer_run
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", "configs/transfer/demo.py",
@@ -29,6 +29,7 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     try:
         transfer_run.parse(_CONFIG.value)
+        run.check_workdir(_CONFIG.value, _WORKDIR.value)
     except ValueError as e:
         raise app.UsageError(str(e)) from None
     logging.info("Config:\n%s", _CONFIG.value)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import platform
 import time
 from pathlib import Path
 
@@ -25,9 +24,8 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from taco_jax import generalist, models
+from taco_jax import models
 from taco_jax.compress import adapt, dcvit, dcvit_sweep, run, sparsity_report
-from taco_jax.data import preprocess
 from taco_jax.data.task import Task, few_shot_indices
 from taco_jax.models import stats
 from taco_jax.models.vit import VisionTransformer
@@ -124,14 +122,12 @@ class _Setup:
 
 
 def _setup(config, s: Settings) -> tuple[_Setup, dict]:
-    model, gen_info = generalist.load_or_train(config.model, s.generalist,
-                                               data_dir=s.task.data_dir,
-                                               cache_dir=config.cache_dir or None)
-    teacher = adapt.restrict_head(nnx.clone(model), s.task.source_class_ids())
+    model, gen_info, data = run.load_task_data(config, s.generalist, s.task)
+    teacher = adapt.restrict_head(nnx.clone(model), data.class_ids)
     teacher.eval()
-    norm = preprocess.for_model(model)
-    train_x, train_y = s.task.load(s.task.train_split)
-    test_x, test_y = s.task.load(s.task.test_split)
+    norm = data.preprocess
+    train_x, train_y, test_x, test_y = (data.train_images, data.train_labels, data.test_images,
+                                        data.test_labels)
     ids = few_shot_indices(train_y, s.dcvit.shots, s.dcvit.seed)
     images = train_x[ids]
     logging.info("unlabeled few-shot set: %d images (%d per class)", len(ids), s.dcvit.shots)
@@ -175,12 +171,6 @@ def _evaluate_cut(setup: _Setup, plan: dcvit.Plan, s: Settings, config, desc: st
     return student, point
 
 
-def _environment() -> dict:
-    return {"jax": jax.__version__, "backend": jax.default_backend(),
-            "devices": [str(d) for d in jax.devices()], "machine": platform.machine(),
-            "cpus": os.cpu_count(), "load_average": list(os.getloadavg())}
-
-
 # ----------------------------------------------------------------------------- entry point
 
 
@@ -204,7 +194,7 @@ def run_dcvit(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> 
     else:
         out = _compress(config, s, setup, header, workdir)
     out["seconds"]["total"] = time.perf_counter() - start
-    out["environment"] = _environment()
+    out["environment"] = run.environment()
     run.write_json(workdir / ("sweep.json" if config.mode == "sweep" else "report.json"), out)
     return out
 

@@ -12,6 +12,7 @@ import jax
 import ml_collections
 import numpy as np
 from absl import logging
+from flax import nnx
 
 from taco_jax import checkpoint, generalist, models
 from taco_jax.compress import export, sweep, taco
@@ -82,6 +83,37 @@ def _resolved(config: ml_collections.ConfigDict) -> dict:
     return json.loads(config.to_json_best_effort())
 
 
+def open_workdir(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> Path:
+    """The run's directory, created, with its resolved config.json; refuses (ValueError) a
+    workdir holding another config's run, so a resumed run never mixes two configs' stages."""
+    check_workdir(config, workdir)
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    write_json(workdir / "config.json", _resolved(config))
+    return workdir
+
+
+def environment() -> dict:
+    """Where a report's figures were measured: JAX, backend, devices, machine, load."""
+    return {"jax": jax.__version__, "backend": jax.default_backend(),
+            "devices": [str(d) for d in jax.devices()], "machine": platform.machine(),
+            "cpus": os.cpu_count(), "load_average": list(os.getloadavg())}
+
+
+def load_task_data(config: ml_collections.ConfigDict, generalist_config: fit.FitConfig,
+                   task: Task) -> tuple[nnx.Module, dict, taco.TaskData]:
+    """The configured generalist (trained once, then cached), its info, and the task's train
+    and test arrays with the generalist's input transform."""
+    model, info = generalist.load_or_train(config.model, generalist_config,
+                                           data_dir=task.data_dir,
+                                           cache_dir=config.cache_dir or None)
+    train_x, train_y = task.load(task.train_split)
+    test_x, test_y = task.load(task.test_split)
+    data = taco.TaskData(train_x, train_y, test_x, test_y, task.source_class_ids(),
+                         tuple(task.class_names()), preprocess.for_model(model))
+    return model, info, data
+
+
 def run_taco(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
     """Compress the configured generalist for the configured task; write everything to workdir.
 
@@ -90,26 +122,15 @@ def run_taco(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> d
     the same config resumes), and with ``config.sweep`` sweep.json + sweep.png. Returns the report.
     """
     taco_config, generalist_config, task = parse(config)
-    check_workdir(config, workdir)
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    write_json(workdir / "config.json", _resolved(config))
+    workdir = open_workdir(config, workdir)
     start = time.perf_counter()
-
-    model, gen_info = generalist.load_or_train(
-        config.model, generalist_config, data_dir=task.data_dir, cache_dir=config.cache_dir or None)
-    train_x, train_y = task.load(task.train_split)
-    test_x, test_y = task.load(task.test_split)
-    data = taco.TaskData(train_x, train_y, test_x, test_y, task.source_class_ids(),
-                         tuple(task.class_names()), preprocess.for_model(model))
+    model, gen_info, data = load_task_data(config, generalist_config, task)
     result = taco.compress(model, data, taco_config, workdir=workdir)
 
     report = result.report
     report["model"] = config.model
     report["generalist"] = {k: gen_info[k] for k in ("test_top1", "test_top5", "path")}
-    report["environment"] = {"jax": jax.__version__, "backend": jax.default_backend(),
-                             "devices": [str(d) for d in jax.devices()],
-                             "machine": platform.machine(), "cpus": os.cpu_count()}
+    report["environment"] = environment()
     write_json(workdir / "few_shot_ids.json", report["task"]["few_shot_ids"])
     checkpoint.save_state(workdir / "compressed", result.model)
     np.savez_compressed(workdir / "masks.npz", **{k: np.asarray(v)

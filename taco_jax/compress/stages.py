@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -61,3 +63,17 @@ class StageStore:
     def path(self, stage: str) -> Path | None:
         """A scratch directory for a stage's own finer-grained checkpoints (e.g. per layer)."""
         return None if self.root is None else self.root / f"{stage}.partial"
+
+    def run(self, stage: str, title: str, model: nnx.Module | None,
+            work: Callable[[], tuple[dict | None, dict]]) -> tuple[dict | None, dict]:
+        """Run ``work`` (trains ``model`` in place; returns masks, info) as a checkpointed stage
+        under a banner, or restore it into ``model`` if it is done. ``info["seconds"]`` is the
+        stage's wall time when it ran."""
+        logging.info("=" * 20 + " %s " + "=" * 20, title)
+        start = time.perf_counter()
+        if self.done(stage):
+            return self.load(stage, model)
+        masks, info = work()
+        info["seconds"] = time.perf_counter() - start
+        self.save(stage, model, masks, info)
+        return masks, info

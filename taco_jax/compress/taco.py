@@ -104,19 +104,6 @@ def _banner(name: str) -> float:
     return time.perf_counter()
 
 
-def _stage(store: stages.StageStore, name: str, title: str, model: nnx.Module | None,
-           work: Callable[[], tuple[dict | None, dict]]) -> tuple[dict | None, dict]:
-    """Run ``work`` (-> masks, info) as a checkpointed stage, or restore it if it is done.
-    ``info["seconds"]`` is the stage's wall time when it ran."""
-    start = _banner(title)
-    if store.done(name):
-        return store.load(name, model)
-    masks, info = work()
-    info["seconds"] = time.perf_counter() - start
-    store.save(name, model, masks, info)
-    return masks, info
-
-
 def _evaluate(model, data: TaskData) -> dict:
     return fit.evaluate(model, data.test_images, data.test_labels, data.preprocess)
 
@@ -170,7 +157,7 @@ def _prune_and_recover(teacher, calib_x, calib_y, data, config, method, store, t
         if store.done(name):  # structured cuts change shapes: replay them before restoring
             _replay_cuts(student, store.load(name)[1]["kept"], config)
         level = "" if ":" in str(prune_config.pattern) else f" at {sparsity:.0%}"  # N:M: fixed
-        masks, pruned = _stage(store, name, f"{tag}: prune ({method}, {prune_config.pattern}"
+        masks, pruned = store.run(name, f"{tag}: prune ({method}, {prune_config.pattern}"
                                f"{level}) on {len(calib_x)} task images", student, prune)
 
         def recover(masks=masks, recover_config=recover_config, step=step):
@@ -181,7 +168,7 @@ def _prune_and_recover(teacher, calib_x, calib_y, data, config, method, store, t
             logging.info("%s after recovery: top-1 %.2f%%", tag, acc["top1"])
             return masks, {"accuracy": acc}
 
-        _, recovered = _stage(store, f"{tag}_recover{step}",
+        _, recovered = store.run(f"{tag}_recover{step}",
                               f"{tag}: recover {recover_config.steps} steps (KD from the dense "
                               "task teacher, masks fixed)", student, recover)
         history.append({"sparsity": sparsity, "before_recovery": pruned["before_recovery"],
@@ -251,7 +238,7 @@ def compress(model: nnx.Module, data: TaskData, config: TacoConfig, *,
                 desc="dense finetune")
             return None, {"accuracy": _evaluate(tuned, data)}
 
-        _, info = _stage(store, "dense_finetune", f"baseline: dense teacher fine-tuned on the "
+        _, info = store.run("dense_finetune", f"baseline: dense teacher fine-tuned on the "
                          f"few-shot set, {budget} steps", tuned, finetune)
         report["baselines"]["dense_finetune"] = info["accuracy"]
         timings["dense_finetune"] = info["seconds"]

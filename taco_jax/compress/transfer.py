@@ -29,8 +29,8 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from taco_jax import checkpoint, models
-from taco_jax.compress import adapt, retrieval
+from taco_jax import models
+from taco_jax.compress import adapt, retrieval, stages
 from taco_jax.compress.taco import TaskData
 from taco_jax.data.task import few_shot_indices
 from taco_jax.models.latency import model_latency
@@ -109,18 +109,10 @@ class _Features(nnx.Module):
         return self.model.forward_features(x)
 
 
-def _stage(stage_dir: Path | None, name: str, model: nnx.Module,
-           train: Callable[[], object]) -> nnx.Module:
-    """Run ``train`` (in place on ``model``) unless ``stage_dir/name`` holds its result."""
-    logging.info("=" * 20 + " %s " + "=" * 20, name)
-    path = None if stage_dir is None else stage_dir / name
-    if path is not None and path.exists():
-        logging.info("%s: restored from %s", name, path)
-        return checkpoint.restore_state(path, model)
-    train()
-    if path is not None:
-        checkpoint.save_state(path, model)
-    return model
+def _trained(store: stages.StageStore, name: str, model: nnx.Module,
+             train: Callable[[], list[dict]]) -> None:
+    """Train ``model`` in place (``train`` returns fit's history) as a checkpointed stage."""
+    store.run(name, name, model, lambda: (None, {"history": train()}))
 
 
 def _drop_query_copies(pool: np.ndarray, queries: np.ndarray) -> np.ndarray:
@@ -147,7 +139,7 @@ def transfer(generalist: nnx.Module, data: TaskData, pool: np.ndarray, config: T
     ``pool`` (P, H, W, C) uint8: the generic image pool (same image format as the task).
     """
     timings: dict[str, float] = {}
-    stage_dir = None if stage_dir is None else Path(stage_dir)
+    store = stages.StageStore(stage_dir)
 
     def new_student() -> nnx.Module:
         s = models.create(config.student, num_classes=len(data.class_ids),
@@ -164,7 +156,7 @@ def transfer(generalist: nnx.Module, data: TaskData, pool: np.ndarray, config: T
     t = time.perf_counter()
     teacher = adapt.restrict_head(nnx.clone(generalist), data.class_ids)
     if config.teacher_finetune is not None:
-        _stage(stage_dir, "teacher_finetune", teacher, lambda: fit.fit(
+        _trained(store, "teacher_finetune", teacher, lambda: fit.fit(
             teacher, shots_x, shots_y, config.teacher_finetune, data.preprocess,
             desc="teacher finetune"))
     dense = _evaluate(teacher, data)
@@ -193,10 +185,10 @@ def transfer(generalist: nnx.Module, data: TaskData, pool: np.ndarray, config: T
         x = np.concatenate([shots_x, images[chosen]])
         y = np.concatenate([shots_y, np.full(len(chosen), -1, shots_y.dtype)])
         t = time.perf_counter()
-        _stage(stage_dir, f"{name}_distill", student, lambda: fit.fit(
+        _trained(store, f"{name}_distill", student, lambda: fit.fit(
             student, x, y, config.distill, data.preprocess, teacher=teacher,
             desc=f"{name} distill"))
-        _stage(stage_dir, f"{name}_finetune", student, lambda: fit.fit(
+        _trained(store, f"{name}_finetune", student, lambda: fit.fit(
             student, shots_x, shots_y, config.finetune, data.preprocess, teacher=teacher,
             desc=f"{name} finetune"))
         timings[name] = time.perf_counter() - t
@@ -214,7 +206,7 @@ def transfer(generalist: nnx.Module, data: TaskData, pool: np.ndarray, config: T
         budget = dataclasses.replace(config.distill, steps=config.distill.steps +
                                      config.finetune.steps, kd_weight=0.0, ce_weight=1.0)
         t = time.perf_counter()
-        _stage(stage_dir, "few_shot_only", alone, lambda: fit.fit(
+        _trained(store, "few_shot_only", alone, lambda: fit.fit(
             alone, shots_x, shots_y, budget, data.preprocess, desc="few-shot only"))
         timings["few_shot_only"] = time.perf_counter() - t
         baselines["few_shot_only"] = _evaluate(alone, data)
@@ -224,11 +216,11 @@ def transfer(generalist: nnx.Module, data: TaskData, pool: np.ndarray, config: T
         feats = dataclasses.replace(config.distill, ce_weight=0.0, kd_weight=0.0)
         px = pool[pool_ids]
         t = time.perf_counter()
-        _stage(stage_dir, "task_agnostic_distill", projected, lambda: fit.fit(
+        _trained(store, "task_agnostic_distill", projected, lambda: fit.fit(
             projected, px, np.full(len(px), -1, np.int32), feats, data.preprocess,
             teacher=_Features(generalist), features=lambda m, x: [m(x)],
             desc="task-agnostic distill"))
-        _stage(stage_dir, "task_agnostic_finetune", agnostic, lambda: fit.fit(
+        _trained(store, "task_agnostic_finetune", agnostic, lambda: fit.fit(
             agnostic, shots_x, shots_y, config.finetune, data.preprocess, teacher=teacher,
             desc="task-agnostic finetune"))
         timings["task_agnostic"] = time.perf_counter() - t

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import os
 import time
-from pathlib import Path
 
-import jax
 import ml_collections
 from absl import logging
 
-from taco_jax import checkpoint, generalist
+from taco_jax import checkpoint
 from taco_jax.compress import run, transfer
-from taco_jax.data import preprocess, source
+from taco_jax.data import source
 from taco_jax.data.task import Task
 from taco_jax.train import fit
 
@@ -50,25 +47,16 @@ def run_transfer(config: ml_collections.ConfigDict, workdir: str | os.PathLike) 
     config.json, few_shot_ids.json, transfer_ids.json, student/ (orbax), stages/ (per-stage
     checkpoints: a rerun resumes after the last finished stage), report.json."""
     cfg, generalist_config, task, pool_task = parse(config)
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    run.write_json(workdir / "config.json", json.loads(config.to_json_best_effort()))
+    workdir = run.open_workdir(config, workdir)
     start = time.perf_counter()
-    model, gen_info = generalist.load_or_train(
-        config.model, generalist_config, data_dir=task.data_dir,
-        cache_dir=config.cache_dir or None)
-    train_x, train_y = task.load(task.train_split)
-    test_x, test_y = task.load(task.test_split)
+    model, gen_info, data = run.load_task_data(config, generalist_config, task)
     pool_x, _ = pool_task.load(pool_task.train_split)
-    data = transfer.TaskData(train_x, train_y, test_x, test_y, task.source_class_ids(),
-                             tuple(task.class_names()), preprocess.for_model(model))
     result = transfer.transfer(model, data, pool_x, cfg, stage_dir=workdir / "stages")
     report = result.report
     report["model"] = config.model
     report["student"] = config.student
     report["generalist"] = {k: gen_info[k] for k in ("test_top1", "test_top5", "path")}
-    report["environment"] = {"jax": jax.__version__, "backend": jax.default_backend(),
-                             "devices": [str(d) for d in jax.devices()], "cpus": os.cpu_count()}
+    report["environment"] = run.environment()
     report["seconds"]["total"] = time.perf_counter() - start
     run.write_json(workdir / "few_shot_ids.json", report["task"]["few_shot_ids"])
     run.write_json(workdir / "transfer_ids.json", {"set": cfg.transfer_set,
