@@ -47,6 +47,10 @@ class TaskData:
     class_names: tuple[str, ...]
     preprocess: Callable
 
+    def evaluate(self, model: nnx.Module) -> dict:
+        """Top-1/top-5 (%) of ``model`` on the task's test split."""
+        return fit.evaluate(model, self.test_images, self.test_labels, self.preprocess)
+
 
 @dataclasses.dataclass(frozen=True)
 class TacoConfig:
@@ -104,10 +108,6 @@ def _banner(name: str) -> float:
     return time.perf_counter()
 
 
-def _evaluate(model, data: TaskData) -> dict:
-    return fit.evaluate(model, data.test_images, data.test_labels, data.preprocess)
-
-
 def _replay_cuts(model: nnx.Module, kept: dict[str, list[int]], config: TacoConfig) -> None:
     """Apply a finished structured stage's channel cuts, so its checkpoint's shapes fit."""
     pairs = {p.consumer: p for p in (config.prune.pairs or infer_pairs(model))}
@@ -146,7 +146,7 @@ def _prune_and_recover(teacher, calib_x, calib_y, data, config, method, store, t
                                             checkpoint_dir=_str(store.path(f"{tag}_prune{step}")))
             if config.reestimate_bn:
                 batchnorm.reestimate(student, calib_x, data.preprocess)
-            pruned = _evaluate(student, data)
+            pruned = data.evaluate(student)
             logging.info("%s after pruning to %.0f%%, before recovery: top-1 %.2f%%", tag,
                          100 * prune_config.sparsity, pruned["top1"])
             return result.masks, {"before_recovery": pruned,
@@ -164,7 +164,7 @@ def _prune_and_recover(teacher, calib_x, calib_y, data, config, method, store, t
             fit.fit(student, calib_x, calib_y, recover_config, data.preprocess, teacher=teacher,
                     constrain=lambda m: sequential.apply_masks(m, masks),
                     desc=f"{tag} recover{step}")
-            acc = _evaluate(student, data)
+            acc = data.evaluate(student)
             logging.info("%s after recovery: top-1 %.2f%%", tag, acc["top1"])
             return masks, {"accuracy": acc}
 
@@ -193,7 +193,7 @@ def compress(model: nnx.Module, data: TaskData, config: TacoConfig, *,
     store = stages.StageStore(None if workdir is None else Path(workdir) / "stages")
     start = _banner("adapt: restrict the classifier to the task's classes")
     teacher = adapt.restrict_head(nnx.clone(model), data.class_ids)
-    dense = _evaluate(teacher, data)
+    dense = data.evaluate(teacher)
     timings = {"adapt": time.perf_counter() - start}
     logging.info("dense task teacher: top-1 %.2f%% on %d test images", dense["top1"], dense["n"])
 
@@ -236,7 +236,7 @@ def compress(model: nnx.Module, data: TaskData, config: TacoConfig, *,
             fit.fit(tuned, calib_x, calib_y, dataclasses.replace(
                 config.recover, kd_weight=0.0, ce_weight=1.0, steps=budget), data.preprocess,
                 desc="dense finetune")
-            return None, {"accuracy": _evaluate(tuned, data)}
+            return None, {"accuracy": data.evaluate(tuned)}
 
         _, info = store.run("dense_finetune", f"baseline: dense teacher fine-tuned on the "
                          f"few-shot set, {budget} steps", tuned, finetune)

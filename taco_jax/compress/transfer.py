@@ -33,7 +33,7 @@ from taco_jax import models
 from taco_jax.compress import adapt, retrieval, stages
 from taco_jax.compress.taco import TaskData
 from taco_jax.data.task import few_shot_indices
-from taco_jax.models.latency import model_latency
+from taco_jax.models.latency import interleaved_latency
 from taco_jax.models.stats import forward_macs, param_count
 from taco_jax.train import fit
 
@@ -121,15 +121,14 @@ def _drop_query_copies(pool: np.ndarray, queries: np.ndarray) -> np.ndarray:
     return np.asarray([i for i, p in enumerate(pool) if p.tobytes() not in seen], np.int64)
 
 
-def _evaluate(model, data: TaskData) -> dict:
-    return fit.evaluate(model, data.test_images, data.test_labels, data.preprocess)
-
-
-def _cost(model: nnx.Module, data: TaskData, batch: int) -> dict:
+def _costs(named: dict[str, nnx.Module], data: TaskData, batch: int) -> dict:
+    """Params, MACs per image and measured latency of each model; the models are timed in
+    turns (``interleaved_latency``) so a drifting load hits them alike."""
     x = data.preprocess(data.test_images[:batch])
-    lat = model_latency(model, x, repeats=10, warmup=2)
-    return {"params": param_count(model), "macs": forward_macs(model, (1, *x.shape[1:])),
-            "latency_s": lat["median"], "latency_batch": lat["batch"]}
+    lats = interleaved_latency(list(named.values()), x, repeats=10, warmup=2)
+    return {name: {"params": param_count(m), "macs": forward_macs(m, (1, *x.shape[1:])),
+                   "latency_s": lat["median"], "latency_batch": lat["batch"]}
+            for (name, m), lat in zip(named.items(), lats, strict=True)}
 
 
 def transfer(generalist: nnx.Module, data: TaskData, pool: np.ndarray, config: TransferConfig, *,
@@ -159,7 +158,7 @@ def transfer(generalist: nnx.Module, data: TaskData, pool: np.ndarray, config: T
         _trained(store, "teacher_finetune", teacher, lambda: fit.fit(
             teacher, shots_x, shots_y, config.teacher_finetune, data.preprocess,
             desc="teacher finetune"))
-    dense = _evaluate(teacher, data)
+    dense = data.evaluate(teacher)
     timings["teacher"] = time.perf_counter() - t
     logging.info("task teacher: top-1 %.2f%% on %d test images", dense["top1"], dense["n"])
 
@@ -167,7 +166,7 @@ def transfer(generalist: nnx.Module, data: TaskData, pool: np.ndarray, config: T
     size = min(config.transfer_size, len(pool_ids))
     t = time.perf_counter()
     retrieved = None
-    if config.transfer_set == "retrieval" or "random_pool" in config.baselines:
+    if config.transfer_set == "retrieval":
         logging.info("retrieval: %d queries over a pool of %d", len(shots_x), len(pool_ids))
         q = retrieval.embed(teacher, shots_x, data.preprocess)
         p = retrieval.embed(teacher, pool[pool_ids], data.preprocess)
@@ -175,7 +174,8 @@ def transfer(generalist: nnx.Module, data: TaskData, pool: np.ndarray, config: T
     timings["retrieval_search"] = time.perf_counter() - t
     rng = np.random.default_rng(config.seed)
     random_ids = np.sort(rng.choice(pool_ids, size, replace=False))
-    sets = {"task": (data.train_images, np.arange(len(data.train_images))),
+    others = np.setdiff1d(np.arange(len(data.train_images)), ids)  # the labelled are added once
+    sets = {"task": (data.train_images, others),
             "pool": (pool, pool_ids), "random": (pool, random_ids)}
     if retrieved is not None:
         sets["retrieval"] = (pool, np.sort(retrieved))
@@ -196,7 +196,7 @@ def transfer(generalist: nnx.Module, data: TaskData, pool: np.ndarray, config: T
 
     images, chosen = sets[config.transfer_set]
     student = task_oriented(config.transfer_set, images, chosen)
-    acc = _evaluate(student, data)
+    acc = data.evaluate(student)
     logging.info("task-oriented student (%s, %d images): top-1 %.2f%%", config.transfer_set,
                  len(chosen), acc["top1"])
 
@@ -209,7 +209,7 @@ def transfer(generalist: nnx.Module, data: TaskData, pool: np.ndarray, config: T
         _trained(store, "few_shot_only", alone, lambda: fit.fit(
             alone, shots_x, shots_y, budget, data.preprocess, desc="few-shot only"))
         timings["few_shot_only"] = time.perf_counter() - t
-        baselines["few_shot_only"] = _evaluate(alone, data)
+        baselines["few_shot_only"] = data.evaluate(alone)
     if "task_agnostic" in config.baselines:
         agnostic = new_student()
         projected = _Projected(agnostic, generalist.num_features, nnx.Rngs(config.seed))
@@ -224,9 +224,9 @@ def transfer(generalist: nnx.Module, data: TaskData, pool: np.ndarray, config: T
             agnostic, shots_x, shots_y, config.finetune, data.preprocess, teacher=teacher,
             desc="task-agnostic finetune"))
         timings["task_agnostic"] = time.perf_counter() - t
-        baselines["task_agnostic"] = _evaluate(agnostic, data)
+        baselines["task_agnostic"] = data.evaluate(agnostic)
     if "random_pool" in config.baselines and config.transfer_set != "random":
-        baselines["random_pool"] = _evaluate(task_oriented("random", *sets["random"]), data)
+        baselines["random_pool"] = data.evaluate(task_oriented("random", *sets["random"]))
     for name, b in baselines.items():
         logging.info("baseline %s: top-1 %.2f%%", name, b["top1"])
 
@@ -236,8 +236,7 @@ def transfer(generalist: nnx.Module, data: TaskData, pool: np.ndarray, config: T
                  "test_images": len(data.test_labels)},
         "dense": dense,
         "compressed": acc,
-        "cost": {"teacher": _cost(teacher, data, config.latency_batch),
-                 "student": _cost(student, data, config.latency_batch)},
+        "cost": _costs({"teacher": teacher, "student": student}, data, config.latency_batch),
         "transfer": {"set": config.transfer_set, "images": len(chosen),
                      "labelled": len(shots_x), "pool": len(pool_ids)},
         "baselines": baselines,

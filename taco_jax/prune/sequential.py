@@ -275,13 +275,14 @@ def prune_model(model: nnx.Module, batches: Sequence, config: PruneConfig, *,
                 mesh: jax.sharding.Mesh | None = None) -> PruneResult:
     """Prune ``model`` in place, layer by layer in forward order; see the module docstring.
 
-    ``batches``: re-iterable NHWC float batches (read once per layer group). ``checkpoint_dir``:
+    ``batches``: re-iterable NHWC float batches (read by the order probe, the global allocation
+    and the input cache, which then holds them on the device). ``checkpoint_dir``:
     an orbax checkpoint after each group; a rerun with the same directory and config resumes
     there and gives the same result. ``mesh``: Hessians psum'd, row solves sharded over it.
     """
     if iter(batches) is batches:
         raise ValueError("batches must be re-iterable (e.g. a list of NHWC arrays): it is read "
-                         f"once per layer group, got a one-shot {type(batches).__name__}")
+                         f"more than once, got a one-shot {type(batches).__name__}")
     model.eval()
     names = list(layers) if layers is not None else default_layers(model, config)
     for n in [*names, *config.overrides]:
