@@ -1,12 +1,13 @@
 """One run of ``prune_model`` for the distributed tests (run as a script, in a subprocess).
 
-  python distributed_worker.py OUT.npz MODE [--ckpt=DIR] [--kill-after=K]
+  python distributed_worker.py OUT.npz MODE [--ckpt=DIR] [--kill-after=K] [--models=vit,qkv]
 
 MODE ``single``: one device, all images (the reference); ``mesh``: the mesh of every device of
 every process (``taco_jax.distributed``), this process's share of the images. The environment
 chooses the devices (XLA_FLAGS) and the processes (JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES,
 JAX_PROCESS_ID). ``--kill-after=K`` SIGKILLs the process right after the K-th layer-group
-checkpoint (a preempted VM). Process 0 writes the masks, kernels and Hessians to OUT.npz.
+checkpoint (a preempted VM). Process 0 writes the masks, kernels, Hessians and the number of
+checkpoints this run wrote (fewer after a resume) to OUT.npz.
 """
 
 import os
@@ -53,27 +54,27 @@ MODELS = {"vit": TinyViT, "qkv": SplitQKV}
 HESSIAN_LAYERS = ["patch", "blocks.0.attn.qkv", "blocks.1.mlp.fc2"]
 
 
-def main(out: str, mode: str, ckpt_dir: str | None, kill_after: int | None) -> None:
+def main(out: str, mode: str, ckpt_dir: str | None, kill_after: int | None,
+         models: list[str]) -> None:
     batches = image_batches(3, batch=12)
     mesh = None
     if mode == "mesh":
         mesh = distributed.device_mesh()
         batches = [b[distributed.process_shard(len(b))] for b in batches]
-    if kill_after is not None:
-        real, saves = ckpt.save, [0]
+    real, saves = ckpt.save, [0]
 
-        def save_then_die(*a, **k):
-            real(*a, **k)
-            saves[0] += 1
-            if saves[0] == kill_after:
-                os.kill(os.getpid(), signal.SIGKILL)
+    def counted_save(*a, **k):  # counts this run's checkpoints; dies after the K-th if asked
+        real(*a, **k)
+        saves[0] += 1
+        if saves[0] == kill_after:
+            os.kill(os.getpid(), signal.SIGKILL)
 
-        ckpt.save = save_then_die
+    ckpt.save = counted_save
     arrays = {}
     Hs = collect_hessians(TinyViT(nnx.Rngs(0)), batches, HESSIAN_LAYERS, mesh=mesh)
     arrays.update({f"hessian/{n}": np.asarray(h) for n, h in Hs.items()})
-    for name, cls in MODELS.items():
-        model = cls(nnx.Rngs(0))
+    for name in models:
+        model = MODELS[name](nnx.Rngs(0))
         cfg = PruneConfig(sparsity=0.6, blocksize=16)
         result = prune_model(model, batches, cfg, mesh=mesh,
                              checkpoint_dir=None if ckpt_dir is None else f"{ckpt_dir}/{name}")
@@ -81,10 +82,12 @@ def main(out: str, mode: str, ckpt_dir: str | None, kill_after: int | None) -> N
             arrays[f"{name}/mask/{n}"] = m
             arrays[f"{name}/kernel/{n}"] = np.asarray(get_layer(model, n).kernel.get_value())
     if distributed.is_main():
-        np.savez(out, devices=jax.device_count(), processes=jax.process_count(), **arrays)
+        np.savez(out, devices=jax.device_count(), processes=jax.process_count(), saves=saves[0],
+                 **arrays)
 
 
 if __name__ == "__main__":
     opts = dict(a.lstrip("-").split("=", 1) for a in sys.argv[3:])
     main(sys.argv[1], sys.argv[2], opts.get("ckpt"),
-         int(opts["kill-after"]) if "kill-after" in opts else None)
+         int(opts["kill-after"]) if "kill-after" in opts else None,
+         opts.get("models", "vit,qkv").split(","))
