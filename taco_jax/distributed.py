@@ -18,6 +18,7 @@ results stay bit-identical.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable
 
 import jax
@@ -69,7 +70,8 @@ def run(main: Callable[[list[str]], None]) -> None:
         "distributed", "auto", MODES,
         "Multi-process run through jax.distributed: 'auto' starts it when the environment "
         "describes one (JAX_COORDINATOR_ADDRESS + JAX_NUM_PROCESSES + JAX_PROCESS_ID, a "
-        "multi-host TPU slice, SLURM, Open MPI), 'on' always, 'off' never.")
+        "multi-host TPU slice, SLURM, Open MPI), 'on' always, 'off' never.",
+        module_name=sys.argv[0])  # listed with the launcher's own flags in --help
 
     def start(argv):
         initialize(mode.value)
@@ -153,3 +155,25 @@ def gather_rows(local: np.ndarray, n: int) -> np.ndarray:
     allrows = np.asarray(multihost_utils.process_allgather(np.concatenate([local, pad])))
     return np.concatenate([allrows[i, :len(range(n)[process_shard(n, i, count)])]
                            for i in range(count)])
+
+
+def barrier(name: str) -> None:
+    """Wait until every process gets here (e.g. process 0 has made a directory)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+def broadcast_model(model) -> None:
+    """Give every process process 0's weights (after a step every process ran on its own, e.g.
+    recovery training, whose results could differ in the last bits between hosts)."""
+    if jax.process_count() == 1:
+        return
+    from flax import nnx
+    from jax.experimental import multihost_utils
+
+    state = nnx.state(model)
+    host = jax.tree.map(np.asarray, state)
+    nnx.update(model, jax.tree.map(jax.numpy.asarray,
+                                   multihost_utils.broadcast_one_to_all(host)))
