@@ -29,6 +29,7 @@ from taco_jax.models.paths import get_layer  # noqa: E402
 from taco_jax.prune import checkpoint as ckpt  # noqa: E402
 from taco_jax.prune.hessian import collect_hessians  # noqa: E402
 from taco_jax.prune.sequential import PruneConfig, prune_model  # noqa: E402
+from taco_jax.train import fit  # noqa: E402
 
 
 class SplitQKV(nnx.Module):
@@ -81,6 +82,11 @@ def main(out: str, mode: str, ckpt_dir: str | None, kill_after: int | None,
         for n, m in result.masks.items():
             arrays[f"{name}/mask/{n}"] = m
             arrays[f"{name}/kernel/{n}"] = np.asarray(get_layer(model, n).kernel.get_value())
+        # evaluation: data parallel over the mesh (each process its share of the images)
+        # against this process alone on all of them, same (pruned) model
+        images = np.concatenate(image_batches(3, batch=12, seed=1))
+        arrays[f"{name}/logits/mesh"] = fit.predict(model, images, lambda x: x, 16, mesh=mesh)
+        arrays[f"{name}/logits/local"] = fit.predict(model, images, lambda x: x, 16)
     if distributed.is_main():
         np.savez(out, devices=jax.device_count(), processes=jax.process_count(), saves=saves[0],
                  **arrays)
