@@ -103,15 +103,16 @@ def device_mesh(devices=None) -> Mesh | None:
 
 
 def local_mesh(mesh: Mesh | None) -> Mesh | None:
-    """The part of ``mesh`` on this process's devices (``mesh`` itself in a single process)."""
-    if mesh is None or jax.process_count() == 1:
+    """The part of ``mesh`` on this process's devices (``mesh`` itself if it is all here)."""
+    if not spans_processes(mesh):
         return mesh
-    mine = [d for d in mesh.devices.flat if d.process_index == jax.process_index()]
-    return device_mesh(mine)
+    return device_mesh([d for d in mesh.devices.flat if d.process_index == jax.process_index()])
 
 
 def spans_processes(mesh: Mesh | None) -> bool:
-    return mesh is not None and jax.process_count() > 1
+    """Whether ``mesh`` has devices of other processes."""
+    return mesh is not None and any(d.process_index != jax.process_index()
+                                    for d in mesh.devices.flat)
 
 
 def replicated(x, mesh: Mesh):

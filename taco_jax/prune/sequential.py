@@ -169,12 +169,15 @@ _jit_segment_forward = jax.jit(_segment_forward, static_argnums=(0, 3))
 
 class _InputCache:
     """Calibration inputs of segment ``index``, computed from the images through the (pruned)
-    segments before it; ``at(i)`` moves forward, each segment run once per image."""
+    segments before it; ``at(i)`` moves forward, each segment run once per image.
 
-    def __init__(self, model: nnx.Module, batches: Sequence):
+    ``mesh`` (this process's devices): each batch whose size divides evenly is split over
+    them, so the cache and its forward passes are data parallel."""
+
+    def __init__(self, model: nnx.Module, batches: Sequence, mesh=None):
         self.model = model
         self.index = 0
-        self.inputs = [jnp.asarray(b, jnp.float32) for b in batches]
+        self.inputs = [_spread(jnp.asarray(b, jnp.float32), mesh) for b in batches]
 
     def at(self, segment: int) -> list[jax.Array]:
         if segment < self.index:
@@ -186,6 +189,15 @@ class _InputCache:
                            for x in self.inputs]
             self.index += 1
         return self.inputs
+
+
+def _spread(x: jax.Array, mesh) -> jax.Array:
+    if mesh is None or x.shape[0] % mesh.devices.size:
+        return x
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    return jax.device_put(x, NamedSharding(mesh, P(mesh.axis_names[0])))
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -323,7 +335,7 @@ def prune_model(model: nnx.Module, batches: Sequence, config: PruneConfig, *,
 
     sizes = [len(g) for _, g in order]
     bar = tqdm(total=sum(sizes), initial=sum(sizes[:start]), desc="prune", unit="layer")
-    cache = _InputCache(model, batches)
+    cache = _InputCache(model, batches, distributed.local_mesh(mesh))
     for gi in range(start, len(order)):
         segment, group = order[gi]
         todo = []
