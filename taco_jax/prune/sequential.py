@@ -299,7 +299,11 @@ def prune_model(model: nnx.Module, batches: Sequence, config: PruneConfig, *,
     ``batches``: re-iterable NHWC float batches (read by the order probe, the global allocation
     and the input cache, which then holds them on the device). ``checkpoint_dir``:
     an orbax checkpoint after each group; a rerun with the same directory and config resumes
-    there and gives the same result. ``mesh``: Hessians psum'd, row solves sharded over it.
+    there and gives the same result. ``mesh``: Hessians psum'd, row solves sharded over it, a
+    group of several layers solved one layer per device. A mesh over several processes
+    (``taco_jax.distributed``): every process calls this with the same model and config and
+    its own share of the images in ``batches``; Hessians are summed over processes, and every
+    process ends with the same pruned model (checkpoints then need a shared ``checkpoint_dir``).
     """
     if iter(batches) is batches:
         raise ValueError("batches must be re-iterable (e.g. a list of NHWC arrays): it is read "
