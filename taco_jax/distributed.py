@@ -115,12 +115,26 @@ def spans_processes(mesh: Mesh | None) -> bool:
                                     for d in mesh.devices.flat)
 
 
-def replicated(x, mesh: Mesh):
-    """A process-local array (identical in every process) as a global array replicated over
-    ``mesh``, so it can enter a computation on all processes' devices; unchanged in one process."""
+def replicated(tree, mesh: Mesh):
+    """Every array of ``tree`` (identical in every process) replicated over ``mesh``'s devices,
+    so it can enter a computation on them next to sharded data (an array committed to one
+    device, e.g. restored by orbax, could not); a mesh over several processes gets global
+    arrays built from each process's copy."""
     if not spans_processes(mesh):
-        return x
-    return jax.make_array_from_process_local_data(NamedSharding(mesh, P()), np.asarray(x))
+        return jax.device_put(tree, NamedSharding(mesh, P()))
+    sharding = NamedSharding(mesh, P())
+    return jax.tree.map(
+        lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), tree)
+
+
+def on_mesh(model, mesh: Mesh | None):
+    """A view of ``model`` whose weights are replicated over ``mesh`` (``model`` if None)."""
+    if mesh is None:
+        return model
+    from flax import nnx
+
+    graphdef, state = nnx.split(model)
+    return nnx.merge(graphdef, replicated(state, mesh))
 
 
 def to_host(x) -> np.ndarray:

@@ -150,6 +150,8 @@ def run_taps(model: nnx.Module, batches: Iterable, mesh=None, segment: int | Non
             if x.shape[0] % mesh.devices.size == 0:
                 x = jax.device_put(x, NamedSharding(mesh, P(mesh.axis_names[0])))
         graphdef, state = nnx.split(model)
+        if mesh is not None:
+            state = distributed.replicated(state, mesh)
         sums = _jit_forward_sums(graphdef, state, x, segment)
         nnx.update(model, sums)
 

@@ -176,6 +176,7 @@ class _InputCache:
 
     def __init__(self, model: nnx.Module, batches: Sequence, mesh=None):
         self.model = model
+        self.mesh = mesh
         self.index = 0
         self.inputs = [_spread(jnp.asarray(b, jnp.float32), mesh) for b in batches]
 
@@ -185,10 +186,17 @@ class _InputCache:
                              f"{segment}")
         while self.index < segment:
             graphdef, state = nnx.split(self.model)
+            if self.mesh is not None:
+                state = distributed.replicated(state, self.mesh)
             self.inputs = [_jit_segment_forward(graphdef, state, x, self.index)
                            for x in self.inputs]
             self.index += 1
         return self.inputs
+
+
+def _uncommitted(x: jax.Array) -> jax.Array:
+    """``x`` via the host: on the default device, free to join any jitted computation."""
+    return jnp.asarray(distributed.to_host(x))
 
 
 def _spread(x: jax.Array, mesh) -> jax.Array:
@@ -354,6 +362,8 @@ def prune_model(model: nnx.Module, batches: Sequence, config: PruneConfig, *,
             t0 = time.perf_counter()
             H = collect_hessians(model, cache.at(segment), todo[:1], mesh=mesh,
                                  segment=segment)[todo[0]]
+            if mesh is not None:  # back as an uncommitted array, like the model's own
+                H = _uncommitted(H)
             share = (time.perf_counter() - t0) / len(todo)
             devices = _layer_devices(todo, plan, mesh)
             if devices is None:
@@ -393,10 +403,9 @@ def _prune_across_devices(model, todo, H, plan, config, result, devices, extra_s
               for n, d in zip(todo, devices, strict=True)]
     jax.block_until_ready([s[1] for s in solved])
     seconds = (time.perf_counter() - t0) / len(todo) + extra_seconds
-    H = jnp.asarray(np.asarray(H))  # via the host: uncommitted, like the model's own arrays
     for n, (W0, W1, keep, stats) in zip(todo, solved, strict=True):
         layer, (pat, _) = get_layer(model, n), plan[n]
-        W0, W1, keep = (jnp.asarray(np.asarray(a)) for a in (W0, W1, keep))
+        W0, W1, keep = (_uncommitted(a) for a in (W0, W1, keep))
         _record(model, n, pat, str(pat), W0, W1, keep, _rel_error(W0, W1, H), _damping(stats),
                 result, seconds, extra_seconds, tuple(layer.kernel.get_value().shape))
 
@@ -411,6 +420,8 @@ def _prune_one(model, name, H, plan_entry, config, pairs, result, mesh, extra_se
         unit = layer_matrix(layer).shape[2] // in_before * pair.group_size
         pat = Structured(unit)
     W0, W1, keep, stats = _solve_layer(layer, H, pat, s, config, mesh)
+    if mesh is not None:  # row-sharded over the mesh: gathered, so the model stays usable
+        W1, keep = _uncommitted(W1), _uncommitted(keep)  # by any later jit (one device set)
     shape = tuple(layer.kernel.get_value().shape)
     err = _rel_error(W0, W1, H)
     label = str(pat)

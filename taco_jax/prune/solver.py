@@ -441,12 +441,11 @@ def prune_layer(W: jax.Array, H: jax.Array, pattern: Pattern | str, sparsity: fl
     n_dev = 1 if mesh is None else mesh.devices.size
     if n_dev == 1 or method == "obc" or d_out % n_dev:
         return _prune_core(W, H, counts, **kw)
+    # W, H enter replicated over the mesh (global arrays if it spans processes, each process
+    # holding the same values); every device solves its rows
+    W1, keep, stats = _sharded_core(mesh, **kw)(*distributed.replicated((W, H, counts), mesh))
     if not distributed.spans_processes(mesh):
-        return _sharded_core(mesh, **kw)(W, H, counts)
-    # several processes: W and H enter as global replicated arrays (each process holds the
-    # same values), every device solves its rows, and every process gets all rows back
-    W1, keep, stats = _sharded_core(mesh, **kw)(
-        *(distributed.replicated(a, mesh) for a in (W, H, counts)))
+        return W1, keep, stats
     return (jnp.asarray(distributed.to_host(W1)), jnp.asarray(distributed.to_host(keep)),
             jax.tree.map(lambda a: jnp.asarray(distributed.to_host(a)), stats))
 

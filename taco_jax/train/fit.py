@@ -190,6 +190,7 @@ def predict(
     output = output or (lambda m, x: m(x))
     put = jnp.asarray
     if mesh is not None:
+        model = distributed.on_mesh(model, mesh)
         batch_size = -(-batch_size // mesh.devices.size) * mesh.devices.size
         sharding = NamedSharding(mesh, PartitionSpec(mesh.axis_names[0]))
         put = functools.partial(jax.device_put, device=sharding)
