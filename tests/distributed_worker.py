@@ -76,6 +76,8 @@ def main(out: str, mode: str, ckpt_dir: str | None, kill_after: int | None,
     arrays.update({f"hessian/{n}": np.asarray(h) for n, h in Hs.items()})
     for name in models:
         model = MODELS[name](nnx.Rngs(0))
+        if mesh is not None:  # weights committed to one device, as orbax restores them
+            nnx.update(model, jax.device_put(nnx.state(model), jax.local_devices()[0]))
         cfg = PruneConfig(sparsity=0.6, blocksize=16)
         result = prune_model(model, batches, cfg, mesh=mesh,
                              checkpoint_dir=None if ckpt_dir is None else f"{ckpt_dir}/{name}")
