@@ -17,6 +17,7 @@ results stay bit-identical.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from collections.abc import Callable
@@ -57,10 +58,19 @@ def initialize(mode: str = "auto") -> bool:
     jax.distributed.initialize(**kw)
     if not is_main():
         logging.set_verbosity(logging.WARNING)
-        os.environ["TQDM_DISABLE"] = "1"
+        _silence_progress_bars()
     logging.info("jax.distributed: %d processes, %d devices (%d here)", jax.process_count(),
                  jax.device_count(), jax.local_device_count())
     return True
+
+
+def _silence_progress_bars() -> None:
+    """tqdm bars off in this process (tqdm reads TQDM_DISABLE only when it is imported)."""
+    import tqdm
+    import tqdm.auto
+
+    for cls in {tqdm.tqdm, tqdm.auto.tqdm}:
+        cls.__init__ = functools.partialmethod(cls.__init__, disable=True)
 
 
 def run(main: Callable[[list[str]], None]) -> None:
