@@ -13,6 +13,7 @@ from pathlib import Path
 
 from absl import app, flags, logging
 
+from taco_jax import distributed
 from taco_jax.convert import convert_state_dict, load_state_dict, save_checkpoint
 from taco_jax.convert.convert import NAMINGS
 from taco_jax.convert.state_dict import SUFFIXES
@@ -70,4 +71,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    distributed.run(main)

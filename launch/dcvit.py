@@ -11,6 +11,7 @@ config.json, few_shot_ids.json, sweep.json and frontier.png.
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from taco_jax import distributed
 from taco_jax.compress import dcvit_run
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -35,4 +36,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    distributed.run(main)

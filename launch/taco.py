@@ -14,6 +14,7 @@ an interruption resumes from the last finished stage (or pruned layer group).
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from taco_jax import distributed
 from taco_jax.compress import run
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -38,4 +39,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    distributed.run(main)

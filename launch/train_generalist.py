@@ -10,7 +10,7 @@ training time, the recipe). The TACO launcher uses it when its config has the sa
 from absl import app, flags
 from ml_collections import config_flags
 
-from taco_jax import generalist
+from taco_jax import distributed, generalist
 from taco_jax.compress import run
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -33,4 +33,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    distributed.run(main)

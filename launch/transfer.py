@@ -12,6 +12,7 @@ report.json into --workdir; rerunning with the same --workdir resumes after the 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from taco_jax import distributed
 from taco_jax.compress import run, transfer_run
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -37,4 +38,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    distributed.run(main)

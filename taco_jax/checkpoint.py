@@ -6,6 +6,8 @@ import contextlib
 import os
 from pathlib import Path
 
+import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from flax import nnx
@@ -32,8 +34,11 @@ def save_state(path: str | os.PathLike, model: nnx.Module) -> None:
     orbax writes into a temporary directory and renames it at the end, so an interrupted save
     never leaves a half-written checkpoint at ``path``.
     """
+    state = nnx.state(model, _WEIGHTS).to_pure_dict()
+    if jax.process_count() > 1:  # every process holds the same local copy: save host values
+        state = jax.tree.map(np.asarray, state)
     with quiet_orbax(), ocp.StandardCheckpointer() as checkpointer:
-        checkpointer.save(Path(path).absolute(), nnx.state(model, _WEIGHTS).to_pure_dict())
+        checkpointer.save(Path(path).absolute(), state)
 
 
 def restore_state(path: str | os.PathLike, model: nnx.Module) -> nnx.Module:

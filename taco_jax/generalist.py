@@ -20,7 +20,7 @@ from pathlib import Path
 from absl import logging
 from flax import nnx
 
-from taco_jax import checkpoint, models
+from taco_jax import checkpoint, distributed, models
 from taco_jax.data import embedded, preprocess, source
 from taco_jax.train import fit
 
@@ -86,14 +86,20 @@ def load_or_train(
     normalize = preprocess.for_model(model)
     start = time.perf_counter()
     fit.fit(model, data["image"], data["label"], train_config, normalize, desc="generalist")
+    distributed.broadcast_model(model)  # several processes: all keep process 0's weights
     seconds = time.perf_counter() - start
     acc = fit.evaluate(model, test["image"], test["label"], normalize)
     info = {"recipe": recipe, "test_top1": acc["top1"], "test_top5": acc["top5"],
             "train_seconds": seconds}
-    shutil.rmtree(path, ignore_errors=True)  # a run interrupted before info.json was written
-    path.mkdir(parents=True)
+    main = distributed.is_main()  # process 0 writes; every process takes part in orbax's save
+    if main:
+        shutil.rmtree(path, ignore_errors=True)  # a run interrupted before info.json was written
+        path.mkdir(parents=True)
+    distributed.barrier("generalist: directory")
     checkpoint.save_state(path / "state", model)
-    info_file.write_text(json.dumps(info, indent=2))  # written last: marks the cache complete
+    if main:
+        info_file.write_text(json.dumps(info, indent=2))  # written last: marks the cache complete
+    distributed.barrier("generalist: saved")
     info["path"] = str(path)
     logging.info("Generalist %s: test top-1 %.2f%% after %.0fs.", arch, acc["top1"], seconds)
     return model, info

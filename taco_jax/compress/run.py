@@ -14,7 +14,7 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from taco_jax import checkpoint, generalist, models
+from taco_jax import checkpoint, distributed, generalist, models
 from taco_jax.compress import export, sweep, taco
 from taco_jax.data import embedded, preprocess, source
 from taco_jax.data.task import Task
@@ -57,6 +57,9 @@ def parse(config: ml_collections.ConfigDict) -> tuple[taco.TacoConfig, fit.FitCo
         recover=_fit_config(config.recover, config.seed), baselines=tuple(config.baselines),
         schedule=tuple(config.schedule), schedule_steps=config.schedule_steps,
         latency_batch=config.latency_batch)
+    if config.sweep and jax.process_count() > 1:
+        raise ValueError("config.sweep runs in a single process only; run the sweep's "
+                         "sparsities as separate multi-process runs")
     for s in config.sweep:
         if not 0 < s < 1:
             raise ValueError(f"config.sweep={tuple(config.sweep)}: every sparsity must be in "
@@ -88,8 +91,10 @@ def open_workdir(config: ml_collections.ConfigDict, workdir: str | os.PathLike) 
     workdir holding another config's run, so a resumed run never mixes two configs' stages."""
     check_workdir(config, workdir)
     workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    write_json(workdir / "config.json", _resolved(config))
+    if distributed.is_main():  # several processes share the workdir: process 0 writes
+        workdir.mkdir(parents=True, exist_ok=True)
+        write_json(workdir / "config.json", _resolved(config))
+    distributed.barrier("workdir")
     return workdir
 
 
@@ -103,14 +108,16 @@ def environment() -> dict:
 def load_task_data(config: ml_collections.ConfigDict, generalist_config: fit.FitConfig,
                    task: Task) -> tuple[nnx.Module, dict, taco.TaskData]:
     """The configured generalist (trained once, then cached), its info, and the task's train
-    and test arrays with the generalist's input transform."""
+    and test arrays with the generalist's input transform; the task data carries the mesh of
+    every device (None on one device), so pruning and evaluation use them all."""
     model, info = generalist.load_or_train(config.model, generalist_config,
                                            data_dir=task.data_dir,
                                            cache_dir=config.cache_dir or None)
     train_x, train_y = task.load(task.train_split)
     test_x, test_y = task.load(task.test_split)
     data = taco.TaskData(train_x, train_y, test_x, test_y, task.source_class_ids(),
-                         tuple(task.class_names()), preprocess.for_model(model))
+                         tuple(task.class_names()), preprocess.for_model(model),
+                         distributed.device_mesh())
     return model, info, data
 
 
@@ -131,8 +138,10 @@ def run_taco(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> d
     report["model"] = config.model
     report["generalist"] = {k: gen_info[k] for k in ("test_top1", "test_top5", "path")}
     report["environment"] = environment()
+    checkpoint.save_state(workdir / "compressed", result.model)  # every process takes part
+    if not distributed.is_main():
+        return report
     write_json(workdir / "few_shot_ids.json", report["task"]["few_shot_ids"])
-    checkpoint.save_state(workdir / "compressed", result.model)
     np.savez_compressed(workdir / "masks.npz", **{k: np.asarray(v)
                                                   for k, v in result.masks.items()})
     if result.masks:

@@ -16,7 +16,7 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from taco_jax import checkpoint
+from taco_jax import checkpoint, distributed
 
 _INFO = "info.json"
 
@@ -36,16 +36,21 @@ class StageStore:
         if self.root is None:
             return
         d = self.root / stage
-        if d.exists():  # leftovers of an interrupted save
+        main = distributed.is_main()  # several processes: process 0 writes, all save weights
+        if main and d.exists():  # leftovers of an interrupted save
             shutil.rmtree(d)
-        d.mkdir(parents=True)
+        if main:
+            d.mkdir(parents=True)
+        distributed.barrier(f"stage {stage}: directory")
         if model is not None:
             checkpoint.save_state(d / "model", model)
-        if masks is not None:
+        if main and masks is not None:
             np.savez(d / "masks.npz", **{k: np.asarray(v) for k, v in masks.items()})
-        tmp = d / (_INFO + ".tmp")
-        tmp.write_text(json.dumps(info, default=float))
-        os.replace(tmp, d / _INFO)
+        if main:
+            tmp = d / (_INFO + ".tmp")
+            tmp.write_text(json.dumps(info, default=float))
+            os.replace(tmp, d / _INFO)
+        distributed.barrier(f"stage {stage}: saved")
 
     def load(self, stage: str, model: nnx.Module | None = None
              ) -> tuple[dict[str, np.ndarray] | None, dict]:

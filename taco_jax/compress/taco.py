@@ -20,11 +20,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
 from flax import nnx
 
+from taco_jax import distributed
 from taco_jax.compress import adapt, sparsity_report, stages
 from taco_jax.data.task import few_shot_indices
 from taco_jax.models.latency import model_latency
@@ -46,10 +48,13 @@ class TaskData:
     class_ids: np.ndarray
     class_names: tuple[str, ...]
     preprocess: Callable
+    mesh: jax.sharding.Mesh | None = None  # devices (of every process) to evaluate and prune on
 
     def evaluate(self, model: nnx.Module) -> dict:
-        """Top-1/top-5 (%) of ``model`` on the task's test split."""
-        return fit.evaluate(model, self.test_images, self.test_labels, self.preprocess)
+        """Top-1/top-5 (%) of ``model`` on the task's test split (data parallel over
+        ``mesh``: each process takes its share of the test images)."""
+        return fit.evaluate(model, self.test_images, self.test_labels, self.preprocess,
+                            mesh=self.mesh)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,8 +134,10 @@ def _prune_and_recover(teacher, calib_x, calib_y, data, config, method, store, t
     """Prune a copy of ``teacher`` (gradually if ``config.schedule``) and recover it by KD;
     every step is a checkpointed stage. Returns (student, masks, prune info, recovery info)."""
     student = nnx.clone(teacher)
-    batches = [data.preprocess(jnp.asarray(calib_x[i:i + config.calibration_batch]))
-               for i in range(0, len(calib_x), config.calibration_batch)]
+    # this process's share of every calibration batch (all of it in a single process)
+    batches = [data.preprocess(jnp.asarray(b[distributed.process_shard(len(b))]))
+               for b in (calib_x[i:i + config.calibration_batch]
+                         for i in range(0, len(calib_x), config.calibration_batch))]
     levels = (*config.schedule, config.prune.sparsity)
     history = []
     for k, sparsity in enumerate(levels):
@@ -143,9 +150,11 @@ def _prune_and_recover(teacher, calib_x, calib_y, data, config, method, store, t
         def prune(prune_config=prune_config, step=step):
             result = sequential.prune_model(student, batches, prune_config,
                                             layers=_layers_to_prune(student, prune_config),
-                                            checkpoint_dir=_str(store.path(f"{tag}_prune{step}")))
+                                            checkpoint_dir=_str(store.path(f"{tag}_prune{step}")),
+                                            mesh=data.mesh)
             if config.reestimate_bn:
                 batchnorm.reestimate(student, calib_x, data.preprocess)
+                distributed.broadcast_model(student)  # every process ran it on its own
             pruned = data.evaluate(student)
             logging.info("%s after pruning to %.0f%%, before recovery: top-1 %.2f%%", tag,
                          100 * prune_config.sparsity, pruned["top1"])
@@ -164,6 +173,7 @@ def _prune_and_recover(teacher, calib_x, calib_y, data, config, method, store, t
             fit.fit(student, calib_x, calib_y, recover_config, data.preprocess, teacher=teacher,
                     constrain=lambda m: sequential.apply_masks(m, masks),
                     desc=f"{tag} recover{step}")
+            distributed.broadcast_model(student)  # every process trained on its own
             acc = data.evaluate(student)
             logging.info("%s after recovery: top-1 %.2f%%", tag, acc["top1"])
             return masks, {"accuracy": acc}
@@ -236,6 +246,7 @@ def compress(model: nnx.Module, data: TaskData, config: TacoConfig, *,
             fit.fit(tuned, calib_x, calib_y, dataclasses.replace(
                 config.recover, kd_weight=0.0, ce_weight=1.0, steps=budget), data.preprocess,
                 desc="dense finetune")
+            distributed.broadcast_model(tuned)
             return None, {"accuracy": data.evaluate(tuned)}
 
         _, info = store.run("dense_finetune", f"baseline: dense teacher fine-tuned on the "

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax import lax
 
+from taco_jax import distributed
 from taco_jax.models.paths import get_layer, set_layer
 from taco_jax.prune.layout import groups, layer_inputs
 
@@ -149,6 +150,8 @@ def run_taps(model: nnx.Module, batches: Iterable, mesh=None, segment: int | Non
             if x.shape[0] % mesh.devices.size == 0:
                 x = jax.device_put(x, NamedSharding(mesh, P(mesh.axis_names[0])))
         graphdef, state = nnx.split(model)
+        if mesh is not None:
+            state = distributed.replicated(state, mesh)
         sums = _jit_forward_sums(graphdef, state, x, segment)
         nnx.update(model, sums)
 
@@ -160,16 +163,23 @@ def collect_hessians(model: nnx.Module, batches: Iterable, layer_names: Iterable
 
     H is (k, k) for a Linear or ungrouped Conv (k = d_in or C_in·kh·kw) and (G, k, k) for a conv
     with G = ``feature_group_count`` > 1. The model runs in eval mode (BatchNorm running stats).
+    ``mesh``: the columns are split over its devices and the partial sums psum'd; a mesh over
+    several processes (``taco_jax.distributed``) takes this process's share of the images in
+    ``batches``, runs them on its own devices and sums the partial sums over processes.
     """
     layer_names = list(layer_names)
     model.eval()
-    taps = tap_layers(model, layer_names, mesh)
+    local = distributed.local_mesh(mesh)
+    taps = tap_layers(model, layer_names, local)
     try:
-        run_taps(model, batches, mesh, segment)
+        run_taps(model, batches, local, segment)
     finally:
         untap_layers(model, taps)
+    sums = {name: HessianState(tap.h.value, tap.n.value) for name, tap in taps.items()}
+    if distributed.spans_processes(mesh):
+        sums = jax.tree.map(jnp.asarray, distributed.sum_over_processes(sums))
     out = {}
-    for name, tap in taps.items():
-        H = finalize(HessianState(tap.h.value, tap.n.value))
+    for name, state in sums.items():
+        H = finalize(state)
         out[name] = H[0] if H.shape[0] == 1 else H
     return out

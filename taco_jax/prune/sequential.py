@@ -28,6 +28,7 @@ from absl import logging
 from flax import nnx
 from tqdm.auto import tqdm
 
+from taco_jax import distributed
 from taco_jax.models.paths import get_layer, named_layers, set_layer
 from taco_jax.prune import checkpoint as ckpt
 from taco_jax.prune.hessian import LayerWrapper, collect_hessians, segments_of
@@ -168,12 +169,16 @@ _jit_segment_forward = jax.jit(_segment_forward, static_argnums=(0, 3))
 
 class _InputCache:
     """Calibration inputs of segment ``index``, computed from the images through the (pruned)
-    segments before it; ``at(i)`` moves forward, each segment run once per image."""
+    segments before it; ``at(i)`` moves forward, each segment run once per image.
 
-    def __init__(self, model: nnx.Module, batches: Sequence):
+    ``mesh`` (this process's devices): each batch whose size divides evenly is split over
+    them, so the cache and its forward passes are data parallel."""
+
+    def __init__(self, model: nnx.Module, batches: Sequence, mesh=None):
         self.model = model
+        self.mesh = mesh
         self.index = 0
-        self.inputs = [jnp.asarray(b, jnp.float32) for b in batches]
+        self.inputs = [_spread(jnp.asarray(b, jnp.float32), mesh) for b in batches]
 
     def at(self, segment: int) -> list[jax.Array]:
         if segment < self.index:
@@ -181,10 +186,26 @@ class _InputCache:
                              f"{segment}")
         while self.index < segment:
             graphdef, state = nnx.split(self.model)
+            if self.mesh is not None:
+                state = distributed.replicated(state, self.mesh)
             self.inputs = [_jit_segment_forward(graphdef, state, x, self.index)
                            for x in self.inputs]
             self.index += 1
         return self.inputs
+
+
+def _uncommitted(x: jax.Array) -> jax.Array:
+    """``x`` via the host: on the default device, free to join any jitted computation."""
+    return jnp.asarray(distributed.to_host(x))
+
+
+def _spread(x: jax.Array, mesh) -> jax.Array:
+    if mesh is None or x.shape[0] % mesh.devices.size:
+        return x
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    return jax.device_put(x, NamedSharding(mesh, P(mesh.axis_names[0])))
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -217,10 +238,15 @@ def _rel_error(W0, W1, H) -> float:
     return float(num / jnp.maximum(den, 1e-30))
 
 
-def _solve_layer(layer, H, pattern, sparsity, config, mesh):
-    """Solve one Linear/Conv (grouped convs one group at a time); returns (W0, W1, keep, stats)."""
+def _solve_layer(layer, H, pattern, sparsity, config, mesh, device=None):
+    """Solve one Linear/Conv (grouped convs one group at a time): (W0, W1, keep, solve stats).
+
+    ``device``: run the whole solve there (asynchronously: the caller may dispatch several
+    layers to several devices before reading any result)."""
     W0 = layer_matrix(layer)
     Hg = H if H.ndim == 3 else H[None]
+    if device is not None:
+        W0, Hg = jax.device_put((W0, Hg), device)
     kw = dict(blocksize=config.blocksize, percdamp=config.percdamp, method=config.method)
     outs = [prune_layer(W0[g], Hg[g], pattern, sparsity, mesh=mesh, **kw)
             for g in range(W0.shape[0])] if W0.shape[0] <= 8 else None
@@ -228,9 +254,12 @@ def _solve_layer(layer, H, pattern, sparsity, config, mesh):
         outs = _vmapped_groups(W0, Hg, pattern, sparsity, kw)
     W1 = jnp.stack([o[0] for o in outs])
     keep = jnp.stack([o[1] for o in outs])
-    damp = max(float(o[2].damp) for o in outs)
-    tries = max(int(o[2].damp_tries) for o in outs)
-    return W0, W1, keep, damp, tries
+    return W0, W1, keep, [o[2] for o in outs]
+
+
+def _damping(stats) -> tuple[float, int]:
+    """The largest damping λ and Cholesky tries over a layer's group solves."""
+    return max(float(s.damp) for s in stats), max(int(s.damp_tries) for s in stats)
 
 
 def _vmapped_groups(W0, Hg, pattern, sparsity, kw):
@@ -278,7 +307,11 @@ def prune_model(model: nnx.Module, batches: Sequence, config: PruneConfig, *,
     ``batches``: re-iterable NHWC float batches (read by the order probe, the global allocation
     and the input cache, which then holds them on the device). ``checkpoint_dir``:
     an orbax checkpoint after each group; a rerun with the same directory and config resumes
-    there and gives the same result. ``mesh``: Hessians psum'd, row solves sharded over it.
+    there and gives the same result. ``mesh``: Hessians psum'd, row solves sharded over it, a
+    group of several layers solved one layer per device. A mesh over several processes
+    (``taco_jax.distributed``): every process calls this with the same model and config and
+    its own share of the images in ``batches``; Hessians are summed over processes, and every
+    process ends with the same pruned model (checkpoints then need a shared ``checkpoint_dir``).
     """
     if iter(batches) is batches:
         raise ValueError("batches must be re-iterable (e.g. a list of NHWC arrays): it is read "
@@ -314,7 +347,7 @@ def prune_model(model: nnx.Module, batches: Sequence, config: PruneConfig, *,
 
     sizes = [len(g) for _, g in order]
     bar = tqdm(total=sum(sizes), initial=sum(sizes[:start]), desc="prune", unit="layer")
-    cache = _InputCache(model, batches)
+    cache = _InputCache(model, batches, distributed.local_mesh(mesh))
     for gi in range(start, len(order)):
         segment, group = order[gi]
         todo = []
@@ -329,14 +362,52 @@ def prune_model(model: nnx.Module, batches: Sequence, config: PruneConfig, *,
             t0 = time.perf_counter()
             H = collect_hessians(model, cache.at(segment), todo[:1], mesh=mesh,
                                  segment=segment)[todo[0]]
+            if mesh is not None:  # back as an uncommitted array, like the model's own
+                H = _uncommitted(H)
             share = (time.perf_counter() - t0) / len(todo)
-            for n in todo:
-                _prune_one(model, n, H, plan[n], config, pairs, result, mesh, share)
-                bar.update(1)
+            devices = _layer_devices(todo, plan, mesh)
+            if devices is None:
+                for n in todo:
+                    _prune_one(model, n, H, plan[n], config, pairs, result, mesh, share)
+                    bar.update(1)
+            else:
+                _prune_across_devices(model, todo, H, plan, config, result, devices, share)
+                bar.update(len(todo))
         if checkpoint_dir is not None:
             ckpt.save(checkpoint_dir, gi + 1, model, result, config)
     bar.close()
     return result
+
+
+def _layer_devices(todo, plan, mesh) -> list | None:
+    """Across-layer parallelism: a group of several layers (they share the Hessian and nothing
+    else), none structured, is solved one whole layer per device of this process's part of the
+    mesh (round robin, no communication); otherwise None (each layer in turn, rows sharded).
+
+    Why not rows: the solve walks d_in columns one after another, each a small rank-1 update,
+    so on an accelerator a layer takes about as long on a row slice as on all rows; L layers
+    at once on L devices then take 1/L of the time of L row-sharded solves in turn."""
+    local = distributed.local_mesh(mesh)
+    if local is None or len(todo) < 2:
+        return None
+    if any(isinstance(plan[n][0], Structured) for n in todo):
+        return None
+    devices = list(local.devices.flat)
+    return [devices[i % len(devices)] for i in range(len(todo))]
+
+
+def _prune_across_devices(model, todo, H, plan, config, result, devices, extra_seconds):
+    """Dispatch every layer's solve to its device, then write the results back in order."""
+    t0 = time.perf_counter()
+    solved = [_solve_layer(get_layer(model, n), H, *plan[n], config, None, device=d)
+              for n, d in zip(todo, devices, strict=True)]
+    jax.block_until_ready([s[1] for s in solved])
+    seconds = (time.perf_counter() - t0) / len(todo) + extra_seconds
+    for n, (W0, W1, keep, stats) in zip(todo, solved, strict=True):
+        layer, (pat, _) = get_layer(model, n), plan[n]
+        W0, W1, keep = (_uncommitted(a) for a in (W0, W1, keep))
+        _record(model, n, pat, str(pat), W0, W1, keep, _rel_error(W0, W1, H), _damping(stats),
+                result, seconds, extra_seconds, tuple(layer.kernel.get_value().shape))
 
 
 def _prune_one(model, name, H, plan_entry, config, pairs, result, mesh, extra_seconds) -> None:
@@ -348,25 +419,37 @@ def _prune_one(model, name, H, plan_entry, config, pairs, result, mesh, extra_se
         pair = pairs[name]
         unit = layer_matrix(layer).shape[2] // in_before * pair.group_size
         pat = Structured(unit)
-    W0, W1, keep, damp, tries = _solve_layer(layer, H, pat, s, config, mesh)
+    W0, W1, keep, stats = _solve_layer(layer, H, pat, s, config, mesh)
+    if mesh is not None:  # row-sharded over the mesh: gathered, so the model stays usable
+        W1, keep = _uncommitted(W1), _uncommitted(keep)  # by any later jit (one device set)
     shape = tuple(layer.kernel.get_value().shape)
     err = _rel_error(W0, W1, H)
+    label = str(pat)
     if isinstance(pat, Structured):
         kept_units = np.flatnonzero(np.asarray(keep[0, 0]).reshape(-1, unit).all(1))
         kept = (kept_units[:, None] * pair.group_size + np.arange(pair.group_size)).ravel()
         _write_kernel(layer, W1)
         shrink_pair(model, pair, kept)
         result.kept[name] = kept
-        zeros = 1.0 - len(kept) / in_before
-    else:
-        _write_kernel(layer, W1)
-        result.masks[name] = _kernel_mask(layer, keep)
-        zeros = float(1.0 - np.mean(result.masks[name]))
-    label = str(pat)
-    if isinstance(pat, Structured):
         label = "structured" + (f"{pairs[name].group_size}" if pairs[name].group_size > 1 else "")
-    st = LayerStats(name, shape, label, zeros, err,
-                    time.perf_counter() - t0 + extra_seconds, damp, tries, extra_seconds)
+        st = LayerStats(name, shape, label, 1.0 - len(kept) / in_before, err,
+                        time.perf_counter() - t0 + extra_seconds, *_damping(stats),
+                        extra_seconds)
+        result.stats.append(st)
+        _log(st)
+        return
+    _record(model, name, pat, label, W0, W1, keep, err, _damping(stats), result,
+            time.perf_counter() - t0 + extra_seconds, extra_seconds, shape)
+
+
+def _record(model, name, pat, label, W0, W1, keep, err, damping, result, seconds,
+            extra_seconds, shape) -> None:
+    """Write a solved (unstructured / N:M / block) layer's weights, mask and stats."""
+    layer = get_layer(model, name)
+    _write_kernel(layer, W1)
+    result.masks[name] = _kernel_mask(layer, keep)
+    zeros = float(1.0 - np.mean(result.masks[name]))
+    st = LayerStats(name, shape, label, zeros, err, seconds, *damping, extra_seconds)
     result.stats.append(st)
     _log(st)
 

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from taco_jax import distributed
 from taco_jax.prune.patterns import (
     NM,
     Block,
@@ -415,7 +416,9 @@ def prune_layer(W: jax.Array, H: jax.Array, pattern: Pattern | str, sparsity: fl
     """Prune W (d_out, d_in) given H (d_in, d_in); returns (W_new, keep mask, SolveStats).
 
     ``sparsity`` is the fraction of zeros (ignored for N:M). ``mesh``: shard the rows of W over
-    the mesh's first axis (H replicated); equal to the single-device result.
+    the mesh's first axis (H replicated); equal to the single-device result. A mesh spanning
+    several processes (``taco_jax.distributed``) takes the same W, H in every process and
+    returns the full result in every process.
     """
     pattern = parse_pattern(pattern)
     sparsity = check_sparsity(sparsity)
@@ -438,7 +441,13 @@ def prune_layer(W: jax.Array, H: jax.Array, pattern: Pattern | str, sparsity: fl
     n_dev = 1 if mesh is None else mesh.devices.size
     if n_dev == 1 or method == "obc" or d_out % n_dev:
         return _prune_core(W, H, counts, **kw)
-    return _sharded_core(mesh, **kw)(W, H, counts)
+    # W, H enter replicated over the mesh (global arrays if it spans processes, each process
+    # holding the same values); every device solves its rows
+    W1, keep, stats = _sharded_core(mesh, **kw)(*distributed.replicated((W, H, counts), mesh))
+    if not distributed.spans_processes(mesh):
+        return W1, keep, stats
+    return (jnp.asarray(distributed.to_host(W1)), jnp.asarray(distributed.to_host(keep)),
+            jax.tree.map(lambda a: jnp.asarray(distributed.to_host(a)), stats))
 
 
 @functools.lru_cache(maxsize=64)

@@ -11,6 +11,7 @@ pruned weights stay exactly zero.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from collections.abc import Callable, Sequence
 
@@ -20,8 +21,10 @@ import numpy as np
 import optax
 from absl import logging
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
 from tqdm import tqdm
 
+from taco_jax import distributed
 from taco_jax.train import augment as augment_lib
 from taco_jax.train import losses
 
@@ -171,11 +174,26 @@ def fit(
 def predict(
     model: nnx.Module, images: np.ndarray, preprocess: Preprocess, batch_size: int = 256,
     output: Callable[[nnx.Module, jax.Array], jax.Array] | None = None,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> np.ndarray:
     """``output(model, preprocess(x))`` (default: the logits ``model(x)``) over images (N,H,W,C)
-    in eval mode, in fixed-size batches (one compilation); rows stacked to (N, ...)."""
+    in eval mode, in fixed-size batches (one compilation); rows stacked to (N, ...).
+
+    ``mesh``: data parallel, each batch split over its devices (the batch rounded up to a
+    multiple of them); a mesh over several processes (``taco_jax.distributed``) also splits
+    ``images`` across processes and gathers the rows back in every process."""
+    if distributed.spans_processes(mesh):
+        mine = images[distributed.process_shard(len(images))]
+        rows = predict(model, mine, preprocess, batch_size, output, distributed.local_mesh(mesh))
+        return distributed.gather_rows(rows, len(images))
     model.eval()
     output = output or (lambda m, x: m(x))
+    put = jnp.asarray
+    if mesh is not None:
+        model = distributed.on_mesh(model, mesh)
+        batch_size = -(-batch_size // mesh.devices.size) * mesh.devices.size
+        sharding = NamedSharding(mesh, PartitionSpec(mesh.axis_names[0]))
+        put = functools.partial(jax.device_put, device=sharding)
 
     @nnx.jit
     def forward(model, x):
@@ -187,15 +205,16 @@ def predict(
         pad = batch_size - len(chunk)
         if pad:
             chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), chunk.dtype)])
-        out.append(np.asarray(forward(model, jnp.asarray(chunk)))[:batch_size - pad])
+        out.append(np.asarray(forward(model, put(chunk)))[:batch_size - pad])
     return np.concatenate(out)
 
 
 def predict_logits(
-    model: nnx.Module, images: np.ndarray, preprocess: Preprocess, batch_size: int = 256
+    model: nnx.Module, images: np.ndarray, preprocess: Preprocess, batch_size: int = 256,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> np.ndarray:
     """Logits (N, C) of ``model`` in eval mode, in fixed-size batches (one compilation)."""
-    return predict(model, images, preprocess, batch_size)
+    return predict(model, images, preprocess, batch_size, mesh=mesh)
 
 
 def accuracy(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
@@ -209,7 +228,7 @@ def accuracy(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
 
 def evaluate(
     model: nnx.Module, images: np.ndarray, labels: np.ndarray, preprocess: Preprocess,
-    batch_size: int = 256,
+    batch_size: int = 256, mesh: jax.sharding.Mesh | None = None,
 ) -> dict[str, float]:
-    """Top-1/top-5 accuracy (%) of ``model`` on a labelled set."""
-    return accuracy(predict_logits(model, images, preprocess, batch_size), labels)
+    """Top-1/top-5 accuracy (%) of ``model`` on a labelled set (data parallel over ``mesh``)."""
+    return accuracy(predict_logits(model, images, preprocess, batch_size, mesh), labels)
