@@ -81,6 +81,24 @@ def cut_plan(depth: int, blocks: Sequence[int], mlp_keep: float, rest_mlp_keep: 
                 tuple(mlp_keep if i in chosen else rest_mlp_keep for i in range(depth)))
 
 
+def ranked_plan(order: Sequence[int], attn_free: int, mlp_keep: Sequence[float]) -> Plan:
+    """A plan in ranked-block terms: ``order`` lists the blocks least sensitive first; its first
+    ``attn_free`` lose their attention branch; ``mlp_keep[j]`` is the kept MLP fraction of block
+    ``order[j]`` (blocks past ``len(mlp_keep)`` keep their whole MLP). The sweep's grid is
+    written this way, so it follows whichever blocks the few-shot scores rank first."""
+    depth = len(order)
+    if sorted(order) != list(range(depth)):
+        raise ValueError(f"order {list(order)} is not a permutation of the {depth} blocks")
+    if not 0 <= attn_free <= depth or len(mlp_keep) > depth:
+        raise ValueError(f"attn_free={attn_free} and {len(mlp_keep)} MLP fractions; expected "
+                         f"at most {depth} of each")
+    attn, keep = [True] * depth, [1.0] * depth
+    for j, block in enumerate(order):
+        attn[block] = j >= attn_free
+        keep[block] = float(mlp_keep[j]) if j < len(mlp_keep) else 1.0
+    return Plan(tuple(attn), tuple(keep))
+
+
 def _check_vit(model: nnx.Module) -> None:
     if not isinstance(model, VisionTransformer):
         raise TypeError(f"DC-ViT compresses a VisionTransformer, got {type(model).__name__}")
