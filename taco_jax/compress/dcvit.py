@@ -68,17 +68,16 @@ class Plan:
         return "|".join(parts)
 
 
-def cut_plan(depth: int, blocks: Sequence[int], mlp_keep: float, rest_mlp_keep: float = 1.0
-             ) -> Plan:
+def cut_plan(depth: int, blocks: Sequence[int], mlp_keep: float) -> Plan:
     """Remove attention from ``blocks`` and keep ``mlp_keep`` of their MLP neurons (DC-ViT);
     ``mlp_keep = 0`` drops those blocks entirely (the block-dropping baseline). The other blocks
-    keep their attention and ``rest_mlp_keep`` of their MLP neurons (finer latency steps)."""
+    are left whole."""
     bad = [b for b in blocks if not 0 <= b < depth]
     if bad:
         raise ValueError(f"block indices {bad} out of range for depth {depth}")
     chosen = set(blocks)
     return Plan(tuple(i not in chosen for i in range(depth)),
-                tuple(mlp_keep if i in chosen else rest_mlp_keep for i in range(depth)))
+                tuple(mlp_keep if i in chosen else 1.0 for i in range(depth)))
 
 
 def ranked_plan(order: Sequence[int], attn_free: int, mlp_keep: Sequence[float]) -> Plan:

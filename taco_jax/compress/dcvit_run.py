@@ -5,9 +5,12 @@ teacher), draw the unlabeled few-shot images, rank blocks by ``dcvit.block_score
 - ``compress``: cut the configured plan, recover, optionally prune what remains with TACO's
   second-order pruning; the same-budget block-dropping baseline; measured latency; writes
   report.json, compressed/ (orbax state + structure.json), few_shot_ids.json, config.json.
-- ``sweep``: a dense family of DC-ViT models (blocks without attention × MLP fraction) and the
-  block-dropping models, each with task accuracy and measured latency; writes sweep.json
-  (updated after every model) and frontier.png.
+- ``sweep``: a dense family of DC-ViT models (which blocks lose attention × each block's MLP
+  fraction, ``config.sweep.dcvit``) and the block-dropping models under the same data and
+  recovery budget. Every model is cut once and recovered once per seed of ``config.sweep.seeds``
+  (each recovery a checkpointed stage under stages/: a rerun resumes); its accuracy is the mean
+  over seeds (± standard error); then all models are timed in one interleaved session against
+  the dense teacher. Writes sweep.json and frontier.png.
 """
 
 from __future__ import annotations
