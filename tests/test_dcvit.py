@@ -175,6 +175,7 @@ def test_frontier_and_interpolation_match_brute_force():
     assert dcvit_sweep.accuracy_at(f, 0.4) == pytest.approx(68.0)
     assert dcvit_sweep.accuracy_at(f, 0.25) == pytest.approx(80.0)
     assert dcvit_sweep.accuracy_at(f, 0.6) is None
+    assert dcvit_sweep.accuracy_at([(0.3, 78.0), (0.5, 70.0)], 0.2) == 78.0  # dense beaten
 
 
 def test_paired_latency_times_every_model_against_the_dense_one():

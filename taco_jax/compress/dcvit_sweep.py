@@ -49,10 +49,14 @@ def frontier(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]
 
 
 def accuracy_at(front: Sequence[tuple[float, float]], reduction: float) -> float | None:
-    """Accuracy on ``front`` at ``reduction``, linear between its points; None outside it."""
+    """Accuracy on ``front`` at ``reduction``, linear between its points; left of its first point
+    (the dense model is beaten by a faster one) that point's accuracy, since a faster model
+    reaches it; None beyond its fastest point."""
     rs = [r for r, _ in front]
-    if not front or reduction > rs[-1] or reduction < rs[0]:
+    if not front or reduction > rs[-1]:
         return None
+    if reduction < rs[0]:
+        return float(front[0][1])
     return float(np.interp(reduction, rs, [a for _, a in front]))
 
 
