@@ -331,8 +331,8 @@ def _sweep(config, s: Settings, setup: _Setup, header: dict, workdir: Path) -> d
     out["comparison"] = compare(out["points"], setup.dense["top1"], config.sweep.targets)
     dcvit_sweep.plot(out["points"], setup.dense["top1"], workdir / "frontier.png",
                      f"{config.model} on {', '.join(s.task.class_names())}: {s.dcvit.shots} "
-                     f"unlabeled shots/class, {s.dcvit.recover.steps} recovery steps, "
-                     f"mean ± s.e. of {len(seeds)} seed(s)")
+                     f"unlabeled shots/class, {s.dcvit.recover.steps} recovery steps,\n"
+                     f"mean ± s.e. of {len(seeds)} recovery seed(s)")
     for line in summary_lines(out):
         logging.info("%s", line)
     return out
