@@ -5,7 +5,8 @@
 
 compress mode writes config.json, few_shot_ids.json, report.json and compressed/ (orbax state +
 structure.json; masks.npz too when composed with TACO) into --workdir; sweep mode writes
-config.json, few_shot_ids.json, sweep.json and frontier.png.
+config.json, few_shot_ids.json, stages/ (every recovered model: a rerun with the same config
+resumes), sweep.json and frontier.png.
 """
 
 from absl import app, flags, logging

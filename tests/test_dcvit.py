@@ -10,7 +10,7 @@ import pytest
 from flax import nnx
 
 from taco_jax import models
-from taco_jax.compress import dcvit, dcvit_sweep
+from taco_jax.compress import dcvit, dcvit_run, dcvit_sweep
 from taco_jax.models import latency, stats
 from taco_jax.models.layers import gelu
 from taco_jax.train import fit, losses
@@ -175,17 +175,49 @@ def test_frontier_and_interpolation_match_brute_force():
     assert dcvit_sweep.accuracy_at(f, 0.4) == pytest.approx(68.0)
     assert dcvit_sweep.accuracy_at(f, 0.25) == pytest.approx(80.0)
     assert dcvit_sweep.accuracy_at(f, 0.6) is None
+    assert dcvit_sweep.accuracy_at([(0.3, 78.0), (0.5, 70.0)], 0.2) == 78.0  # dense beaten
 
 
-def test_paired_latency_reports_both_models():
+def test_paired_latency_times_every_model_against_the_dense_one():
     model = _vit()
     small = nnx.clone(model)
     dcvit.apply_plan(small, dcvit.cut_plan(DEPTH, [0, 1, 2], 0.0), _batches())
     x = jnp.concatenate(_batches(n=256, per=256))
-    out = dcvit_sweep.paired_latency(model, small, x, repeats=5, warmup=1)
-    assert out["dense"] > 0 and out["compressed"] > 0 and out["batch"] == 256
+    out = dcvit_sweep.paired_latency(model, [small, model], x, repeats=5, warmup=1)
+    assert len(out) == 2
+    assert all(o["dense"] > 0 and o["compressed"] > 0 and o["batch"] == 256 for o in out)
     # no block left: only the patch embedding and head, far less than a tenth of the work
-    assert out["reduction"] > 0.5
+    assert out[0]["reduction"] > 0.5
+    assert abs(out[1]["reduction"]) < 0.3  # the dense model against itself
+
+
+def test_ranked_plan_matches_a_direct_construction():
+    order = [2, 3, 0, 1]
+    plan = dcvit.ranked_plan(order, 2, (0.25, 0.5, 0.75))
+    assert plan == dcvit.Plan((True, True, False, False), (0.75, 1.0, 0.25, 0.5))
+    assert plan.label() == "A.75|A1|-.25|-.50"
+    assert dcvit.ranked_plan(order, 0, ()) == dcvit.Plan.dense(4)
+    with pytest.raises(ValueError, match="not a permutation"):
+        dcvit.ranked_plan([0, 0, 1, 2], 1, ())
+    with pytest.raises(ValueError, match="attn_free=5"):
+        dcvit.ranked_plan(order, 5, ())
+
+
+def test_compare_counts_strict_frontier_and_points_within_one_standard_error():
+    def pt(r, a, se):
+        return {"latency": {"reduction": r}, "top1": a, "top1_se": se}
+
+    points = {"dcvit": [pt(0.05, 76.0, 0.2), pt(0.15, 75.0, 0.2), pt(0.20, 74.5, 0.3),
+                        pt(0.30, 73.0, 0.5), pt(0.35, 74.0, 0.1), pt(0.45, 72.0, 0.1),
+                        pt(0.60, 65.0, 0.5)],
+              "block_drop": [pt(0.25, 72.0, 0.4), pt(0.45, 70.0, 0.4)]}
+    c = dcvit_run.compare(points, 77.0, (0.25, 0.40))
+    # strict frontier: 0, .05, .15, .20, .35, .45, .60 (0.30 is beaten by 0.35)
+    assert c["dcvit_frontier_points_10_50"] == 4 and c["dcvit_points_10_50"] == 5
+    # 0.30: frontier between (.20, 74.5) and (.35, 74.0) gives 74.17 > 73.0 + 0.5
+    assert c["dcvit_within_one_se_of_frontier_10_50"] == 4
+    assert c["accuracy_at"]["0.25"]["dcvit"] == pytest.approx(74.5 - 0.5 * 5 / 15)
+    assert c["accuracy_at"]["0.40"]["block_drop"] == pytest.approx(72.0 - 2.0 * 15 / 20)
 
 
 def test_interleaved_latency_times_each_model_in_turn():

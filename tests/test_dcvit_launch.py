@@ -44,6 +44,10 @@ def test_bad_config_fails_before_work_and_writes_nothing(tmp_path):
     ("", "mode", "fast", "config.mode='fast'"),
     ("", "sweep.targets", (0.25, 1.5), "config.sweep.targets has [1.5]"),
     ("", "recover.ce_weight", 1.0, "recover.ce_weight must be 0"),
+    ("", "sweep.dcvit", ((2, 0.5),), "config.sweep.dcvit has (2, 0.5); expected"),
+    ("", "sweep.dcvit", ((1, (0.5, 1.5)),), "config.sweep.dcvit has [1.5]"),
+    ("", "sweep.dcvit", ((0, (1.0,)),), "cuts nothing"),
+    ("", "sweep.seeds", (0, 0), "config.sweep.seeds=(0, 0)"),
 ])
 def test_parse_names_the_bad_value(variant, field, value, message):
     config = get_config(variant)

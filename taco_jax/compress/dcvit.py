@@ -68,17 +68,34 @@ class Plan:
         return "|".join(parts)
 
 
-def cut_plan(depth: int, blocks: Sequence[int], mlp_keep: float, rest_mlp_keep: float = 1.0
-             ) -> Plan:
+def cut_plan(depth: int, blocks: Sequence[int], mlp_keep: float) -> Plan:
     """Remove attention from ``blocks`` and keep ``mlp_keep`` of their MLP neurons (DC-ViT);
     ``mlp_keep = 0`` drops those blocks entirely (the block-dropping baseline). The other blocks
-    keep their attention and ``rest_mlp_keep`` of their MLP neurons (finer latency steps)."""
+    are left whole."""
     bad = [b for b in blocks if not 0 <= b < depth]
     if bad:
         raise ValueError(f"block indices {bad} out of range for depth {depth}")
     chosen = set(blocks)
     return Plan(tuple(i not in chosen for i in range(depth)),
-                tuple(mlp_keep if i in chosen else rest_mlp_keep for i in range(depth)))
+                tuple(mlp_keep if i in chosen else 1.0 for i in range(depth)))
+
+
+def ranked_plan(order: Sequence[int], attn_free: int, mlp_keep: Sequence[float]) -> Plan:
+    """A plan in ranked-block terms: ``order`` lists the blocks least sensitive first; its first
+    ``attn_free`` lose their attention branch; ``mlp_keep[j]`` is the kept MLP fraction of block
+    ``order[j]`` (blocks past ``len(mlp_keep)`` keep their whole MLP). The sweep's grid is
+    written this way, so it follows whichever blocks the few-shot scores rank first."""
+    depth = len(order)
+    if sorted(order) != list(range(depth)):
+        raise ValueError(f"order {list(order)} is not a permutation of the {depth} blocks")
+    if not 0 <= attn_free <= depth or len(mlp_keep) > depth:
+        raise ValueError(f"attn_free={attn_free} and {len(mlp_keep)} MLP fractions; expected "
+                         f"at most {depth} of each")
+    attn, keep = [True] * depth, [1.0] * depth
+    for j, block in enumerate(order):
+        attn[block] = j >= attn_free
+        keep[block] = float(mlp_keep[j]) if j < len(mlp_keep) else 1.0
+    return Plan(tuple(attn), tuple(keep))
 
 
 def _check_vit(model: nnx.Module) -> None:

@@ -5,17 +5,20 @@ teacher), draw the unlabeled few-shot images, rank blocks by ``dcvit.block_score
 - ``compress``: cut the configured plan, recover, optionally prune what remains with TACO's
   second-order pruning; the same-budget block-dropping baseline; measured latency; writes
   report.json, compressed/ (orbax state + structure.json), few_shot_ids.json, config.json.
-- ``sweep``: a dense family of DC-ViT models (blocks without attention × MLP fraction) and the
-  block-dropping models, each with task accuracy and measured latency; writes sweep.json
-  (updated after every model) and frontier.png.
+- ``sweep``: a dense family of DC-ViT models (which blocks lose attention × each block's MLP
+  fraction, ``config.sweep.dcvit``) and the block-dropping models under the same data and
+  recovery budget. Every model is cut once and recovered once per seed of ``config.sweep.seeds``
+  (each recovery a checkpointed stage under stages/: a rerun resumes); its accuracy is the mean
+  over seeds (± standard error); then all models are timed in one interleaved session against
+  the dense teacher. Writes sweep.json and frontier.png.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import jax
@@ -25,7 +28,7 @@ from absl import logging
 from flax import nnx
 
 from taco_jax import models
-from taco_jax.compress import adapt, dcvit, dcvit_sweep, run, sparsity_report
+from taco_jax.compress import adapt, dcvit, dcvit_sweep, run, sparsity_report, stages
 from taco_jax.data.task import Task, few_shot_indices
 from taco_jax.models import stats
 from taco_jax.models.vit import VisionTransformer
@@ -75,11 +78,19 @@ def parse(config: ml_collections.ConfigDict) -> Settings:
     _check_fractions("config.plan.mlp_keep", [config.plan.mlp_keep])
     _check_blocks("config.baseline_drop_blocks", [config.baseline_drop_blocks], depth - 1, 1)
     for entry in config.sweep.dcvit:
-        if len(entry) != 3:
+        if len(entry) != 2 or not isinstance(entry[1], (tuple, list)):
             raise ValueError(f"config.sweep.dcvit has {entry}; expected (attention-free blocks, "
-                             "their MLP keep fraction, the other blocks' MLP keep fraction)")
-        _check_blocks("config.sweep.dcvit", [entry[0]], depth, 1)
-        _check_fractions("config.sweep.dcvit", entry[1:])
+                             "(kept MLP fraction of each block, least sensitive first))")
+        _check_blocks("config.sweep.dcvit", [entry[0]], depth, 0)
+        if len(entry[1]) > depth:
+            raise ValueError(f"config.sweep.dcvit has {entry}: {len(entry[1])} MLP fractions "
+                             f"for {depth} blocks")
+        _check_fractions("config.sweep.dcvit", entry[1])
+        if entry[0] == 0 and all(f == 1.0 for f in entry[1]):
+            raise ValueError(f"config.sweep.dcvit has {entry}, which cuts nothing")
+    seeds = list(config.sweep.seeds)
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"config.sweep.seeds={tuple(seeds)}; expected distinct recovery seeds")
     _check_blocks("config.sweep.drop_blocks", config.sweep.drop_blocks, depth - 1, 1)
     bad = [t for t in config.sweep.targets if not 0.0 < t < 1.0]
     if bad:
@@ -158,8 +169,8 @@ def _evaluate_cut(setup: _Setup, plan: dcvit.Plan, s: Settings, config, desc: st
     student, info = dcvit.cut_and_recover(setup.teacher, plan, setup.images, setup.preprocess,
                                           s.dcvit, desc=desc)
     acc = fit.evaluate(student, setup.test_x, setup.test_y, setup.preprocess)
-    lat = dcvit_sweep.paired_latency(setup.teacher, student, setup.latency_x,
-                                     repeats=config.latency.repeats)
+    [lat] = dcvit_sweep.paired_latency(setup.teacher, [student], setup.latency_x,
+                                       repeats=config.latency.repeats)
     shape = (1, *setup.test_x.shape[1:])
     point = {"plan": plan.label(), "attn": list(plan.attn), "mlp_keep": list(plan.mlp_keep),
              "top1": acc["top1"], "top5": acc["top5"], "latency": lat,
@@ -177,9 +188,7 @@ def _evaluate_cut(setup: _Setup, plan: dcvit.Plan, s: Settings, config, desc: st
 def run_dcvit(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
     """Run the configured mode, write its outputs to ``workdir``; returns the report/sweep."""
     s = parse(config)
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    run.write_json(workdir / "config.json", json.loads(config.to_json_best_effort()))
+    workdir = run.open_workdir(config, workdir)
     start = time.perf_counter()
     setup, gen_info = _setup(config, s)
     run.write_json(workdir / "few_shot_ids.json", setup.ids.tolist())
@@ -237,52 +246,124 @@ def _compress(config, s: Settings, setup: _Setup, header: dict, workdir: Path) -
     return report
 
 
+def _stage_name(method: str, plan: dcvit.Plan, seed: int) -> str:
+    label = plan.label().replace("|", "_").replace(".", "p")
+    return f"{method}-{label}-seed{seed}"
+
+
+def _recovered(store: stages.StageStore, stage: str, setup: _Setup, cut: Callable[[], object],
+               s: Settings, seed: int, desc: str) -> tuple[VisionTransformer, dict]:
+    """One recovery of a cut plan with recovery seed ``seed``, as a checkpointed stage (a rerun
+    restores it); returns the model and {top1, top5, structure, seconds}."""
+    if store.done(stage):
+        _, info = store.load(stage)
+        model = dcvit.rebuild(nnx.clone(setup.teacher), info["structure"])
+        store.load(stage, model)
+        return model, info
+    start = time.perf_counter()
+    model = nnx.clone(cut())
+    recover = dataclasses.replace(s.dcvit.recover, seed=seed)
+    dcvit.recover(model, setup.teacher, setup.images, recover, setup.preprocess,
+                  block_outputs=s.dcvit.block_outputs, desc=desc)
+    acc = fit.evaluate(model, setup.test_x, setup.test_y, setup.preprocess)
+    info = {"top1": acc["top1"], "top5": acc["top5"], "structure": dcvit.structure(model),
+            "seconds": time.perf_counter() - start}
+    store.save(stage, model, None, info)
+    return model, info
+
+
 def _sweep(config, s: Settings, setup: _Setup, header: dict, workdir: Path) -> dict:
+    """Every plan cut once, recovered once per seed (each a resumable stage under stages/), then
+    all plans timed in one interleaved session against the dense teacher."""
     depth = len(setup.teacher.blocks)
-    plans = [("dcvit", dcvit.cut_plan(depth, setup.attn_order[:k], f, rest))
-             for k, f, rest in config.sweep.dcvit]
+    plans = [("dcvit", dcvit.ranked_plan(setup.attn_order, k, fractions))
+             for k, fractions in config.sweep.dcvit]
     plans += [("block_drop", dcvit.cut_plan(depth, setup.drop_order[:n], 0.0))
               for n in config.sweep.drop_blocks]
-    out = {**header, "method": "dcvit_sweep", "points": {"dcvit": [], "block_drop": []},
-           "seconds": {}}
+    seeds = list(config.sweep.seeds)
+    store = stages.StageStore(workdir / "stages")
+    batches = dcvit.calibration_batches(setup.images, setup.preprocess,
+                                        s.dcvit.calibration_batch)
+    out = {**header, "method": "dcvit_sweep", "seeds": seeds,
+           "recovery": {**dataclasses.asdict(s.dcvit.recover),
+                        "block_outputs": s.dcvit.block_outputs},
+           "points": {"dcvit": [], "block_drop": []}, "seconds": {},
+           "load_average": {"start": list(os.getloadavg())}}
+    shape = (1, *setup.test_x.shape[1:])
+    timed = []
     t0 = time.perf_counter()
     for i, (method, plan) in enumerate(plans):
         logging.info("sweep %d/%d: %s %s (%.0fs so far)", i + 1, len(plans), method,
                      plan.label(), time.perf_counter() - t0)
-        _, point = _evaluate_cut(setup, plan, s, config, method)
-        point.pop("layers")
+        cut_model = []
+
+        def cut(plan=plan, cut_model=cut_model):  # cut once per plan, only if a seed needs it
+            if not cut_model:
+                model = nnx.clone(setup.teacher)
+                dcvit.apply_plan(model, plan, batches, s.dcvit.prune)
+                cut_model.append(model)
+            return cut_model[0]
+
+        runs = [_recovered(store, _stage_name(method, plan, seed), setup, cut, s, seed,
+                           f"{method} {plan.label()} seed {seed}") for seed in seeds]
+        top1 = np.array([info["top1"] for _, info in runs])
+        se = float(top1.std(ddof=1) / np.sqrt(len(top1))) if len(top1) > 1 else 0.0
+        point = {"plan": plan.label(), "attn": list(plan.attn), "mlp_keep": list(plan.mlp_keep),
+                 "top1": float(top1.mean()), "top1_se": se, "top1_seeds": top1.tolist(),
+                 "top5": float(np.mean([info["top5"] for _, info in runs])),
+                 **_size(runs[0][0], shape), "structure": runs[0][1]["structure"],
+                 "seconds": [info["seconds"] for _, info in runs]}
+        logging.info("%s %s: top-1 %.2f ± %.2f%% over seeds %s", method, plan.label(),
+                     point["top1"], se, seeds)
         out["points"][method].append(point)
-        run.write_json(workdir / "sweep.json", out)  # partial results survive an interruption
-    out["seconds"]["sweep"] = time.perf_counter() - t0
+        timed.append(runs[0][0])
+    out["seconds"]["recover"] = time.perf_counter() - t0
+    out["load_average"]["before_latency"] = list(os.getloadavg())
+    logging.info("timing %d models against the dense teacher (%d interleaved repeats)",
+                 len(timed), config.latency.repeats)
+    start = time.perf_counter()
+    lats = dcvit_sweep.paired_latency(setup.teacher, timed, setup.latency_x,
+                                      repeats=config.latency.repeats)
+    out["seconds"]["latency"] = time.perf_counter() - start
+    out["load_average"]["after_latency"] = list(os.getloadavg())
+    for point, lat in zip([p for m in out["points"].values() for p in m], lats, strict=True):
+        point["latency"] = lat
     out["comparison"] = compare(out["points"], setup.dense["top1"], config.sweep.targets)
     dcvit_sweep.plot(out["points"], setup.dense["top1"], workdir / "frontier.png",
                      f"{config.model} on {', '.join(s.task.class_names())}: {s.dcvit.shots} "
-                     f"unlabeled shots/class, {s.dcvit.recover.steps} recovery steps")
+                     f"unlabeled shots/class, {s.dcvit.recover.steps} recovery steps,\n"
+                     f"mean ± s.e. of {len(seeds)} recovery seed(s)")
     for line in summary_lines(out):
         logging.info("%s", line)
     return out
 
 
 def compare(points: dict, dense_top1: float, targets) -> dict:
-    """Frontiers of both methods, DC-ViT's distinct frontier points between 10% and 50% latency
-    reduction, and each method's frontier accuracy at every target reduction."""
+    """Frontiers of both methods (on mean accuracies), DC-ViT's models and strict frontier points
+    between 10% and 50% latency reduction, how many of its models there are within one standard
+    error of its frontier, and each method's frontier accuracy at every target reduction."""
     fronts = {m: dcvit_sweep.frontier([(0.0, dense_top1)] + [(p["latency"]["reduction"],
                                                             p["top1"]) for p in pts])
               for m, pts in points.items()}
-    in_range = [p for p in fronts["dcvit"] if 0.10 <= p[0] <= 0.50]
+    in_range = [p for p in points["dcvit"] if 0.10 <= p["latency"]["reduction"] <= 0.50]
+    near = [p for p in in_range
+            if p["top1"] + p.get("top1_se", 0.0)
+            >= dcvit_sweep.accuracy_at(fronts["dcvit"], p["latency"]["reduction"])]
     at = {f"{t:.2f}": {m: dcvit_sweep.accuracy_at(f, t) for m, f in fronts.items()}
           for t in targets}
-    return {"frontiers": fronts, "dcvit_frontier_points_10_50": len(in_range),
-            "dcvit_points_10_50": sum(0.10 <= p["latency"]["reduction"] <= 0.50
-                                      for p in points["dcvit"]),
+    return {"frontiers": fronts,
+            "dcvit_frontier_points_10_50": sum(0.10 <= r <= 0.50 for r, _ in fronts["dcvit"]),
+            "dcvit_points_10_50": len(in_range),
+            "dcvit_within_one_se_of_frontier_10_50": len(near),
             "accuracy_at": at}
 
 
 def summary_lines(out: dict) -> list[str]:
     c = out["comparison"]
     lines = [f"dense task teacher top-1 {out['dense']['top1']:.2f}%",
-             f"DC-ViT models with 10-50% lower latency: {c['dcvit_points_10_50']} "
-             f"({c['dcvit_frontier_points_10_50']} on the frontier)"]
+             f"DC-ViT models with 10-50% lower latency: {c['dcvit_points_10_50']}; on the strict "
+             f"Pareto frontier: {c['dcvit_frontier_points_10_50']}; within one standard error "
+             f"of it: {c['dcvit_within_one_se_of_frontier_10_50']}"]
     for t, accs in c["accuracy_at"].items():
         vals = ", ".join(f"{m} {'n/a' if a is None else f'{a:.2f}%'}" for m, a in accs.items())
         lines.append(f"at {float(t):.0%} lower latency: {vals}")

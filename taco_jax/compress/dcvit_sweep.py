@@ -20,15 +20,23 @@ from flax import nnx
 from taco_jax.models.latency import interleaved_latency
 
 
-def paired_latency(dense: nnx.Module, model: nnx.Module, x: jax.Array, *,
-                   repeats: int = 20, warmup: int = 2) -> dict[str, float]:
-    """Median seconds of ``dense`` and ``model`` on ``x``, timed call by call in turn, and the
-    latency reduction 1 − median over repeats of (model time / adjacent dense time)."""
-    d, m = interleaved_latency([dense, model], x, repeats=repeats, warmup=warmup)
-    ratio = statistics.median(b / a for a, b in zip(d["times"], m["times"], strict=True))
-    return {"dense": d["median"], "compressed": m["median"], "reduction": 1.0 - ratio,
-            "dense_min": d["min"], "compressed_min": m["min"], "batch": d["batch"],
-            "repeats": repeats}
+def paired_latency(dense: nnx.Module, models: Sequence[nnx.Module], x: jax.Array, *,
+                   repeats: int = 20, warmup: int = 2) -> list[dict[str, float]]:
+    """Per model: median seconds of ``dense`` and the model on ``x``, and the latency reduction
+    1 − median over repeats of (model time / the dense time just before it).
+
+    One interleaved session, dense before every model (d, m1, d, m2, …, d, m1, …): all models
+    are measured in the same period of a drifting load, each against its adjacent dense call.
+    """
+    order = [m for model in models for m in (dense, model)]
+    timed = interleaved_latency(order, x, repeats=repeats, warmup=warmup)
+    out = []
+    for d, m in zip(timed[::2], timed[1::2], strict=True):
+        ratio = statistics.median(b / a for a, b in zip(d["times"], m["times"], strict=True))
+        out.append({"dense": d["median"], "compressed": m["median"], "reduction": 1.0 - ratio,
+                    "dense_min": d["min"], "compressed_min": m["min"], "batch": d["batch"],
+                    "repeats": repeats})
+    return out
 
 
 def frontier(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -41,15 +49,20 @@ def frontier(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]
 
 
 def accuracy_at(front: Sequence[tuple[float, float]], reduction: float) -> float | None:
-    """Accuracy on ``front`` at ``reduction``, linear between its points; None outside it."""
+    """Accuracy on ``front`` at ``reduction``, linear between its points; left of its first point
+    (the dense model is beaten by a faster one) that point's accuracy, since a faster model
+    reaches it; None beyond its fastest point."""
     rs = [r for r, _ in front]
-    if not front or reduction > rs[-1] or reduction < rs[0]:
+    if not front or reduction > rs[-1]:
         return None
+    if reduction < rs[0]:
+        return float(front[0][1])
     return float(np.interp(reduction, rs, [a for _, a in front]))
 
 
 def plot(methods: dict[str, Sequence[dict]], dense_top1: float, path, title: str) -> None:
-    """Accuracy vs measured latency reduction, one colour per method, its frontier as a line."""
+    """Accuracy vs measured latency reduction, one colour per method (error bars: the standard
+    error over recovery seeds, ``top1_se``), its frontier (on the means) as a line."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -59,7 +72,8 @@ def plot(methods: dict[str, Sequence[dict]], dense_top1: float, path, title: str
     for (name, pts), color in zip(methods.items(), ("C0", "C3", "C2", "C1"), strict=False):
         r = [100 * p["latency"]["reduction"] for p in pts]
         a = [p["top1"] for p in pts]
-        ax.scatter(r, a, color=color, s=18, alpha=0.6)
+        ax.errorbar(r, a, yerr=[p.get("top1_se", 0.0) for p in pts], fmt="o", color=color,
+                    ms=4, alpha=0.5, capsize=2)
         front = frontier([(0.0, dense_top1), *zip(r, a, strict=True)])
         ax.plot([f[0] for f in front], [f[1] for f in front], "-o", color=color, ms=4,
                 label=f"{name} (frontier)")

@@ -41,12 +41,17 @@ def interleaved_latency(models: Sequence[nnx.Module], x: jax.Array, *, repeats: 
 
     On a shared machine the load drifts; calls adjacent in time see nearly the same load, so
     per-repeat ratios between models (``times``: each model's list of seconds) are far steadier
-    than ratios of separately measured medians.
+    than ratios of separately measured medians. A model may appear more than once (e.g. a
+    reference between every other model); it is compiled once and timed at each position.
     """
     if repeats < 1 or warmup < 0:
         raise ValueError(f"repeats must be >= 1 and warmup >= 0, got {repeats}, {warmup}")
     x = jnp.asarray(x)
-    calls = [_compiled(m, x) for m in models]
+    compiled: dict[int, object] = {}
+    for m in models:
+        if id(m) not in compiled:
+            compiled[id(m)] = _compiled(m, x)
+    calls = [compiled[id(m)] for m in models]
     for _ in range(warmup):
         for call in calls:
             call()
