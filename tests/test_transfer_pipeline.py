@@ -39,6 +39,10 @@ def test_transfer_report_sets_and_resume(tiny_task, tmp_path):
     e = retrieval.embed(teacher, pool, data.preprocess)
     rand = np.random.default_rng(0).choice(len(pool), 60, replace=False)
     assert (q @ e[ids].T).max(0).mean() > (q @ e[rand].T).max(0).mean()
+    # The random-pool baseline's subset: the same size, distinct, never a labelled image.
+    rids = out.random_ids
+    assert len(rids) == 60 == len(set(rids.tolist())) and rids.max() < len(pool)
+    assert not any(pool[i].tobytes() in shots for i in rids)
 
     assert r["cost"]["student"]["params"] < r["cost"]["teacher"]["params"] / 3
     assert r["compressed"]["n"] == len(data.test_labels)
@@ -49,6 +53,7 @@ def test_transfer_report_sets_and_resume(tiny_task, tmp_path):
     assert again.report["compressed"] == r["compressed"]
     assert again.report["baselines"] == r["baselines"]
     np.testing.assert_array_equal(again.transfer_ids, ids)
+    np.testing.assert_array_equal(again.random_ids, rids)
 
 
 def test_bad_configs_are_named():
@@ -67,3 +72,19 @@ def test_student_must_share_the_teachers_input_transform(tiny_task):
     cfg = _config(student="resnet18", student_overrides={}, baselines=())
     with pytest.raises(ValueError, match="must share a transform"):
         transfer.transfer(model, data, pool[:200], cfg)
+
+
+def test_pool_classes_and_composition():
+    from taco_jax.compress import transfer_run
+    from taco_jax.data import embedded
+    from taco_jax.data.task import Task
+
+    task = Task("taco_embedded", ("cat", 3, "dog"))  # names or ids (3 = cow)
+    assert transfer_run.pool_classes(task, False) == ()
+    kept = transfer_run.pool_classes(task, True)
+    assert len(kept) == 17 and not {"cat", "cow", "dog"} & set(kept)
+    assert set(kept) | {"cat", "cow", "dog"} == set(embedded.CLASS_NAMES)
+
+    labels = np.array([0, 1, 1, 2, 2, 2])
+    c = transfer_run.composition(np.array([1, 3, 4, 5]), labels, ["a", "b", "c"], ["b"])
+    assert c == {"images": 4, "task_class_fraction": 0.25, "per_class": {"b": 1, "c": 3}}

@@ -22,6 +22,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.model = taco.model  # the teacher: the TACO demo's shipped generalist
     c.generalist = taco.generalist
+    # The teacher is the shipped seed-0 generalist whatever the transfer seed (few-shot draw,
+    # student init, random subset), so seeds compare students of one teacher.
+    c.generalist.seed = 0
     c.task = taco.task
     c.seed = v.get("seed", 0)
     c.cache_dir = ""
@@ -31,11 +34,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.pool.dataset = "taco_embedded"
     c.pool.split = "train"
     c.pool.data_dir = ""
+    c.pool.exclude_task_classes = False
 
     c.student = "resnet_mini"
     c.student_overrides = {"widths": (8, 16, 32), "layers": (1, 1, 1)}
     c.transfer_set = v.get("transfer_set", "retrieval")
     c.transfer_size = v.get("transfer_size", 2000)
+    c.mix_labelled = True  # the labelled images are in the distillation set too
     c.teacher_finetune_steps = 0  # 0: the restricted head as is
 
     c.distill = ml_collections.ConfigDict()
