@@ -74,17 +74,20 @@ def test_student_must_share_the_teachers_input_transform(tiny_task):
         transfer.transfer(model, data, pool[:200], cfg)
 
 
-def test_pool_classes_and_composition():
+def test_pool_subset_and_composition():
     from taco_jax.compress import transfer_run
-    from taco_jax.data import embedded
-    from taco_jax.data.task import Task
 
-    task = Task("taco_embedded", ("cat", 3, "dog"))  # names or ids (3 = cow)
-    assert transfer_run.pool_classes(task, False) == ()
-    kept = transfer_run.pool_classes(task, True)
-    assert len(kept) == 17 and not {"cat", "cow", "dog"} & set(kept)
-    assert set(kept) | {"cat", "cow", "dog"} == set(embedded.CLASS_NAMES)
+    labels = np.repeat(np.arange(4), [10, 20, 30, 40])
+    names, task = ["a", "b", "c", "d"], ["b", "d"]
+    np.testing.assert_array_equal(transfer_run.pool_subset(labels, names, task, 1.0),
+                                  np.arange(100))
+    np.testing.assert_array_equal(transfer_run.pool_subset(labels, names, task, 0.0),
+                                  np.flatnonzero((labels == 0) | (labels == 2)))
+    kept = transfer_run.pool_subset(labels, names, task, 0.25)
+    np.testing.assert_array_equal(np.bincount(labels[kept], minlength=4), [10, 5, 30, 10])
+    assert len(set(kept.tolist())) == len(kept)
+    np.testing.assert_array_equal(kept, transfer_run.pool_subset(labels, names, task, 0.25))
 
-    labels = np.array([0, 1, 1, 2, 2, 2])
-    c = transfer_run.composition(np.array([1, 3, 4, 5]), labels, ["a", "b", "c"], ["b"])
-    assert c == {"images": 4, "task_class_fraction": 0.25, "per_class": {"b": 1, "c": 3}}
+    c = transfer_run.composition(np.array([10, 30, 31, 99]), labels, names, task)
+    assert c == {"images": 4, "task_class_fraction": 0.5,
+                 "per_class": {"b": 1, "c": 2, "d": 1}}

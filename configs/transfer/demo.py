@@ -34,7 +34,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.pool.dataset = "taco_embedded"
     c.pool.split = "train"
     c.pool.data_dir = ""
-    c.pool.exclude_task_classes = False
+    # Share of each task class's pool images kept (seeded): 1 = the whole train split (a third
+    # of it task-class images), 0 = none (only related images to find).
+    c.pool.task_class_fraction = 1.0
 
     c.student = "resnet_mini"
     c.student_overrides = {"widths": (8, 16, 32), "layers": (1, 1, 1)}
