@@ -39,6 +39,10 @@ def test_transfer_report_sets_and_resume(tiny_task, tmp_path):
     e = retrieval.embed(teacher, pool, data.preprocess)
     rand = np.random.default_rng(0).choice(len(pool), 60, replace=False)
     assert (q @ e[ids].T).max(0).mean() > (q @ e[rand].T).max(0).mean()
+    # The random-pool baseline's subset: the same size, distinct, never a labelled image.
+    rids = out.random_ids
+    assert len(rids) == 60 == len(set(rids.tolist())) and rids.max() < len(pool)
+    assert not any(pool[i].tobytes() in shots for i in rids)
 
     assert r["cost"]["student"]["params"] < r["cost"]["teacher"]["params"] / 3
     assert r["compressed"]["n"] == len(data.test_labels)
@@ -49,6 +53,7 @@ def test_transfer_report_sets_and_resume(tiny_task, tmp_path):
     assert again.report["compressed"] == r["compressed"]
     assert again.report["baselines"] == r["baselines"]
     np.testing.assert_array_equal(again.transfer_ids, ids)
+    np.testing.assert_array_equal(again.random_ids, rids)
 
 
 def test_bad_configs_are_named():
@@ -67,3 +72,22 @@ def test_student_must_share_the_teachers_input_transform(tiny_task):
     cfg = _config(student="resnet18", student_overrides={}, baselines=())
     with pytest.raises(ValueError, match="must share a transform"):
         transfer.transfer(model, data, pool[:200], cfg)
+
+
+def test_pool_subset_and_composition():
+    from taco_jax.compress import transfer_run
+
+    labels = np.repeat(np.arange(4), [10, 20, 30, 40])
+    names, task = ["a", "b", "c", "d"], ["b", "d"]
+    np.testing.assert_array_equal(transfer_run.pool_subset(labels, names, task, 1.0),
+                                  np.arange(100))
+    np.testing.assert_array_equal(transfer_run.pool_subset(labels, names, task, 0.0),
+                                  np.flatnonzero((labels == 0) | (labels == 2)))
+    kept = transfer_run.pool_subset(labels, names, task, 0.25)
+    np.testing.assert_array_equal(np.bincount(labels[kept], minlength=4), [10, 5, 30, 10])
+    assert len(set(kept.tolist())) == len(kept)
+    np.testing.assert_array_equal(kept, transfer_run.pool_subset(labels, names, task, 0.25))
+
+    c = transfer_run.composition(np.array([10, 30, 31, 99]), labels, names, task)
+    assert c == {"images": 4, "task_class_fraction": 0.5,
+                 "per_class": {"b": 1, "c": 2, "d": 1}}

@@ -23,7 +23,8 @@ from taco_jax.train import fit
 
 
 def _fit_config(c: ml_collections.ConfigDict, seed: int) -> fit.FitConfig:
-    return fit.FitConfig(seed=seed, **c.to_dict())
+    """``c`` as a FitConfig seeded with ``seed`` unless ``c`` sets its own ``seed``."""
+    return fit.FitConfig(**{"seed": seed, **c.to_dict()})
 
 
 def parse_source(config: ml_collections.ConfigDict) -> tuple[fit.FitConfig, Task]:

@@ -7,7 +7,8 @@
              subset ("random") or the pool images nearest to the labelled ones in the teacher's
              embedding space ("retrieval", ``retrieval.retrieve``);
   distil   — the student (any zoo model, randomly initialised) learns the teacher's task logits
-             (KL at temperature T) on transfer set ∪ few-shot set, plus CE on the labelled ones;
+             (KL at temperature T) on the transfer set (∪ the few-shot set, with CE on those
+             labelled ones, when ``mix_labelled``);
   finetune — the student on the labelled few-shot set;
 and, under the same step budget, the baselines: the student trained on the few-shot set alone,
 and task-agnostic distillation (student features, through a linear projection, matched to the
@@ -45,8 +46,10 @@ BASELINES = ("few_shot_only", "task_agnostic", "random_pool")
 class TransferConfig:
     """What to distil into what, on which images. ``student_overrides`` go to
     ``models.create`` (e.g. narrower ``widths``). ``transfer_size`` is the number of pool images
-    for "random" / "retrieval" (the other sets are used whole). ``teacher_finetune`` None keeps
-    the restricted head as is."""
+    for "random" / "retrieval" (the other sets are used whole). ``mix_labelled`` adds the
+    labelled few-shot images (with their labels: KD + CE) to the distillation set; False
+    distils on the transfer images alone (KD only; the labelled ones come in at fine-tuning).
+    ``teacher_finetune`` None keeps the restricted head as is."""
 
     student: str = "resnet_mini"
     student_overrides: Mapping = dataclasses.field(default_factory=dict)
@@ -54,6 +57,7 @@ class TransferConfig:
     seed: int = 0
     transfer_set: str = "retrieval"
     transfer_size: int = 2000
+    mix_labelled: bool = True
     teacher_finetune: fit.FitConfig | None = None
     distill: fit.FitConfig = dataclasses.field(
         default_factory=lambda: fit.FitConfig(kd_weight=1.0, ce_weight=1.0))
@@ -81,10 +85,12 @@ class TransferConfig:
 
 @dataclasses.dataclass
 class TransferResult:
-    """The task student, the ids of its transfer images (pool ids, or task train ids), report."""
+    """The task student, the ids of its transfer images (pool ids, or task train ids), the pool
+    ids of the equal-size random subset (the "random_pool" baseline's set), report."""
 
     student: nnx.Module
     transfer_ids: np.ndarray
+    random_ids: np.ndarray
     report: dict
 
 
@@ -182,8 +188,9 @@ def transfer(generalist: nnx.Module, data: TaskData, pool: np.ndarray, config: T
 
     def task_oriented(name: str, images: np.ndarray, chosen: np.ndarray) -> nnx.Module:
         student = new_student()
-        x = np.concatenate([shots_x, images[chosen]])
-        y = np.concatenate([shots_y, np.full(len(chosen), -1, shots_y.dtype)])
+        x, y = images[chosen], np.full(len(chosen), -1, shots_y.dtype)
+        if config.mix_labelled:
+            x, y = np.concatenate([shots_x, x]), np.concatenate([shots_y, y])
         t = time.perf_counter()
         _trained(store, f"{name}_distill", student, lambda: fit.fit(
             student, x, y, config.distill, data.preprocess, teacher=teacher,
@@ -238,8 +245,10 @@ def transfer(generalist: nnx.Module, data: TaskData, pool: np.ndarray, config: T
         "compressed": acc,
         "cost": _costs({"teacher": teacher, "student": student}, data, config.latency_batch),
         "transfer": {"set": config.transfer_set, "images": len(chosen),
-                     "labelled": len(shots_x), "pool": len(pool_ids)},
+                     "labelled": len(shots_x), "mix_labelled": config.mix_labelled,
+                     "pool": len(pool_ids)},
         "baselines": baselines,
         "seconds": timings,
     }
-    return TransferResult(student=student, transfer_ids=np.asarray(chosen), report=report)
+    return TransferResult(student=student, transfer_ids=np.asarray(chosen), random_ids=random_ids,
+                          report=report)

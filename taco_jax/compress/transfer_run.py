@@ -6,6 +6,7 @@ import os
 import time
 
 import ml_collections
+import numpy as np
 from absl import logging
 
 from taco_jax import checkpoint
@@ -20,22 +21,52 @@ def parse(config: ml_collections.ConfigDict
     """Typed, validated configs (transfer, generalist training, task, pool); raises ValueError
     naming a bad value before any work starts."""
     generalist_config, task = run.parse_source(config)
+    if config.pool.dataset != source.EMBEDDED:
+        raise ValueError(f"config.pool.dataset={config.pool.dataset!r}: this launcher runs on "
+                         f"the embedded default {source.EMBEDDED!r} for now")
+    if not 0.0 <= config.pool.task_class_fraction <= 1.0:
+        raise ValueError("config.pool.task_class_fraction must be in [0, 1] (the share of each "
+                         "task class's pool images kept), got "
+                         f"{config.pool.task_class_fraction}")
     pool = Task(config.pool.dataset, (), config.pool.data_dir or None,
                 train_split=config.pool.split)
-    if pool.dataset != source.EMBEDDED:
-        raise ValueError(f"config.pool.dataset={pool.dataset!r}: this launcher runs on the "
-                         f"embedded default {source.EMBEDDED!r} for now")
     finetune_teacher = (fit.FitConfig(steps=config.teacher_finetune_steps, seed=config.seed,
                                       **_without_steps(config.finetune))
                         if config.teacher_finetune_steps > 0 else None)
     cfg = transfer.TransferConfig(
         student=config.student, student_overrides=dict(config.student_overrides),
         shots=config.shots, seed=config.seed, transfer_set=config.transfer_set,
-        transfer_size=config.transfer_size, teacher_finetune=finetune_teacher,
+        transfer_size=config.transfer_size, mix_labelled=config.mix_labelled,
+        teacher_finetune=finetune_teacher,
         distill=fit.FitConfig(seed=config.seed, **config.distill.to_dict()),
         finetune=fit.FitConfig(seed=config.seed, **config.finetune.to_dict()),
         baselines=tuple(config.baselines), latency_batch=config.latency_batch)
     return cfg, generalist_config, task, pool
+
+
+def pool_subset(pool_labels: np.ndarray, pool_names: list[str], task_names: list[str],
+                task_class_fraction: float, seed: int = 0) -> np.ndarray:
+    """Ids of the pool images kept: every image of the other classes and a seeded random
+    ``task_class_fraction`` (rounded down) of each task class's images. 1 keeps the pool whole;
+    a small fraction makes the task's classes rare in it, as in a generic web-scale pool; 0
+    drops them (only related images are left to find)."""
+    rng = np.random.default_rng(seed)
+    task_ids = [pool_names.index(n) for n in task_names if n in pool_names]
+    keep = [np.flatnonzero(~np.isin(pool_labels, task_ids))]
+    for c in task_ids:
+        ids = np.flatnonzero(pool_labels == c)
+        keep.append(rng.choice(ids, int(len(ids) * task_class_fraction), replace=False))
+    return np.sort(np.concatenate(keep))
+
+
+def composition(ids: np.ndarray, pool_labels: np.ndarray, pool_names: list[str],
+                task_names: list[str]) -> dict:
+    """What a transfer set of pool ``ids`` is made of: image count per pool class and the
+    fraction of images of the task's classes (a diagnostic of what retrieval found)."""
+    names = np.asarray(pool_names)[pool_labels[ids]]
+    counts = {n: int(c) for n, c in zip(*np.unique(names, return_counts=True), strict=True)}
+    return {"images": len(ids), "task_class_fraction": float(np.isin(names, task_names).mean()),
+            "per_class": counts}
 
 
 def _without_steps(c: ml_collections.ConfigDict) -> dict:
@@ -50,9 +81,19 @@ def run_transfer(config: ml_collections.ConfigDict, workdir: str | os.PathLike) 
     workdir = run.open_workdir(config, workdir)
     start = time.perf_counter()
     model, gen_info, data = run.load_task_data(config, generalist_config, task)
-    pool_x, _ = pool_task.load(pool_task.train_split)
+    pool_x, pool_y = pool_task.load(pool_task.train_split)
+    pool_names, task_names = pool_task.class_names(), list(data.class_names)
+    kept = pool_subset(pool_y, pool_names, task_names, config.pool.task_class_fraction)
+    pool_x, pool_y = pool_x[kept], pool_y[kept]
     result = transfer.transfer(model, data, pool_x, cfg, stage_dir=workdir / "stages")
     report = result.report
+    report["transfer"]["pool_composition"] = composition(
+        np.arange(len(pool_y)), pool_y, pool_names, task_names)
+    report["transfer"]["composition"] = {
+        "random": composition(result.random_ids, pool_y, pool_names, task_names)}
+    if cfg.transfer_set in ("retrieval", "pool"):
+        report["transfer"]["composition"][cfg.transfer_set] = composition(
+            result.transfer_ids, pool_y, pool_names, task_names)
     report["model"] = config.model
     report["student"] = config.student
     report["generalist"] = {k: gen_info[k] for k in ("test_top1", "test_top5", "path")}
@@ -75,5 +116,7 @@ def _log_summary(report: dict) -> None:
              f"student, {report['transfer']['set']} transfer ({cost['student']['params']:,} "
              f"params, {cost['teacher']['latency_s'] / cost['student']['latency_s']:.1f}x "
              f"faster)   top-1 {report['compressed']['top1']:6.2f}%"]
+    lines += [f"{k} transfer set: {c['task_class_fraction']:.1%} task-class images"
+              for k, c in report["transfer"]["composition"].items()]
     lines += [f"baseline {k:<14} top-1 {b['top1']:6.2f}%" for k, b in report["baselines"].items()]
     logging.info("Summary:\n  %s", "\n  ".join(lines))
