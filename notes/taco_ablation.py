@@ -13,28 +13,14 @@ import time
 
 import jax.numpy as jnp
 import numpy as np
+from demo_task import batches, cx, cy, data, model, norm, tc, teacher, vx, vy
 from flax import nnx
 
-from configs.taco.demo import get_config
-from taco_jax import generalist
-from taco_jax.compress import adapt, run
-from taco_jax.data import preprocess
-from taco_jax.data.task import few_shot_indices
 from taco_jax.models.paths import get_layer, set_layer
 from taco_jax.prune import allocate, sequential
 from taco_jax.prune.layout import layer_inputs
 from taco_jax.train import batchnorm, fit
 
-c = get_config()
-tc, gc, task = run.parse(c)
-model, _ = generalist.load_or_train(c.model, gc)
-norm = preprocess.for_model(model)
-tx, ty = task.load("train")
-vx, vy = task.load("test")
-teacher = adapt.restrict_head(nnx.clone(model), task.source_class_ids())
-ids = few_shot_indices(ty, 32, 0)
-cx, cy = tx[ids], ty[ids]
-batches = [norm(jnp.asarray(cx[i:i + 64])) for i in range(0, len(cx), 64)]
 print("dense", fit.evaluate(teacher, vx, vy, norm)["top1"], flush=True)
 
 
@@ -172,7 +158,6 @@ def sg_row():
 def gradual(name, baselines=(), schedule=(0.5, 0.75), between=100, final=200, prune_kw=None,
             rec_kw=None):
     from taco_jax.compress import taco
-    data = taco.TaskData(tx, ty, vx, vy, task.source_class_ids(), tuple(task.class_names()), norm)
     cfg = dataclasses.replace(
         tc, schedule=schedule, schedule_steps=between, baselines=baselines, latency_batch=0,
         prune=dataclasses.replace(tc.prune, **(prune_kw or {})),

@@ -17,13 +17,9 @@ from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
+from demo_task import batches, cx, cy, norm, tc, teacher, vx, vy
 from flax import nnx
 
-from configs.taco.demo import get_config
-from taco_jax import generalist
-from taco_jax.compress import adapt, run
-from taco_jax.data import preprocess
-from taco_jax.data.task import few_shot_indices
 from taco_jax.models.paths import get_layer, set_layer
 from taco_jax.prune import sequential
 from taco_jax.prune.layout import kernel_from_matrix, layer_inputs, layer_matrix
@@ -37,17 +33,6 @@ if ARG.endswith(".json"):  # per-layer sparsities of a finished prune stage (glo
 else:
     PER_LAYER, LABEL = None, f"uniform {float(ARG):.0%}"
 RECOVER = sys.argv[2:] == ["recover"]
-c = get_config()
-tc, gc, task = run.parse(c)
-model, _ = generalist.load_or_train(c.model, gc)
-norm = preprocess.for_model(model)
-tx, ty = task.load("train")
-vx, vy = task.load("test")
-teacher = adapt.restrict_head(nnx.clone(model), task.source_class_ids())
-teacher.eval()
-ids = few_shot_indices(ty, 32, 0)
-cx, cy = tx[ids], ty[ids]
-batches = [norm(jnp.asarray(cx[i:i + 64])) for i in range(0, len(cx), 64)]
 names = [n for n in sequential.default_layers(teacher, tc.prune) if n != "conv1"]
 
 

@@ -11,25 +11,13 @@ import dataclasses
 import sys
 import time
 
+from demo_task import cx, cy, norm, tc, teacher, vx, vy
 from flax import nnx
 
-from configs.taco.demo import get_config
-from taco_jax import generalist
-from taco_jax.compress import adapt, run, stages
-from taco_jax.data import preprocess
-from taco_jax.data.task import few_shot_indices
+from taco_jax.compress import stages
 from taco_jax.prune import sequential
 from taco_jax.train import batchnorm, fit
 
-c = get_config()
-tc, gc, task = run.parse(c)
-model, _ = generalist.load_or_train(c.model, gc)
-norm = preprocess.for_model(model)
-tx, ty = task.load("train")
-vx, vy = task.load("test")
-teacher = adapt.restrict_head(nnx.clone(model), task.source_class_ids())
-ids = few_shot_indices(ty, 32, 0)
-cx, cy = tx[ids], ty[ids]
 store = stages.StageStore(sys.argv[1] + "/stages")
 TAG = "taco"
 
