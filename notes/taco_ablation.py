@@ -17,7 +17,7 @@ from demo_task import batches, cx, cy, data, model, norm, tc, teacher, vx, vy
 from flax import nnx
 
 from taco_jax.models.paths import get_layer, set_layer
-from taco_jax.prune import allocate, sequential
+from taco_jax.prune import allocate, hessian, sequential
 from taco_jax.prune.layout import layer_inputs
 from taco_jax.train import batchnorm, fit
 
@@ -61,7 +61,7 @@ def _means(model, names):
     for n in names:
         layer = get_layer(model, n)
         acc = []
-        set_layer(model, n, sequential._Probe(layer, lambda v, la=layer, acc=acc: acc.append(
+        set_layer(model, n, hessian.Probe(layer, lambda v, la=layer, acc=acc: acc.append(
             np.asarray(layer_inputs(la, v)).sum(0))))
         try:
             cols = sum(int(np.prod(b.shape[:3])) for b in batches)

@@ -21,7 +21,7 @@ from demo_task import batches, cx, cy, norm, tc, teacher, vx, vy
 from flax import nnx
 
 from taco_jax.models.paths import get_layer, set_layer
-from taco_jax.prune import sequential
+from taco_jax.prune import hessian, sequential
 from taco_jax.prune.layout import kernel_from_matrix, layer_inputs, layer_matrix
 from taco_jax.prune.solver import prune_layer
 from taco_jax.train import batchnorm, fit
@@ -39,7 +39,7 @@ names = [n for n in sequential.default_layers(teacher, tc.prune) if n != "conv1"
 def inputs(m, name):
     layer = get_layer(m, name)
     got = []
-    set_layer(m, name, sequential._Probe(layer, lambda v: got.append(
+    set_layer(m, name, hessian.Probe(layer, lambda v: got.append(
         np.asarray(layer_inputs(layer, v))[:, 0].astype(np.float64))))
     try:
         for b in batches:

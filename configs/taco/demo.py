@@ -50,6 +50,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Layer name -> sparsity. The 3x3x1 stem (9 weights per filter, 144 in all) stays dense, as
     # in the OBC/SparseGPT CNN recipes: at 50% alone it costs 54 points of task accuracy.
     c.prune.overrides = {"conv1": 0.0}
+    c.prune.targets = "self"
 
     c.recover = ml_collections.ConfigDict()
     c.recover.steps = 400  # the budget: the schedule's steps come out of it (below)

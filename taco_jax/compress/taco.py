@@ -143,7 +143,9 @@ def _prune_and_recover(teacher, calib_x, calib_y, data, config, method, store, t
     for k, sparsity in enumerate(levels):
         final = k == len(levels) - 1
         step = "" if len(levels) == 1 else f"_{k + 1}"
-        prune_config = dataclasses.replace(config.prune, method=method, sparsity=sparsity)
+        prune_config = dataclasses.replace(  # magnitude ignores the data: its own targets
+            config.prune, method=method, sparsity=sparsity,
+            targets="self" if method == "magnitude" else config.prune.targets)
         recover_config = (config.recover if final else
                           dataclasses.replace(config.recover, steps=config.schedule_steps))
 

@@ -15,7 +15,7 @@ import numpy as np
 from absl import logging
 
 from taco_jax.models.paths import get_layer
-from taco_jax.prune.hessian import collect_hessians
+from taco_jax.prune.hessian import Probe, collect_hessians
 from taco_jax.prune.layout import layer_inputs, layer_matrix
 from taco_jax.prune.patterns import Structured, parse_pattern
 from taco_jax.prune.solver import prune_layer
@@ -89,13 +89,12 @@ def error_curves(model, batches, names: Sequence[str], pattern, grid: Sequence[f
 def positions_per_image(model, x, names: Sequence[str]) -> dict[str, int]:
     """Output positions per image of each layer (tokens, or H'·W' for convs)."""
     from taco_jax.models.paths import set_layer
-    from taco_jax.prune.sequential import _Probe
 
     out = {}
     layers = {n: get_layer(model, n) for n in names}
     for n, layer in layers.items():
         rec = lambda v, n=n, layer=layer: out.setdefault(n, layer_inputs(layer, v).shape[0])
-        set_layer(model, n, _Probe(layer, rec))
+        set_layer(model, n, Probe(layer, rec))
     try:
         model(np.asarray(x[:1], np.float32))
     finally:

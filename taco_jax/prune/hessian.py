@@ -6,11 +6,15 @@
 segment of it, on that segment's cached inputs) once per batch under ``jax.jit`` (only the taps'
 sums are outputs, so XLA drops the compute after the deepest tapped layer) and holds no more than
 one batch of activations beyond its inputs.
+
+``collect_paired`` also gives the cross-covariance ``C = 2X_r Xᵀ/n`` of one layer's inputs in a
+reference model (X_r, e.g. the dense model) and in the model being pruned (X), over the same
+images: what pruning toward the reference's outputs needs (``prune.targets``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
 import jax
@@ -30,16 +34,23 @@ class HessianState(NamedTuple):
     n: jax.Array
 
 
-def init(k: int, n_groups: int = 1) -> HessianState:
-    return HessianState(jnp.zeros((n_groups, k, k), jnp.float32), jnp.zeros((), jnp.float32))
+def init(k: int, n_groups: int = 1, k_y: int | None = None) -> HessianState:
+    """Zero sums (G, k, k), or (G, k_y, k) for the cross sums of ``update(..., Y=)``."""
+    return HessianState(jnp.zeros((n_groups, k if k_y is None else k_y, k), jnp.float32),
+                        jnp.zeros((), jnp.float32))
 
 
-def update(state: HessianState, X: jax.Array, axis_name: str | None = None) -> HessianState:
-    """Add columns X (n, G, k) (or (n, k)); with ``axis_name``, psum the batch over devices."""
+def update(state: HessianState, X: jax.Array, axis_name: str | None = None,
+           Y: jax.Array | None = None) -> HessianState:
+    """Add columns X (n, G, k) (or (n, k)); with ``axis_name``, psum the batch over devices.
+
+    ``Y`` (n, G, k_y), the same columns seen elsewhere: add the cross sums Σ 2yxᵀ (G, k_y, k)
+    instead (start them from ``init(k, G, k_y)``)."""
     X = X.astype(jnp.float32)
+    Y = X if Y is None else Y.astype(jnp.float32)
     if X.ndim == 2:
-        X = X[:, None]
-    h = 2.0 * jnp.einsum("ngi,ngj->gij", X, X, precision=lax.Precision.HIGHEST)
+        X, Y = X[:, None], Y.reshape(Y.shape[0], 1, -1)
+    h = 2.0 * jnp.einsum("ngi,ngj->gij", Y, X, precision=lax.Precision.HIGHEST)
     n = jnp.float32(X.shape[0])
     if axis_name is not None:
         h, n = lax.psum(h, axis_name), lax.psum(n, axis_name)
@@ -64,6 +75,18 @@ class LayerWrapper(nnx.Module):
         if layer is None:
             raise AttributeError(name)
         return getattr(layer, name)
+
+
+class Probe(LayerWrapper):
+    """Wraps a layer; each call hands the layer's input to ``record`` first."""
+
+    def __init__(self, layer: nnx.Module, record):
+        self.layer = layer
+        self.record = record
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        self.record(x)
+        return self.layer(x)
 
 
 class HessianTap(LayerWrapper):
@@ -183,3 +206,57 @@ def collect_hessians(model: nnx.Module, batches: Iterable, layer_names: Iterable
         H = finalize(state)
         out[name] = H[0] if H.shape[0] == 1 else H
     return out
+
+
+def _layer_columns(model: nnx.Module, name: str, x: jax.Array, segment: int | None) -> jax.Array:
+    """The input columns (n, G, k) of layer ``name`` over every call while ``model`` (or its
+    segment ``segment``) runs on ``x``."""
+    layer = get_layer(model, name)
+    got = []
+    set_layer(model, name, Probe(layer, lambda v: got.append(layer_inputs(layer, v))))
+    try:
+        (model if segment is None else segments_of(model)[segment])(x)
+    finally:
+        set_layer(model, name, layer)
+    return jnp.concatenate(got)
+
+
+def _paired_sums(graphdef, state, ref_graphdef, ref_state, x, x_ref, segment, name, h, c):
+    X = _layer_columns(nnx.merge(graphdef, state), name, x, segment)
+    X_ref = _layer_columns(nnx.merge(ref_graphdef, ref_state), name, x_ref, segment)
+    return update(h, X), update(c, X, Y=X_ref)
+
+
+_jit_paired_sums = jax.jit(_paired_sums, static_argnums=(0, 2, 6, 7))
+
+
+def collect_paired(model: nnx.Module, batches: Sequence, reference: nnx.Module,
+                   reference_batches: Sequence, name: str, mesh=None,
+                   segment: int | None = None) -> tuple[jax.Array, jax.Array]:
+    """(H, C) of layer ``name``: H = 2XXᵀ/n of its inputs X (k, n) in ``model`` and the
+    cross-covariance C = 2X_r Xᵀ/n (k_r, k) with its inputs X_r in ``reference`` (a model with a
+    layer of the same name; k_r may differ from k), column for column over the same images.
+
+    ``batches[i]`` and ``reference_batches[i]`` are the two models' inputs (to segment
+    ``segment``, if given) for the same images. Grouped convs give (G, k, k) and (G, k_r, k).
+    ``mesh``: batches that are split over this process's devices stay so (XLA sums over them);
+    a mesh over several processes sums each process's share, as ``collect_hessians``.
+    """
+    model.eval()
+    reference.eval()
+    G, k = groups(get_layer(model, name)), input_dim(get_layer(model, name))
+    h, c = init(k, G), init(k, G, input_dim(get_layer(reference, name)))
+    graphdef, state = nnx.split(model)
+    ref_graphdef, ref_state = nnx.split(reference)
+    local = distributed.local_mesh(mesh)
+    if local is not None:
+        state = distributed.replicated(state, local)
+        ref_state = distributed.replicated(ref_state, local)
+    for x, x_ref in zip(batches, reference_batches, strict=True):
+        h, c = _jit_paired_sums(graphdef, state, ref_graphdef, ref_state,
+                                jnp.asarray(x, jnp.float32), jnp.asarray(x_ref, jnp.float32),
+                                segment, name, h, c)
+    if distributed.spans_processes(mesh):
+        h, c = jax.tree.map(jnp.asarray, distributed.sum_over_processes((h, c)))
+    H, C = finalize(h), finalize(c)
+    return (H[0], C[0]) if G == 1 else (H, C)

@@ -12,6 +12,10 @@ block once. Calibration cost is linear in depth; memory is one segment input for
 (e.g. 1,000 ViT-S/16 images: 1000·197·384 floats = 0.3 GB). A model without ``segments()`` is
 one segment (each group then reruns the forward pass from the images).
 
+``PruneConfig(targets="dense")``: each layer is solved toward the reference (dense) model's
+outputs rather than its own (``prune.targets``); the reference's segment inputs are cached the
+same way, beside the model's (twice the cache memory).
+
 ``batches`` must be re-iterable (e.g. a list of NHWC float arrays). The model is left in eval mode.
 """
 
@@ -31,7 +35,7 @@ from tqdm.auto import tqdm
 from taco_jax import distributed
 from taco_jax.models.paths import get_layer, named_layers, set_layer
 from taco_jax.prune import checkpoint as ckpt
-from taco_jax.prune.hessian import LayerWrapper, collect_hessians, segments_of
+from taco_jax.prune.hessian import Probe, collect_hessians, collect_paired, segments_of
 from taco_jax.prune.layout import kernel_from_matrix, layer_matrix
 from taco_jax.prune.patterns import (
     Pattern,
@@ -42,6 +46,7 @@ from taco_jax.prune.patterns import (
 )
 from taco_jax.prune.shrink import ShrinkPair, infer_pairs, shrink_pair
 from taco_jax.prune.solver import METHODS, prune_layer
+from taco_jax.prune.targets import dense_target
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +57,10 @@ class PruneConfig:
     measured error curves meeting the same total non-zero budget, see ``allocate``).
     ``prune_head``: also prune the model's ``head_name`` layer (default: keep it dense).
     ``pairs``: structured producer/consumer pairs (default: ``shrink.infer_pairs``).
+    ``targets``: what each layer's pruned weights must reproduce on its (pruned-model) inputs:
+    "self", the layer's own outputs on them (OBC/SparseGPT); or "dense", the reference (dense)
+    model's outputs of that layer on the reference's own inputs (``prune.targets``), which also
+    corrects the error of the layers pruned before it.
     """
 
     pattern: str | Pattern = "unstructured"
@@ -64,6 +73,7 @@ class PruneConfig:
     prune_head: bool = False
     pairs: tuple[ShrinkPair, ...] | None = None
     allocation_grid: tuple[float, ...] = (0.0, 0.3, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95)
+    targets: str = "self"
 
     def __post_init__(self):
         parse_pattern(self.pattern)
@@ -72,6 +82,14 @@ class PruneConfig:
             raise ValueError(f"unknown method {self.method!r}; allowed: {METHODS}")
         if self.allocation not in ("uniform", "global"):
             raise ValueError(f"allocation must be 'uniform' or 'global', got {self.allocation!r}")
+        if self.targets not in ("self", "dense"):
+            raise ValueError(f"targets must be 'self' or 'dense', got {self.targets!r}")
+        if self.targets == "dense" and self.method == "magnitude":
+            raise ValueError("targets='dense' needs a second-order method (it reshapes the "
+                             "weights the solver prunes); magnitude pruning takes targets='self'")
+        if self.targets == "dense" and isinstance(parse_pattern(self.pattern), Structured):
+            raise ValueError("targets='dense' is for unstructured, N:M and block patterns; "
+                             f"structured pruning (pattern {self.pattern!r}) takes targets='self'")
 
 
 @dataclasses.dataclass
@@ -101,16 +119,6 @@ class PruneResult:
 # ----------------------------------------------------------------------------- forward order
 
 
-class _Probe(LayerWrapper):
-    def __init__(self, layer, record):
-        self.layer = layer
-        self.record = record
-
-    def __call__(self, x):
-        self.record(x)
-        return self.layer(x)
-
-
 def _geometry(layer) -> tuple:
     if isinstance(layer, nnx.Linear):
         return ("linear", layer.in_features)
@@ -129,7 +137,7 @@ def forward_groups(model: nnx.Module, x: jax.Array, names: Sequence[str]
     layers = {n: get_layer(model, n) for n in names}
     segment = [0]
     for n, layer in layers.items():
-        set_layer(model, n, _Probe(layer, lambda v, n=n: calls.append((segment[0], n, v))))
+        set_layer(model, n, Probe(layer, lambda v, n=n: calls.append((segment[0], n, v))))
     try:
         y = jnp.asarray(x, jnp.float32)
         for i, fn in enumerate(segments_of(model)):
@@ -238,12 +246,13 @@ def _rel_error(W0, W1, H) -> float:
     return float(num / jnp.maximum(den, 1e-30))
 
 
-def _solve_layer(layer, H, pattern, sparsity, config, mesh, device=None):
+def _solve_layer(layer, H, pattern, sparsity, config, mesh, device=None, target=None):
     """Solve one Linear/Conv (grouped convs one group at a time): (W0, W1, keep, solve stats).
 
     ``device``: run the whole solve there (asynchronously: the caller may dispatch several
-    layers to several devices before reading any result)."""
-    W0 = layer_matrix(layer)
+    layers to several devices before reading any result). ``target``: the weights to prune
+    (G, d_out, k) instead of the layer's own (``targets.dense_target``); W0 is then those."""
+    W0 = layer_matrix(layer) if target is None else target
     Hg = H if H.ndim == 3 else H[None]
     if device is not None:
         W0, Hg = jax.device_put((W0, Hg), device)
@@ -301,7 +310,8 @@ def default_layers(model: nnx.Module, config: PruneConfig) -> list[str]:
 
 def prune_model(model: nnx.Module, batches: Sequence, config: PruneConfig, *,
                 layers: Sequence[str] | None = None, checkpoint_dir: str | None = None,
-                mesh: jax.sharding.Mesh | None = None) -> PruneResult:
+                mesh: jax.sharding.Mesh | None = None,
+                reference: nnx.Module | None = None) -> PruneResult:
     """Prune ``model`` in place, layer by layer in forward order; see the module docstring.
 
     ``batches``: re-iterable NHWC float batches (read by the order probe, the global allocation
@@ -312,11 +322,16 @@ def prune_model(model: nnx.Module, batches: Sequence, config: PruneConfig, *,
     (``taco_jax.distributed``): every process calls this with the same model and config and
     its own share of the images in ``batches``; Hessians are summed over processes, and every
     process ends with the same pruned model (checkpoints then need a shared ``checkpoint_dir``).
+    ``reference``: with ``config.targets == "dense"``, the model whose layer outputs are the
+    targets (same layer names, e.g. the dense teacher; its input cache runs beside the
+    model's); default: ``model`` as it is passed in. Ignored for targets "self".
     """
     if iter(batches) is batches:
         raise ValueError("batches must be re-iterable (e.g. a list of NHWC arrays): it is read "
                          f"more than once, got a one-shot {type(batches).__name__}")
     model.eval()
+    if config.targets == "dense" and reference is None:
+        reference = nnx.clone(model)  # before a resume restores partly pruned weights
     names = list(layers) if layers is not None else default_layers(model, config)
     for n in [*names, *config.overrides]:
         get_layer(model, n)  # a KeyError listing the valid names
@@ -348,6 +363,9 @@ def prune_model(model: nnx.Module, batches: Sequence, config: PruneConfig, *,
     sizes = [len(g) for _, g in order]
     bar = tqdm(total=sum(sizes), initial=sum(sizes[:start]), desc="prune", unit="layer")
     cache = _InputCache(model, batches, distributed.local_mesh(mesh))
+    if config.targets == "dense":
+        reference.eval()
+        ref_cache = _InputCache(reference, batches, distributed.local_mesh(mesh))
     for gi in range(start, len(order)):
         segment, group = order[gi]
         todo = []
@@ -360,18 +378,31 @@ def prune_model(model: nnx.Module, batches: Sequence, config: PruneConfig, *,
                 todo.append(n)
         if todo:
             t0 = time.perf_counter()
-            H = collect_hessians(model, cache.at(segment), todo[:1], mesh=mesh,
-                                 segment=segment)[todo[0]]
-            if mesh is not None:  # back as an uncommitted array, like the model's own
-                H = _uncommitted(H)
+            targets = {}
+            if config.targets == "dense":
+                H, C = collect_paired(model, cache.at(segment), reference,
+                                      ref_cache.at(segment), todo[0], mesh=mesh,
+                                      segment=segment)
+                if mesh is not None:  # back as uncommitted arrays, like the model's own
+                    H, C = _uncommitted(H), _uncommitted(C)
+                targets = {n: dense_target(layer_matrix(get_layer(model, n)),
+                                           layer_matrix(get_layer(reference, n)), H, C,
+                                           config.percdamp) for n in todo}
+            else:
+                H = collect_hessians(model, cache.at(segment), todo[:1], mesh=mesh,
+                                     segment=segment)[todo[0]]
+                if mesh is not None:  # back as an uncommitted array, like the model's own
+                    H = _uncommitted(H)
             share = (time.perf_counter() - t0) / len(todo)
             devices = _layer_devices(todo, plan, mesh)
             if devices is None:
                 for n in todo:
-                    _prune_one(model, n, H, plan[n], config, pairs, result, mesh, share)
+                    _prune_one(model, n, H, plan[n], config, pairs, result, mesh, share,
+                               targets.get(n))
                     bar.update(1)
             else:
-                _prune_across_devices(model, todo, H, plan, config, result, devices, share)
+                _prune_across_devices(model, todo, H, plan, config, result, devices, share,
+                                      targets)
                 bar.update(len(todo))
         if checkpoint_dir is not None:
             ckpt.save(checkpoint_dir, gi + 1, model, result, config)
@@ -396,10 +427,12 @@ def _layer_devices(todo, plan, mesh) -> list | None:
     return [devices[i % len(devices)] for i in range(len(todo))]
 
 
-def _prune_across_devices(model, todo, H, plan, config, result, devices, extra_seconds):
+def _prune_across_devices(model, todo, H, plan, config, result, devices, extra_seconds,
+                          targets):
     """Dispatch every layer's solve to its device, then write the results back in order."""
     t0 = time.perf_counter()
-    solved = [_solve_layer(get_layer(model, n), H, *plan[n], config, None, device=d)
+    solved = [_solve_layer(get_layer(model, n), H, *plan[n], config, None, device=d,
+                           target=targets.get(n))
               for n, d in zip(todo, devices, strict=True)]
     jax.block_until_ready([s[1] for s in solved])
     seconds = (time.perf_counter() - t0) / len(todo) + extra_seconds
@@ -410,7 +443,8 @@ def _prune_across_devices(model, todo, H, plan, config, result, devices, extra_s
                 result, seconds, extra_seconds, tuple(layer.kernel.get_value().shape))
 
 
-def _prune_one(model, name, H, plan_entry, config, pairs, result, mesh, extra_seconds) -> None:
+def _prune_one(model, name, H, plan_entry, config, pairs, result, mesh, extra_seconds,
+               target=None) -> None:
     pat, s = plan_entry
     layer = get_layer(model, name)
     t0 = time.perf_counter()
@@ -419,7 +453,7 @@ def _prune_one(model, name, H, plan_entry, config, pairs, result, mesh, extra_se
         pair = pairs[name]
         unit = layer_matrix(layer).shape[2] // in_before * pair.group_size
         pat = Structured(unit)
-    W0, W1, keep, stats = _solve_layer(layer, H, pat, s, config, mesh)
+    W0, W1, keep, stats = _solve_layer(layer, H, pat, s, config, mesh, target=target)
     if mesh is not None:  # row-sharded over the mesh: gathered, so the model stays usable
         W1, keep = _uncommitted(W1), _uncommitted(keep)  # by any later jit (one device set)
     shape = tuple(layer.kernel.get_value().shape)
