@@ -9,11 +9,11 @@ config.json, few_shot_ids.json, stages/ (every recovered model: a rerun with the
 resumes), sweep.json and frontier.png.
 """
 
-from absl import app, flags, logging
+from absl import flags
 from ml_collections import config_flags
 
 from taco_jax import distributed
-from taco_jax.compress import dcvit_run
+from taco_jax.compress import dcvit_run, run
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", "configs/dcvit/demo.py",
@@ -25,16 +25,6 @@ _WORKDIR = flags.DEFINE_string(
 flags.mark_flag_as_required("workdir")
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    try:
-        dcvit_run.parse(_CONFIG.value)
-    except ValueError as e:
-        raise app.UsageError(str(e)) from None
-    logging.info("Config:\n%s", _CONFIG.value)
-    dcvit_run.run_dcvit(_CONFIG.value, _WORKDIR.value)
-
-
 if __name__ == "__main__":
-    distributed.run(main)
+    distributed.run(run.launcher_main(_CONFIG, _WORKDIR, dcvit_run.parse,
+                                      dcvit_run.run_dcvit))

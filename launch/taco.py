@@ -11,7 +11,7 @@ an interruption resumes from the last finished stage (or pruned layer group).
   python -m launch.taco --workdir=runs/sweep --config.sweep='(0.5,0.75,0.95)'
 """
 
-from absl import app, flags, logging
+from absl import flags
 from ml_collections import config_flags
 
 from taco_jax import distributed
@@ -26,17 +26,5 @@ _WORKDIR = flags.DEFINE_string(
 flags.mark_flag_as_required("workdir")
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    try:
-        run.parse(_CONFIG.value)
-        run.check_workdir(_CONFIG.value, _WORKDIR.value)
-    except ValueError as e:
-        raise app.UsageError(str(e)) from None
-    logging.info("Config:\n%s", _CONFIG.value)
-    run.run_taco(_CONFIG.value, _WORKDIR.value)
-
-
 if __name__ == "__main__":
-    distributed.run(main)
+    distributed.run(run.launcher_main(_CONFIG, _WORKDIR, run.parse, run.run_taco))

@@ -9,7 +9,7 @@ Writes config.json, few_shot_ids.json, transfer_ids.json, stages/ (resumable), s
 report.json into --workdir; rerunning with the same --workdir resumes after the last stage.
 """
 
-from absl import app, flags, logging
+from absl import flags
 from ml_collections import config_flags
 
 from taco_jax import distributed
@@ -25,17 +25,6 @@ _WORKDIR = flags.DEFINE_string(
 flags.mark_flag_as_required("workdir")
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    try:
-        transfer_run.parse(_CONFIG.value)
-        run.check_workdir(_CONFIG.value, _WORKDIR.value)
-    except ValueError as e:
-        raise app.UsageError(str(e)) from None
-    logging.info("Config:\n%s", _CONFIG.value)
-    transfer_run.run_transfer(_CONFIG.value, _WORKDIR.value)
-
-
 if __name__ == "__main__":
-    distributed.run(main)
+    distributed.run(run.launcher_main(_CONFIG, _WORKDIR, transfer_run.parse,
+                                      transfer_run.run_transfer))

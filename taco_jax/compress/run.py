@@ -6,12 +6,13 @@ import json
 import os
 import platform
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import jax
 import ml_collections
 import numpy as np
-from absl import logging
+from absl import app, logging
 from flax import nnx
 
 from taco_jax import checkpoint, distributed, generalist, models
@@ -81,6 +82,26 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: str | os.PathLike)
     if path.exists() and json.loads(path.read_text()) != _resolved(config):
         raise ValueError(f"{workdir} holds a run of a different config ({path}); resume with "
                          "the same config or use a new --workdir")
+
+
+def launcher_main(config_flag, workdir_flag, parse: Callable, work: Callable
+                  ) -> Callable[[list[str]], None]:
+    """The ``main`` of a method's absl launcher (``launch/*.py``): before any work, validate the
+    config (``parse``) and the workdir (``check_workdir``), a bad value being an
+    ``app.UsageError`` that names it; log the config; then ``work(config, workdir)``."""
+    def main(argv: list[str]) -> None:
+        if len(argv) > 1:
+            raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        config, workdir = config_flag.value, workdir_flag.value
+        try:
+            parse(config)
+            check_workdir(config, workdir)
+        except ValueError as e:
+            raise app.UsageError(str(e)) from None
+        logging.info("Config:\n%s", config)
+        work(config, workdir)
+
+    return main
 
 
 def _resolved(config: ml_collections.ConfigDict) -> dict:
