@@ -152,3 +152,30 @@ def test_mixup_blends_pairs_and_alpha_zero_is_identity():
     assert 0 <= float(lam) <= 1 and sorted(np.asarray(perm).tolist()) == list(range(6))
     ref = float(lam) * np.asarray(x) + (1 - float(lam)) * np.asarray(x)[np.asarray(perm)]
     np.testing.assert_allclose(np.asarray(mixed), ref, rtol=1e-6, atol=1e-6)
+
+
+def test_calibration_views_are_the_images_then_augmented_copies():
+    from types import SimpleNamespace
+
+    from taco_jax.compress import taco
+
+    x = np.random.default_rng(0).random((10, 8, 8, 1)).astype(np.float32)
+    data = SimpleNamespace(preprocess=lambda v: 2.0 * v - 1.0)
+    from taco_jax.train import fit
+
+    cfg = taco.TacoConfig(calibration_views=3, calibration_batch=4,
+                          recover=fit.FitConfig(augment="shift_flip"))
+    batches = taco._calibration_batches(x, data, cfg)
+    assert [len(b) for b in batches] == [4] * 7 + [2]
+    got = np.concatenate(batches)
+    np.testing.assert_array_equal(got[:10], 2.0 * x - 1.0)
+    for view in (got[10:20], got[20:]):
+        assert not np.allclose(view, got[:10])
+        # each augmented image is a shift (and maybe flip) of its original: same pixel values
+        # up to the zero padding that came in
+        for a, b in zip(view, got[:10], strict=True):
+            assert np.isin(np.round(a[a != 0], 6), np.round(b, 6)).all()
+    with pytest.raises(ValueError, match="calibration_views must be >= 1, got 0"):
+        taco.TacoConfig(calibration_views=0)
+    with pytest.raises(ValueError, match="calibration_views=2 needs an augmentation"):
+        taco.TacoConfig(calibration_views=2)

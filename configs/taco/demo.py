@@ -71,6 +71,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.schedule = ()
     c.recover.steps -= len(c.schedule) * c.schedule_steps  # the final step's share
 
+    c.calibration_views = 1  # the solver's calibration set: each few-shot image, + augmented views
     c.baselines = ("magnitude", "dense_finetune")
     c.latency_batch = 64  # measured dense vs compressed latency on this device; 0 = skip
     c.sweep = ()  # extra sparsities for the accuracy-vs-compression plot, e.g. (0.5, 0.75, 0.95)

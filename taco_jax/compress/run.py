@@ -58,7 +58,7 @@ def parse(config: ml_collections.ConfigDict) -> tuple[taco.TacoConfig, fit.FitCo
         shots=config.shots, seed=config.seed, prune=prune,
         recover=_fit_config(config.recover, config.seed), baselines=tuple(config.baselines),
         schedule=tuple(config.schedule), schedule_steps=config.schedule_steps,
-        latency_batch=config.latency_batch)
+        latency_batch=config.latency_batch, calibration_views=config.calibration_views)
     if config.sweep and jax.process_count() > 1:
         raise ValueError("config.sweep runs in a single process only; run the sweep's "
                          "sparsities as separate multi-process runs")

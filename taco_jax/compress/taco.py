@@ -32,7 +32,7 @@ from taco_jax.data.task import few_shot_indices
 from taco_jax.models.latency import model_latency
 from taco_jax.prune import sequential
 from taco_jax.prune.shrink import infer_pairs, shrink_pair
-from taco_jax.train import batchnorm, fit
+from taco_jax.train import augment, batchnorm, fit
 
 BASELINES = ("magnitude", "dense_finetune")
 
@@ -67,6 +67,8 @@ class TacoConfig:
     and is recovered for ``recover.steps``. Magnitude gets the same schedule and budget.
     ``reestimate_bn``: after each prune, set BatchNorm running statistics to those of the
     few-shot images through the pruned model (``train.batchnorm``; both methods).
+    ``calibration_views``: views of each few-shot image in the solver's calibration set (the
+    image, then augmented copies: ``recover.augment``).
     ``latency_batch``: batch size of the measured dense vs compressed latency (0: not measured).
     """
 
@@ -80,6 +82,7 @@ class TacoConfig:
     schedule_steps: int = 100
     reestimate_bn: bool = True
     latency_batch: int = 64
+    calibration_views: int = 1
 
     def __post_init__(self):
         bad = [b for b in self.baselines if b not in BASELINES]
@@ -95,6 +98,11 @@ class TacoConfig:
                              f"final sparsity {self.prune.sparsity}")
         if self.schedule and self.schedule_steps < 1:
             raise ValueError(f"schedule_steps must be >= 1, got {self.schedule_steps}")
+        if self.calibration_views < 1:
+            raise ValueError(f"calibration_views must be >= 1, got {self.calibration_views}")
+        if self.calibration_views > 1 and self.recover.augment == "none":
+            raise ValueError(f"calibration_views={self.calibration_views} needs an augmentation "
+                             "to make the views from (recover.augment is 'none')")
         if self.latency_batch < 0:
             raise ValueError(f"latency_batch must be >= 0, got {self.latency_batch}")
 
@@ -130,14 +138,25 @@ def _layers_to_prune(model: nnx.Module, config: sequential.PruneConfig) -> list[
             if not dense(config.overrides.get(n, config.sparsity))]
 
 
+def _calibration_batches(calib_x: np.ndarray, data: TaskData, config: TacoConfig) -> list:
+    """The solver's calibration batches: the few-shot images preprocessed and, with
+    ``calibration_views`` > 1, as many views of each in all (the originals, then copies under
+    the recovery's augmentation), so the Hessians see the shifts and flips the recovery trains
+    on. Each batch is this process's share (all of it in a single process)."""
+    x = data.preprocess(jnp.asarray(calib_x))
+    key = jax.random.key(config.seed)
+    views = [x] + [augment.augment(k, x, config.recover.augment)
+                   for k in jax.random.split(key, config.calibration_views - 1)]
+    x = jnp.concatenate(views)
+    b = config.calibration_batch
+    return [x[i:i + b][distributed.process_shard(len(x[i:i + b]))] for i in range(0, len(x), b)]
+
+
 def _prune_and_recover(teacher, calib_x, calib_y, data, config, method, store, tag):
     """Prune a copy of ``teacher`` (gradually if ``config.schedule``) and recover it by KD;
     every step is a checkpointed stage. Returns (student, masks, prune info, recovery info)."""
     student = nnx.clone(teacher)
-    # this process's share of every calibration batch (all of it in a single process)
-    batches = [data.preprocess(jnp.asarray(b[distributed.process_shard(len(b))]))
-               for b in (calib_x[i:i + config.calibration_batch]
-                         for i in range(0, len(calib_x), config.calibration_batch))]
+    batches = _calibration_batches(calib_x, data, config)
     levels = (*config.schedule, config.prune.sparsity)
     history = []
     for k, sparsity in enumerate(levels):

@@ -1,7 +1,7 @@
 """Layer-wise second-order pruning (DESIGN.md §2): patterns, Hessians, the solver, sequential."""
 
 from taco_jax.prune.allocate import allocate_sparsity, error_curves
-from taco_jax.prune.hessian import HessianState, collect_hessians
+from taco_jax.prune.hessian import HessianState, collect_hessians, collect_paired
 from taco_jax.prune.patterns import NM, Block, Structured, Unstructured, parse_pattern
 from taco_jax.prune.sequential import (
     LayerStats,
@@ -12,6 +12,7 @@ from taco_jax.prune.sequential import (
 )
 from taco_jax.prune.shrink import ShrinkPair, infer_pairs
 from taco_jax.prune.solver import SolveStats, prune_layer
+from taco_jax.prune.targets import dense_target
 
 __all__ = [
     "NM",
@@ -27,6 +28,8 @@ __all__ = [
     "allocate_sparsity",
     "apply_masks",
     "collect_hessians",
+    "collect_paired",
+    "dense_target",
     "error_curves",
     "infer_pairs",
     "parse_pattern",
