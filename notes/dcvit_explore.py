@@ -13,9 +13,11 @@ as many as the farm task's 64 × 5).
 
 Plans are written in ranked-block terms like the sweep's grid: (attention-free blocks, MLP
 fraction per block, least sensitive first; 0 removes the MLP); ("drop", n) drops the n least
-sensitive blocks. ``PLANS`` (a Python literal) replaces the default list.
+sensitive blocks. ``PLANS`` (a Python literal) replaces the default list; ``RECOVERY_SEED``
+(default: the config's seed) changes only the recovery's seed, as the sweep's seeds do.
 """
 import ast
+import dataclasses
 import json
 import os
 import sys
@@ -44,6 +46,8 @@ depth = len(setup.teacher.blocks)
 print(json.dumps({"variant": sys.argv[1:], "dense": setup.dense["top1"],
                   "unlabeled": len(setup.ids), "test": len(setup.test_y),
                   "attn_order": setup.attn_order, "drop_order": setup.drop_order}), flush=True)
+recover = dataclasses.replace(s.dcvit.recover,
+                              seed=int(os.environ.get("RECOVERY_SEED", s.dcvit.recover.seed)))
 batches = dcvit.calibration_batches(setup.images, setup.preprocess, s.dcvit.calibration_batch)
 models, rows = [], []
 for kind, arg in PLANS:
@@ -53,10 +57,11 @@ for kind, arg in PLANS:
     cut = nnx.clone(setup.teacher)
     dcvit.apply_plan(cut, plan, batches, s.dcvit.prune)
     before = fit.evaluate(cut, setup.test_x, setup.test_y, setup.preprocess)["top1"]
-    dcvit.recover(cut, setup.teacher, setup.images, s.dcvit.recover, setup.preprocess,
+    dcvit.recover(cut, setup.teacher, setup.images, recover, setup.preprocess,
                   block_outputs=s.dcvit.block_outputs, desc=plan.label())
     after = fit.evaluate(cut, setup.test_x, setup.test_y, setup.preprocess)["top1"]
-    row = {"plan": plan.label(), "method": "block_drop" if kind == "drop" else "dcvit",
+    row = {"plan": plan.label(), "recovery_seed": recover.seed,
+           "method": "block_drop" if kind == "drop" else "dcvit",
            "no_recovery": before, "top1": after, "s": round(time.time() - start),
            "load": round(os.getloadavg()[0], 1)}
     print(json.dumps(row), flush=True)
