@@ -1,9 +1,9 @@
 """DC-ViT exploration (issue #8): cut a few plans on a config variant's task, evaluate each before
-and after one recovery (single seed), and time them all against the dense teacher in one
+and after one recovery (one seed), and time them all against the dense teacher in one
 interleaved session. The sweep's own set-up (``dcvit_run._setup``: teacher, unlabeled images,
 block ranking) and recovery; nothing here is a second implementation.
 
-  PYTHONPATH=. .venv/bin/python notes/dcvit_explore.py sweep all_classes > runs/explore.jsonl
+  PYTHONPATH=. .venv/bin/python notes/dcvit_explore.py VARIANT [all_classes] > runs/explore.jsonl
   PLANS="[(0, (0.0625, 0.0625, 0.0625, 0.0625))]" PYTHONPATH=. .venv/bin/python \
       notes/dcvit_explore.py sweep all_classes
 
