@@ -64,10 +64,10 @@ def _check_blocks(name: str, values, depth: int, low: int) -> None:
 
 def _check_plan(name: str, attn_free: int, mlp_keep, depth: int) -> None:
     """A plan in ``dcvit.ranked_plan`` terms: attention-free blocks and per-block MLP fractions."""
-    where = f"{name} has ({attn_free}, {tuple(mlp_keep)})"
     if not isinstance(mlp_keep, (tuple, list)):
-        raise ValueError(f"{where}; expected a tuple of kept MLP fractions, one per block, least "
-                         "sensitive first")
+        raise ValueError(f"{name} has ({attn_free}, {mlp_keep!r}); expected a tuple of kept MLP "
+                         "fractions, one per block, least sensitive first")
+    where = f"{name} has ({attn_free}, {tuple(mlp_keep)})"
     if not 0 <= attn_free <= depth:
         raise ValueError(f"{where}: {attn_free} attention-free blocks; expected [0, {depth}]")
     if len(mlp_keep) > depth:
