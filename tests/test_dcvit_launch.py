@@ -31,13 +31,17 @@ def test_bad_config_fails_before_work_and_writes_nothing(tmp_path):
     workdir = tmp_path / "run"
     out = _run("--config=configs/dcvit/demo.py:attn_blocks=9", f"--workdir={workdir}")
     assert out.returncode != 0
-    assert "config.plan.attn_blocks has [9]; expected block counts in [0, 4]" in out.stderr
+    assert ("config.plan has (9, (0.375, 0.375, 0.375, 0.375)): 9 attention-free blocks; "
+            "expected [0, 4]") in out.stderr
     assert not workdir.exists()
 
 
 @pytest.mark.parametrize("variant, field, value, message", [
-    ("mlp_keep=0", None, None, "config.plan.mlp_keep has [0.0]; expected MLP keep fractions in "
-     "(0, 1]"),
+    ("mlp_keep=0", None, None, "config.plan has (0, (0.0, 0.0, 0.0, 0.0)): MLP fractions [0.0, "
+     "0.0, 0.0, 0.0]; expected kept fractions in (0, 1]"),
+    ("mlp_keep=1.0", None, None, "config.plan has (0, (1.0, 1.0, 1.0, 1.0)), which cuts nothing"),
+    ("", "plan.mlp_keep", (0.5,) * 5, "config.plan has (0, (0.5, 0.5, 0.5, 0.5, 0.5)): 5 MLP "
+     "fractions for 4 blocks"),
     ("drop_blocks=4", None, None, "config.baseline_drop_blocks has [4]; expected block counts "
      "in [1, 3]"),
     ("", "model", "resnet_mini", "'resnet_mini' is not a ViT/DeiT"),
@@ -45,7 +49,8 @@ def test_bad_config_fails_before_work_and_writes_nothing(tmp_path):
     ("", "sweep.targets", (0.25, 1.5), "config.sweep.targets has [1.5]"),
     ("", "recover.ce_weight", 1.0, "recover.ce_weight must be 0"),
     ("", "sweep.dcvit", ((2, 0.5),), "config.sweep.dcvit has (2, 0.5); expected"),
-    ("", "sweep.dcvit", ((1, (0.5, 1.5)),), "config.sweep.dcvit has [1.5]"),
+    ("", "sweep.dcvit", ((1, (0.5, 1.5)),), "config.sweep.dcvit has (1, (0.5, 1.5)): MLP "
+     "fractions [1.5]"),
     ("", "sweep.dcvit", ((0, (1.0,)),), "cuts nothing"),
     ("", "sweep.seeds", (0, 0), "config.sweep.seeds=(0, 0)"),
 ])
@@ -79,6 +84,8 @@ def test_runlocal_end_to_end(tmp_path, variant, output):
     if output == "report.json":
         c = report["compressed"]
         assert c["params"] < report["dense"]["params"] and "block_drop" in report["baselines"]
+        # the default plan: every block keeps its attention, every MLP is cut to plan.mlp_keep
+        assert c["attn"] == [True] * 4 and c["mlp_keep"] == list(get_config().plan.mlp_keep)
         assert (tmp_path / "compressed" / "structure.json").exists()
         assert (tmp_path / "masks.npz").exists() and 0 < report["then_prune"]["top1"] <= 100
     else:

@@ -62,10 +62,21 @@ def _check_blocks(name: str, values, depth: int, low: int) -> None:
         raise ValueError(f"{name} has {bad}; expected block counts in [{low}, {depth}]")
 
 
-def _check_fractions(name: str, values) -> None:
-    bad = [v for v in values if not 0.0 < v <= 1.0]
+def _check_plan(name: str, attn_free: int, mlp_keep, depth: int) -> None:
+    """A plan in ``dcvit.ranked_plan`` terms: attention-free blocks and per-block MLP fractions."""
+    if not isinstance(mlp_keep, (tuple, list)):
+        raise ValueError(f"{name} has ({attn_free}, {mlp_keep!r}); expected a tuple of kept MLP "
+                         "fractions, one per block, least sensitive first")
+    where = f"{name} has ({attn_free}, {tuple(mlp_keep)})"
+    if not 0 <= attn_free <= depth:
+        raise ValueError(f"{where}: {attn_free} attention-free blocks; expected [0, {depth}]")
+    if len(mlp_keep) > depth:
+        raise ValueError(f"{where}: {len(mlp_keep)} MLP fractions for {depth} blocks")
+    bad = [f for f in mlp_keep if not 0.0 < f <= 1.0]
     if bad:
-        raise ValueError(f"{name} has {bad}; expected MLP keep fractions in (0, 1]")
+        raise ValueError(f"{where}: MLP fractions {bad}; expected kept fractions in (0, 1]")
+    if attn_free == 0 and all(f == 1.0 for f in mlp_keep):
+        raise ValueError(f"{where}, which cuts nothing")
 
 
 def parse(config: ml_collections.ConfigDict) -> Settings:
@@ -74,20 +85,13 @@ def parse(config: ml_collections.ConfigDict) -> Settings:
         raise ValueError(f"config.mode={config.mode!r}; expected one of {MODES}")
     gen, task = run.parse_source(config)
     depth = _depth(config.model)
-    _check_blocks("config.plan.attn_blocks", [config.plan.attn_blocks], depth, 0)
-    _check_fractions("config.plan.mlp_keep", [config.plan.mlp_keep])
+    _check_plan("config.plan", config.plan.attn_blocks, config.plan.mlp_keep, depth)
     _check_blocks("config.baseline_drop_blocks", [config.baseline_drop_blocks], depth - 1, 1)
     for entry in config.sweep.dcvit:
         if len(entry) != 2 or not isinstance(entry[1], (tuple, list)):
             raise ValueError(f"config.sweep.dcvit has {entry}; expected (attention-free blocks, "
                              "(kept MLP fraction of each block, least sensitive first))")
-        _check_blocks("config.sweep.dcvit", [entry[0]], depth, 0)
-        if len(entry[1]) > depth:
-            raise ValueError(f"config.sweep.dcvit has {entry}: {len(entry[1])} MLP fractions "
-                             f"for {depth} blocks")
-        _check_fractions("config.sweep.dcvit", entry[1])
-        if entry[0] == 0 and all(f == 1.0 for f in entry[1]):
-            raise ValueError(f"config.sweep.dcvit has {entry}, which cuts nothing")
+        _check_plan("config.sweep.dcvit", *entry, depth)
     seeds = list(config.sweep.seeds)
     if not seeds or len(set(seeds)) != len(seeds):
         raise ValueError(f"config.sweep.seeds={tuple(seeds)}; expected distinct recovery seeds")
@@ -210,8 +214,7 @@ def run_dcvit(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> 
 
 def _compress(config, s: Settings, setup: _Setup, header: dict, workdir: Path) -> dict:
     depth = len(setup.teacher.blocks)
-    plan = dcvit.cut_plan(depth, setup.attn_order[:config.plan.attn_blocks],
-                          config.plan.mlp_keep)
+    plan = dcvit.ranked_plan(setup.attn_order, config.plan.attn_blocks, config.plan.mlp_keep)
     student, point = _evaluate_cut(setup, plan, s, config, "dcvit")
     masks: dict = {}
     report = {**header, "method": "dcvit", "compressed": point, "baselines": {},
