@@ -41,18 +41,25 @@ SCRIPT = textwrap.dedent("""
     Hs8 = collect_hessians(TinyViT(nnx.Rngs(0)), xs, names, mesh=mesh)
     for n in names:
         np.testing.assert_allclose(np.asarray(Hs1[n]), np.asarray(Hs8[n]), rtol=1e-4, atol=1e-5)
+    from taco_jax.prune.hessian import collect_paired
+    m, r = TinyViT(nnx.Rngs(0)), TinyViT(nnx.Rngs(1))  # dense targets' paired sums
+    one = collect_paired(m, xs, r, xs, "blocks.1.mlp.fc2")
+    many = collect_paired(m, xs, r, xs, "blocks.1.mlp.fc2", mesh=mesh)
+    for u, v in zip(one, many):
+        np.testing.assert_allclose(np.asarray(u), np.asarray(v), rtol=1e-4, atol=1e-5)
     if not full:
         print("MULTIDEVICE OK")
         raise SystemExit
-    cfg = PruneConfig(sparsity=0.5, blocksize=32)
-    a, b = TinyViT(nnx.Rngs(0)), TinyViT(nnx.Rngs(0))
-    ra, rb = prune_model(a, xs, cfg), prune_model(b, xs, cfg, mesh=mesh)
-    for n in ra.masks:
-        agree = np.mean(ra.masks[n] == rb.masks[n])
-        assert agree > 0.999, (n, agree)
-        np.testing.assert_allclose(np.asarray(get_layer(a, n).kernel.get_value()),
-                                   np.asarray(get_layer(b, n).kernel.get_value()),
-                                   rtol=1e-3, atol=1e-4)
+    for targets in ("self", "dense"):
+        cfg = PruneConfig(sparsity=0.5, blocksize=32, targets=targets)
+        a, b = TinyViT(nnx.Rngs(0)), TinyViT(nnx.Rngs(0))
+        ra, rb = prune_model(a, xs, cfg), prune_model(b, xs, cfg, mesh=mesh)
+        for n in ra.masks:
+            agree = np.mean(ra.masks[n] == rb.masks[n])
+            assert agree > 0.999, (n, agree)
+            np.testing.assert_allclose(np.asarray(get_layer(a, n).kernel.get_value()),
+                                       np.asarray(get_layer(b, n).kernel.get_value()),
+                                       rtol=1e-3, atol=1e-4)
     print("MULTIDEVICE OK")
 """)
 
