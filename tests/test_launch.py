@@ -38,6 +38,18 @@ def test_bad_config_fails_before_work_and_writes_nothing(tmp_path, variant, mess
     assert not workdir.exists()
 
 
+def test_overrides_take_dotted_layer_names_from_the_command_line(tmp_path):
+    out = _run("launch.taco", "--config.prune.overrides=(('layer1.0.conv1',0.5),('conv1',))",
+               f"--workdir={tmp_path / 'run'}")
+    assert out.returncode != 0 and "config.prune.overrides has [('conv1',)]" in out.stderr
+    from configs.taco.demo import get_config
+    from taco_jax.compress import run
+
+    c = get_config()
+    c.prune.overrides = (("conv1", 0.0), ("layer1.0.conv1", ("2:4", 0.5)))
+    assert run.parse(c)[0].prune.overrides == {"conv1": 0.0, "layer1.0.conv1": ("2:4", 0.5)}
+
+
 def test_unknown_task_class_is_named(tmp_path):
     out = _run("launch.taco", "--config.task.classes=('cat','unicorn')",
                f"--workdir={tmp_path / 'run'}")

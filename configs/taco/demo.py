@@ -50,9 +50,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Per-layer sparsities from each layer's measured error curve, meeting the same total
     # non-zero budget (notes/issue7.md: before recovery 69% vs 30% for uniform at 90%).
     c.prune.allocation = "global"
-    # Layer name -> sparsity. The 3x3x1 stem (9 weights per filter, 144 in all) stays dense, as
-    # in the OBC/SparseGPT CNN recipes: at 50% alone it costs 54 points of task accuracy.
-    c.prune.overrides = {"conv1": 0.0}
+    # (layer name, sparsity or (pattern, sparsity)) pairs, e.g. on the command line
+    # --config.prune.overrides="(('conv1', 0.0), ('layer1.0.conv1', 0.5))". The 3x3x1 stem (9
+    # weights per filter, 144 in all) stays dense, as in the OBC/SparseGPT CNN recipes: at 50%
+    # alone it costs 54 points of task accuracy.
+    c.prune.overrides = (("conv1", 0.0),)
     c.prune.targets = "self"
 
     c.recover = ml_collections.ConfigDict()

@@ -19,7 +19,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.model = "vit_mini"
     # The 4x4x1 patch embedding (16 inputs per output) is the ViT's stem: kept dense, like the
     # ResNet stem in the demo. Attention and MLP linears follow the global allocation.
-    c.prune.overrides = ml_collections.ConfigDict({"patch_embed.proj": 0.0},
-                                                  allow_dotted_keys=True)
+    c.prune.overrides = (("patch_embed.proj", 0.0),)
     c.generalist.steps = 3000  # ViTs need longer on 12k images (BUILD_NOTES, mini variants)
     return c

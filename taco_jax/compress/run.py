@@ -47,13 +47,29 @@ def parse_source(config: ml_collections.ConfigDict) -> tuple[fit.FitConfig, Task
     return _fit_config(config.generalist, config.seed), task
 
 
+def _overrides(value) -> dict:
+    """``config.prune.overrides`` as PruneConfig's mapping. The config form is a tuple of
+    (layer name, sparsity) or (layer name, (pattern, sparsity)) pairs, which a command line can
+    set for dotted layer names (ml_collections' flags refuse dotted dict keys); a mapping
+    (``ConfigDict(..., allow_dotted_keys=True)`` in a config file) is taken as it is."""
+    if isinstance(value, ml_collections.ConfigDict):
+        return value.to_dict()
+    bad = [p for p in value
+           if not (isinstance(p, tuple | list) and len(p) == 2 and isinstance(p[0], str))]
+    if bad:
+        raise ValueError(f"config.prune.overrides has {bad}; expected (layer name, sparsity) or "
+                         "(layer name, (pattern, sparsity)) pairs")
+    return {name: tuple(spec) if isinstance(spec, list) else spec for name, spec in value}
+
+
 def parse(config: ml_collections.ConfigDict) -> tuple[taco.TacoConfig, fit.FitConfig, Task]:
     """Typed, validated configs from a config file; raises ValueError naming a bad value.
 
     Called before any work starts, so a typo fails in a second, not after training.
     """
     generalist_config, task = parse_source(config)
-    prune = sequential.PruneConfig(**config.prune.to_dict())
+    prune = sequential.PruneConfig(**{**config.prune.to_dict(),
+                                      "overrides": _overrides(config.prune.overrides)})
     taco_config = taco.TacoConfig(
         shots=config.shots, seed=config.seed, prune=prune,
         recover=_fit_config(config.recover, config.seed), baselines=tuple(config.baselines),
