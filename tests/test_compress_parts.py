@@ -158,11 +158,10 @@ def test_calibration_views_are_the_images_then_augmented_copies():
     from types import SimpleNamespace
 
     from taco_jax.compress import taco
+    from taco_jax.train import fit
 
     x = np.random.default_rng(0).random((10, 8, 8, 1)).astype(np.float32)
     data = SimpleNamespace(preprocess=lambda v: 2.0 * v - 1.0)
-    from taco_jax.train import fit
-
     cfg = taco.TacoConfig(calibration_views=3, calibration_batch=4,
                           recover=fit.FitConfig(augment="shift_flip"))
     batches = taco._calibration_batches(x, data, cfg)

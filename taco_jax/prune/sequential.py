@@ -378,21 +378,19 @@ def prune_model(model: nnx.Module, batches: Sequence, config: PruneConfig, *,
                 todo.append(n)
         if todo:
             t0 = time.perf_counter()
-            targets = {}
             if config.targets == "dense":
                 H, C = collect_paired(model, cache.at(segment), reference,
                                       ref_cache.at(segment), todo[0], mesh=mesh,
                                       segment=segment)
-                if mesh is not None:  # back as uncommitted arrays, like the model's own
-                    H, C = _uncommitted(H), _uncommitted(C)
-                targets = {n: dense_target(layer_matrix(get_layer(model, n)),
-                                           layer_matrix(get_layer(reference, n)), H, C,
-                                           config.percdamp) for n in todo}
             else:
-                H = collect_hessians(model, cache.at(segment), todo[:1], mesh=mesh,
-                                     segment=segment)[todo[0]]
-                if mesh is not None:  # back as an uncommitted array, like the model's own
-                    H = _uncommitted(H)
+                H, C = collect_hessians(model, cache.at(segment), todo[:1], mesh=mesh,
+                                        segment=segment)[todo[0]], None
+            if mesh is not None:  # back as uncommitted arrays, like the model's own
+                H, C = _uncommitted(H), None if C is None else _uncommitted(C)
+            targets = {} if C is None else {
+                n: dense_target(layer_matrix(get_layer(model, n)),
+                                layer_matrix(get_layer(reference, n)), H, C, config.percdamp)
+                for n in todo}
             share = (time.perf_counter() - t0) / len(todo)
             devices = _layer_devices(todo, plan, mesh)
             if devices is None:

@@ -373,12 +373,19 @@ def magnitude_prune(W: jax.Array, counts: jax.Array, pattern: Pattern, axis_name
 # ----------------------------------------------------------------------------- the layer solve
 
 
+def fill_dead_inputs(H: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(H with a 1 on the diagonal of every dead input, the dead mask (k,)) for H (k, k): an
+    input that is always zero has a zero row and column; the 1 keeps H invertible (and counts
+    in the damping's mean diagonal) without touching any live input."""
+    dead = jnp.diag(H) == 0
+    return jnp.where(jnp.diag(dead), 1.0, H), dead
+
+
 @functools.partial(jax.jit, static_argnames=("pattern", "blocksize", "percdamp", "method",
                                              "axis_name"))
 def _prune_core(W, H, counts, *, pattern, blocksize, percdamp, method, axis_name=None):
     W0 = W
-    dead = jnp.diag(H) == 0                                          # dead inputs
-    Hd = jnp.where(jnp.diag(dead), 1.0, H)
+    Hd, dead = fill_dead_inputs(H)
     W = jnp.where(dead[None], 0.0, W)
     num = None
     if method == "magnitude":

@@ -20,12 +20,13 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from taco_jax.prune.solver import fill_dead_inputs
+
 
 @jax.jit
 def _corrected(W, W_ref, H, C, percdamp):
-    dead = jnp.diagonal(H, axis1=1, axis2=2) == 0  # (G, k): inputs that are always zero
+    Hd, _ = jax.vmap(fill_dead_inputs)(H)  # the solver's convention for always-zero inputs
     eye = jnp.eye(H.shape[-1], dtype=H.dtype)
-    Hd = jnp.where(dead[:, None, :] & eye.astype(bool), 1.0, H)
     lam = percdamp * jnp.mean(jnp.diagonal(Hd, axis1=1, axis2=2), axis=1)[:, None, None]
     A = jnp.einsum("gdr,grk->gdk", W_ref, C, precision=lax.Precision.HIGHEST) + lam * W
     L = jnp.linalg.cholesky(Hd + lam * eye)
