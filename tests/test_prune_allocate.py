@@ -1,15 +1,20 @@
-"""Global sparsity allocation: exact against brute force, budget met, used by prune_model."""
+"""Global sparsity allocation: exact against brute force, budget met, used by prune_model; the
+output-error curves against a float64 numpy forward."""
 
 import itertools
 
+import jax
 import numpy as np
 import pytest
 from flax import nnx
-from test_prune_fixtures import TinyViT, image_batches
+from test_prune_fixtures import TinyCNN, TinyViT, image_batches, randomize_batchnorm
 
 from taco_jax.models.paths import get_layer
-from taco_jax.prune.allocate import allocate_sparsity
+from taco_jax.prune.allocate import allocate_sparsity, error_curves
+from taco_jax.prune.hessian import collect_hessians
+from taco_jax.prune.patterns import Unstructured
 from taco_jax.prune.sequential import PruneConfig, prune_model
+from taco_jax.prune.solver import prune_layer
 
 
 def test_allocation_matches_brute_force():
@@ -36,9 +41,10 @@ def test_infeasible_budget_is_a_clear_error():
         allocate_sparsity({"a": [0, 1]}, {"a": [10, 5]}, (0.0, 0.5), budget=1)
 
 
-def test_global_allocation_in_prune_model_meets_the_parameter_budget():
+@pytest.mark.parametrize("allocation", ["global", "output"])
+def test_global_allocation_in_prune_model_meets_the_parameter_budget(allocation):
     vit = TinyViT(nnx.Rngs(0))
-    cfg = PruneConfig(sparsity=0.7, allocation="global", blocksize=32,
+    cfg = PruneConfig(sparsity=0.7, allocation=allocation, blocksize=32,
                       allocation_grid=(0.0, 0.5, 0.7, 0.8, 0.9))
     res = prune_model(vit, image_batches(1), cfg)
     sizes = {s.name: np.prod(s.shape) for s in res.stats}
@@ -48,3 +54,80 @@ def test_global_allocation_in_prune_model_meets_the_parameter_budget():
     for n, s in res.sparsities.items():
         k = np.asarray(get_layer(vit, n).kernel.get_value())
         assert np.mean(k == 0) == pytest.approx(s, abs=0.01)
+
+
+class TwoLayerMlp(nnx.Module):
+    """x (N, 8) -> fc1 (16) -> relu -> fc2 (5 logits); small enough for a float64 numpy twin."""
+
+    def __init__(self, rngs):
+        self.fc1 = nnx.Linear(8, 16, rngs=rngs)
+        self.fc2 = nnx.Linear(16, 5, rngs=rngs)
+
+    def __call__(self, x):
+        return self.fc2(nnx.relu(self.fc1(x)))
+
+
+def _numpy_logits(kernels, biases, x):
+    h = np.maximum(x @ kernels["fc1"] + biases["fc1"], 0.0)
+    return h @ kernels["fc2"] + biases["fc2"]
+
+
+def _numpy_kl(p_logits, q_logits):
+    def log_softmax(z):
+        z = z - z.max(-1, keepdims=True)
+        return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+    p, q = log_softmax(p_logits), log_softmax(q_logits)
+    return np.mean(np.sum(np.exp(p) * (p - q), -1))
+
+
+def test_output_error_curves_match_a_float64_forward_of_each_layer_pruned_alone():
+    model = TwoLayerMlp(nnx.Rngs(0))
+    rng = np.random.default_rng(1)
+    batches = [rng.normal(size=(n, 8)).astype(np.float32) for n in (24, 9)]  # unequal sizes
+    grid = (0.0, 0.5, 0.75)
+    names = ["fc1", "fc2"]
+    before = {n: np.array(get_layer(model, n).kernel.get_value()) for n in names}
+    got = error_curves(model, batches, names, Unstructured(), grid, measure="output",
+                       blocksize=8)
+    for n in names:  # the model is given back unchanged
+        np.testing.assert_array_equal(np.asarray(get_layer(model, n).kernel.get_value()),
+                                      before[n])
+
+    x = np.concatenate(batches).astype(np.float64)
+    kernels = {n: before[n].astype(np.float64) for n in names}
+    biases = {n: np.asarray(get_layer(model, n).bias.get_value(), np.float64) for n in names}
+    dense = _numpy_logits(kernels, biases, x)
+    hessians = collect_hessians(model, batches, names)
+    for n in names:
+        want = []
+        for s in grid:
+            Wp, _, _ = prune_layer(before[n].T, hessians[n], "unstructured", s, blocksize=8)
+            pruned = dict(kernels, **{n: np.asarray(Wp, np.float64).T})
+            want.append(_numpy_kl(dense, _numpy_logits(pruned, biases, x)))
+        assert want[0] == pytest.approx(0.0, abs=1e-9) and want[-1] > 1e-4  # a real signal
+        np.testing.assert_allclose(got[n], want, rtol=2e-3, atol=1e-7)
+
+
+def test_unknown_error_measure_is_named():
+    with pytest.raises(ValueError, match="'logits'"):
+        error_curves(TwoLayerMlp(nnx.Rngs(0)), [np.zeros((2, 8), np.float32)], ["fc1"],
+                     Unstructured(), (0.0,), measure="logits")
+    with pytest.raises(ValueError, match="'outputs'"):
+        PruneConfig(allocation="outputs")
+
+
+def test_output_error_curves_leave_a_batchnorm_model_unchanged():
+    """The output measure re-estimates BatchNorm statistics after each trial prune (as the
+    pipeline does after pruning); weights and statistics are given back as they were."""
+    model = TinyCNN(nnx.Rngs(0))
+    randomize_batchnorm(model)
+    before = jax.tree.map(np.array, nnx.state(model, (nnx.Param, nnx.BatchStat)))
+    names = ["block.conv1", "block.conv2"]
+    curves = error_curves(model, image_batches(1), names, Unstructured(), (0.0, 0.9),
+                          measure="output", blocksize=32)
+    after = jax.tree.map(np.array, nnx.state(model, (nnx.Param, nnx.BatchStat)))
+    for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(after), strict=True):
+        np.testing.assert_array_equal(a, b)
+    for n in names:  # pruning 90% costs more than re-estimating the statistics alone
+        assert curves[n][1] > curves[n][0]

@@ -49,6 +49,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.prune.percdamp = 0.01
     # Per-layer sparsities from each layer's measured error curve, meeting the same total
     # non-zero budget (notes/issue7.md: before recovery 69% vs 30% for uniform at 90%).
+    # "global": layer errors; "output": the model's KL with only that layer pruned (better
+    # before recovery, the same after it: BUILD_NOTES, session 5); "uniform".
     c.prune.allocation = "global"
     # (layer name, sparsity or (pattern, sparsity)) pairs, e.g. on the command line
     # --config.prune.overrides="(('conv1', 0.0), ('layer1.0.conv1', 0.5))". The 3x3x1 stem (9

@@ -1,7 +1,8 @@
 """Global per-layer sparsity from measured error curves under a total budget (OBC/SPDY-style).
 
-1. ``error_curves``: each layer's relative error ‖WX−ŴX‖²/‖WX‖² at every sparsity of a grid,
-   solved on the dense model's Hessians (one calibration pass for all layers).
+1. ``error_curves``: each layer pruned alone at every sparsity of a grid (solved on the dense
+   model's Hessians), scored by its relative error ‖WX−ŴX‖²/‖WX‖² ("layer") or by the KL
+   between the model's predictions before and after ("output": the error as the task sees it).
 2. ``allocate_sparsity``: one grid level per layer minimising the summed error subject to
    Σ cost ≤ budget (cost = non-zero parameters, or FLOPs for structured), solved exactly on a
    discretised budget by dynamic programming.
@@ -11,14 +12,21 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import logging
+from flax import nnx
 
+from taco_jax import distributed
 from taco_jax.models.paths import get_layer
 from taco_jax.prune.hessian import Probe, collect_hessians
-from taco_jax.prune.layout import layer_inputs, layer_matrix
+from taco_jax.prune.layout import kernel_from_matrix, layer_inputs, layer_matrix
 from taco_jax.prune.patterns import Structured, parse_pattern
 from taco_jax.prune.solver import prune_layer
+from taco_jax.train import batchnorm
+
+MEASURES = ("layer", "output")
 
 
 def allocate_sparsity(errors: Mapping[str, Sequence[float]], costs: Mapping[str, Sequence[float]],
@@ -63,25 +71,89 @@ def allocate_sparsity(errors: Mapping[str, Sequence[float]], costs: Mapping[str,
     return {n: out[n] for n in names}
 
 
+def _solved_levels(W: jax.Array, H: jax.Array, pattern, grid: Sequence[float], **solve):
+    """Yield (W pruned at s, relative layer error at s) for each grid sparsity ``s``.
+
+    W (G, rows, cols) and H (cols, cols) or (G, cols, cols): each group solved on its own, the
+    error ‖ΔW X‖²/‖W X‖² pooled over the groups."""
+    Hg = H if H.ndim == 3 else H[None]
+    for s in grid:
+        num = den = 0.0
+        pruned = []
+        for g in range(W.shape[0]):
+            Wp, _, st = prune_layer(W[g], Hg[g], pattern, s, **solve)
+            w = np.float64(W[g])
+            d = float(np.einsum("ri,ij,rj->", w, np.float64(Hg[g]), w))
+            num, den = num + float(st.rel_error) * d, den + d
+            pruned.append(Wp)
+        yield jnp.stack(pruned), num / max(den, 1e-30)
+
+
+def _output_kl(model, batches, reference: list[jax.Array], mesh) -> float:
+    """Mean over the images of KL(softmax(reference logits) ‖ softmax(model logits)), summed
+    over processes when ``mesh`` spans several."""
+    total = count = 0.0
+    for x, ref in zip(batches, reference, strict=True):
+        logits = _jit_logits(model, jnp.asarray(x, jnp.float32))
+        total += float(jnp.sum(_kl_rows(ref, logits)))
+        count += len(ref)
+    if distributed.spans_processes(mesh):
+        total, count = (float(v) for v in distributed.sum_over_processes(
+            (np.asarray([total]), np.asarray([count]))))
+    return total / max(count, 1.0)
+
+
+@nnx.jit
+def _jit_logits(model, x):
+    return model(x)
+
+
+def _kl_rows(p_logits: jax.Array, q_logits: jax.Array) -> jax.Array:
+    p = jax.nn.log_softmax(p_logits.astype(jnp.float32), axis=-1)
+    q = jax.nn.log_softmax(q_logits.astype(jnp.float32), axis=-1)
+    return jnp.sum(jnp.exp(p) * (p - q), axis=-1)
+
+
 def error_curves(model, batches, names: Sequence[str], pattern, grid: Sequence[float], *,
-                 blocksize: int = 128, percdamp: float = 0.01, method: str = "sparsegpt",
-                 mesh=None) -> dict[str, np.ndarray]:
-    """name -> relative error at each grid sparsity, on the dense model (no weights changed)."""
+                 measure: str = "layer", blocksize: int = 128, percdamp: float = 0.01,
+                 method: str = "sparsegpt", mesh=None) -> dict[str, np.ndarray]:
+    """name -> error at each grid sparsity, each layer pruned alone on the dense model.
+
+    ``measure``: "layer", the layer's relative error ‖WX−ŴX‖²/‖WX‖² (one calibration pass for
+    all layers); or "output", the model's mean KL(dense predictions ‖ predictions with only
+    this layer pruned) over ``batches`` (one more forward pass per layer and level), which
+    weighs each layer by what its error does to the output. The model is left unchanged.
+    """
+    if measure not in MEASURES:
+        raise ValueError(f"unknown error measure {measure!r}; allowed: {MEASURES}")
     hessians = collect_hessians(model, batches, names, mesh=mesh)
+    model.eval()
+    reference = ([_jit_logits(model, jnp.asarray(x, jnp.float32)) for x in batches]
+                 if measure == "output" else None)
+    stats = (jax.tree.map(jnp.copy, nnx.state(model, nnx.BatchStat)) if measure == "output"
+             else None)
+    stats = stats if stats is not None and jax.tree.leaves(stats) else None
+    images = np.concatenate([np.asarray(x) for x in batches]) if stats is not None else None
+    solve = dict(blocksize=blocksize, percdamp=percdamp, method=method, mesh=mesh)
     out = {}
     for n in names:
-        W, H = layer_matrix(get_layer(model, n)), hessians[n]
-        Hg = H if H.ndim == 3 else H[None]
+        layer = get_layer(model, n)
+        kernel = layer.kernel.get_value()
         errs = []
-        for s in grid:
-            num = den = 0.0
-            for g in range(W.shape[0]):
-                _, _, st = prune_layer(W[g], Hg[g], pattern, s, blocksize=blocksize,
-                                       percdamp=percdamp, method=method, mesh=mesh)
-                w = np.float64(W[g])
-                d = float(np.einsum("ri,ij,rj->", w, np.float64(Hg[g]), w))
-                num, den = num + float(st.rel_error) * d, den + d
-            errs.append(num / max(den, 1e-30))
+        try:
+            for Wp, rel in _solved_levels(layer_matrix(layer), hessians[n], pattern, grid,
+                                          **solve):
+                if measure == "output":
+                    layer.kernel.set_value(kernel_from_matrix(Wp, kernel.shape)
+                                           .astype(kernel.dtype))
+                    if stats is not None:
+                        batchnorm.reestimate(model, images, lambda x: x)
+                    rel = _output_kl(model, batches, reference, mesh)
+                errs.append(rel)
+        finally:
+            layer.kernel.set_value(kernel)
+            if stats is not None:
+                nnx.update(model, stats)
         out[n] = np.asarray(errs)
     return out
 
@@ -110,8 +182,10 @@ def allocate_for_model(model, batches, config, names: Sequence[str], mesh=None
     pattern = parse_pattern(config.pattern)
     grid = tuple(sorted(set(config.allocation_grid)))
     model.eval()
-    curves = error_curves(model, batches, names, pattern, grid, blocksize=config.blocksize,
-                          percdamp=config.percdamp, method=config.method, mesh=mesh)
+    measure = "output" if config.allocation == "output" else "layer"
+    curves = error_curves(model, batches, names, pattern, grid, measure=measure,
+                          blocksize=config.blocksize, percdamp=config.percdamp,
+                          method=config.method, mesh=mesh)
     size = {n: int(np.prod(get_layer(model, n).kernel.get_value().shape)) for n in names}
     if isinstance(pattern, Structured):
         from taco_jax.prune.shrink import infer_pairs
@@ -128,6 +202,6 @@ def allocate_for_model(model, batches, config, names: Sequence[str], mesh=None
     costs = {n: [weight[n] * (1 - s) for s in grid] for n in names}
     budget = (1 - config.sparsity) * sum(weight.values())
     alloc = allocate_sparsity(curves, costs, grid, budget)
-    logging.info("prune: global allocation at %.3f over %d layers: %s", config.sparsity,
-                 len(names), ", ".join(f"{n}={s:.2f}" for n, s in alloc.items()))
+    logging.info("prune: allocation from %s errors at %.3f over %d layers: %s", measure,
+                 config.sparsity, len(names), ", ".join(f"{n}={s:.2f}" for n, s in alloc.items()))
     return alloc

@@ -48,13 +48,16 @@ from taco_jax.prune.shrink import ShrinkPair, infer_pairs, shrink_pair
 from taco_jax.prune.solver import METHODS, prune_layer
 from taco_jax.prune.targets import dense_target
 
+ALLOCATIONS = ("uniform", "global", "output")
+
 
 @dataclasses.dataclass(frozen=True)
 class PruneConfig:
     """What to prune and how. ``overrides``: layer name -> sparsity, or (pattern, sparsity).
 
-    ``allocation``: "uniform" (every layer at ``sparsity``) or "global" (per-layer levels from
-    measured error curves meeting the same total non-zero budget, see ``allocate``).
+    ``allocation``: "uniform" (every layer at ``sparsity``), or per-layer levels meeting the same
+    total non-zero budget with least summed error (see ``allocate``), the errors measured at
+    each layer ("global") or at the model's output ("output").
     ``prune_head``: also prune the model's ``head_name`` layer (default: keep it dense).
     ``pairs``: structured producer/consumer pairs (default: ``shrink.infer_pairs``).
     ``targets``: what each layer's pruned weights must reproduce on its (pruned-model) inputs:
@@ -80,8 +83,8 @@ class PruneConfig:
         check_sparsity(self.sparsity)
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; allowed: {METHODS}")
-        if self.allocation not in ("uniform", "global"):
-            raise ValueError(f"allocation must be 'uniform' or 'global', got {self.allocation!r}")
+        if self.allocation not in ALLOCATIONS:
+            raise ValueError(f"allocation must be one of {ALLOCATIONS}, got {self.allocation!r}")
         if self.targets not in ("self", "dense"):
             raise ValueError(f"targets must be 'self' or 'dense', got {self.targets!r}")
         if self.targets == "dense" and self.method == "magnitude":
@@ -340,7 +343,7 @@ def prune_model(model: nnx.Module, batches: Sequence, config: PruneConfig, *,
         raise ValueError("prune_model needs at least one calibration batch")
 
     sparsities: dict[str, float] = {}
-    if config.allocation == "global":
+    if config.allocation != "uniform":
         from taco_jax.prune.allocate import allocate_for_model
 
         sparsities = allocate_for_model(model, batches, config, names, mesh=mesh)
