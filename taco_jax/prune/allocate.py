@@ -24,7 +24,7 @@ from taco_jax.prune.hessian import Probe, collect_hessians
 from taco_jax.prune.layout import kernel_from_matrix, layer_inputs, layer_matrix
 from taco_jax.prune.patterns import Structured, parse_pattern
 from taco_jax.prune.solver import prune_layer
-from taco_jax.train import batchnorm
+from taco_jax.train import batchnorm, losses
 
 MEASURES = ("layer", "output")
 
@@ -95,23 +95,17 @@ def _output_kl(model, batches, reference: list[jax.Array], mesh) -> float:
     total = count = 0.0
     for x, ref in zip(batches, reference, strict=True):
         logits = _jit_logits(model, jnp.asarray(x, jnp.float32))
-        total += float(jnp.sum(_kl_rows(ref, logits)))
+        total += float(losses.kd_kl(logits, ref, 1.0)) * len(ref)  # KL(ref ‖ model), T = 1
         count += len(ref)
     if distributed.spans_processes(mesh):
         total, count = (float(v) for v in distributed.sum_over_processes(
-            (np.asarray([total]), np.asarray([count]))))
+            (np.asarray(total), np.asarray(count))))
     return total / max(count, 1.0)
 
 
 @nnx.jit
 def _jit_logits(model, x):
     return model(x)
-
-
-def _kl_rows(p_logits: jax.Array, q_logits: jax.Array) -> jax.Array:
-    p = jax.nn.log_softmax(p_logits.astype(jnp.float32), axis=-1)
-    q = jax.nn.log_softmax(q_logits.astype(jnp.float32), axis=-1)
-    return jnp.sum(jnp.exp(p) * (p - q), axis=-1)
 
 
 def error_curves(model, batches, names: Sequence[str], pattern, grid: Sequence[float], *,
@@ -121,8 +115,9 @@ def error_curves(model, batches, names: Sequence[str], pattern, grid: Sequence[f
 
     ``measure``: "layer", the layer's relative error ‖WX−ŴX‖²/‖WX‖² (one calibration pass for
     all layers); or "output", the model's mean KL(dense predictions ‖ predictions with only
-    this layer pruned) over ``batches`` (one more forward pass per layer and level), which
-    weighs each layer by what its error does to the output. The model is left unchanged.
+    this layer pruned) over ``batches``, BatchNorm statistics re-estimated on them first as the
+    pipeline does after pruning (one or two more passes per layer and level), which weighs each
+    layer by what its error does to the output. The model is given back unchanged.
     """
     if measure not in MEASURES:
         raise ValueError(f"unknown error measure {measure!r}; allowed: {MEASURES}")
