@@ -108,6 +108,12 @@ def _jit_logits(model, x):
     return model(x)
 
 
+def _identity(x: jax.Array) -> jax.Array:
+    """The calibration batches are preprocessed already; one function object, so BatchNorm
+    re-estimation compiles once for all layers and levels."""
+    return x
+
+
 def error_curves(model, batches, names: Sequence[str], pattern, grid: Sequence[float], *,
                  measure: str = "layer", blocksize: int = 128, percdamp: float = 0.01,
                  method: str = "sparsegpt", mesh=None) -> dict[str, np.ndarray]:
@@ -123,12 +129,12 @@ def error_curves(model, batches, names: Sequence[str], pattern, grid: Sequence[f
         raise ValueError(f"unknown error measure {measure!r}; allowed: {MEASURES}")
     hessians = collect_hessians(model, batches, names, mesh=mesh)
     model.eval()
-    reference = ([_jit_logits(model, jnp.asarray(x, jnp.float32)) for x in batches]
-                 if measure == "output" else None)
-    stats = (jax.tree.map(jnp.copy, nnx.state(model, nnx.BatchStat)) if measure == "output"
-             else None)
-    stats = stats if stats is not None and jax.tree.leaves(stats) else None
-    images = np.concatenate([np.asarray(x) for x in batches]) if stats is not None else None
+    reference = stats = images = None
+    if measure == "output":
+        reference = [_jit_logits(model, jnp.asarray(x, jnp.float32)) for x in batches]
+        if jax.tree.leaves(nnx.state(model, nnx.BatchStat)):  # re-estimated after each trial
+            stats = jax.tree.map(jnp.copy, nnx.state(model, nnx.BatchStat))
+            images = np.concatenate([np.asarray(x) for x in batches])
     solve = dict(blocksize=blocksize, percdamp=percdamp, method=method, mesh=mesh)
     out = {}
     for n in names:
@@ -142,7 +148,7 @@ def error_curves(model, batches, names: Sequence[str], pattern, grid: Sequence[f
                     layer.kernel.set_value(kernel_from_matrix(Wp, kernel.shape)
                                            .astype(kernel.dtype))
                     if stats is not None:
-                        batchnorm.reestimate(model, images, lambda x: x)
+                        batchnorm.reestimate(model, images, _identity)
                     rel = _output_kl(model, batches, reference, mesh)
                 errs.append(rel)
         finally:

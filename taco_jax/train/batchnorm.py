@@ -8,6 +8,7 @@ in training), so every layer sees inputs normalised by the already-corrected lay
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import jax
@@ -20,6 +21,15 @@ def _batchnorms(model: nnx.Module) -> list[nnx.BatchNorm]:
     return [m for _, m in model.iter_modules() if isinstance(m, nnx.BatchNorm)]
 
 
+@functools.partial(nnx.jit, static_argnames="preprocess")
+def _batch_stats(model, x, preprocess):
+    """Every BatchNorm's (mean, var) after one train-mode pass on ``preprocess(x)``; compiled
+    once per model structure and ``preprocess`` (a caller re-estimating many times, like the
+    output-error allocation, reuses it)."""
+    model(preprocess(x))
+    return [(bn.mean.value, bn.var.value) for bn in _batchnorms(model)]
+
+
 def reestimate(model: nnx.Module, images: np.ndarray,
                preprocess: Callable[[jax.Array], jax.Array], batch_size: int = 256) -> int:
     """Set every BatchNorm's running mean/var to the mean over batches of ``images`` (N,H,W,C)
@@ -28,12 +38,6 @@ def reestimate(model: nnx.Module, images: np.ndarray,
     if not bns:
         return 0
     momenta = [bn.momentum for bn in bns]
-
-    @nnx.jit
-    def batch_stats(model, x):
-        model(preprocess(x))
-        return [(bn.mean.value, bn.var.value) for bn in _batchnorms(model)]
-
     sums = None
     weights = 0
     try:
@@ -42,7 +46,7 @@ def reestimate(model: nnx.Module, images: np.ndarray,
         model.train()
         for start in range(0, len(images), batch_size):
             chunk = jnp.asarray(images[start:start + batch_size])
-            stats = batch_stats(model, chunk)
+            stats = _batch_stats(model, chunk, preprocess)
             w = len(chunk)
             stats = [(m * w, v * w) for m, v in stats]
             sums = stats if sums is None else [(a + m, b + v) for (a, b), (m, v) in
