@@ -16,7 +16,7 @@ from flax import nnx
 
 from configs.transfer import demo
 from taco_jax.compress import adapt, retrieval, run, transfer, transfer_run
-from taco_jax.data import embedded
+from taco_jax.data import embedded, pool
 from taco_jax.data.task import Task, few_shot_indices
 
 FRACTIONS = (1.0, 0.1, 0.05, 0.0)
@@ -36,17 +36,17 @@ def main() -> None:
     pool_emb = retrieval.embed(teacher, pool_x, data.preprocess)
     print("fraction seed size set task% animal% digit% pool pool_task%")
     for fraction, seed in itertools.product(FRACTIONS, SEEDS):
-        kept = transfer_run.pool_subset(pool_y, names, task_names, fraction)
+        kept = pool.pool_subset(pool_y, names, task_names, fraction)
         ids = few_shot_indices(data.train_labels, config.shots, seed)
         shots_x = data.train_images[ids]
         pool_ids = kept[transfer._drop_query_copies(pool_x[kept], shots_x)]
         q = retrieval.embed(teacher, shots_x, data.preprocess)
-        pool_c = transfer_run.composition(pool_ids, pool_y, names, task_names)
+        pool_c = pool.composition(pool_ids, pool_y, names, task_names)
         for size in SIZES:
             sets = {"retrieval": pool_ids[retrieval.retrieve(q, pool_emb[pool_ids], size)],
                     "random": np.random.default_rng(seed).choice(pool_ids, size, replace=False)}
             for name, chosen in sets.items():
-                c = transfer_run.composition(chosen, pool_y, names, task_names)
+                c = pool.composition(chosen, pool_y, names, task_names)
                 a = animal[pool_y[chosen]].mean()
                 print(f"{fraction:4.2f} {seed} {size:5d} {name:9s} "
                       f"{100 * c['task_class_fraction']:5.1f} {100 * a:5.1f} {100 * (1 - a):5.1f} "

@@ -1,5 +1,6 @@
 """The launchers explain themselves and reject bad values before doing any work."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -63,3 +64,20 @@ def test_workdir_of_another_config_is_refused_before_work(tmp_path):
     out = _run("launch.taco", "--config=configs/taco/demo.py:runlocal", f"--workdir={workdir}")
     assert out.returncode != 0 and "holds a run of a different config" in out.stderr
     assert sorted(p.name for p in workdir.iterdir()) == ["config.json"]
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("pool.dataset", "imagenet", "config.pool.dataset='imagenet': this launcher runs on"),
+    ("pool.task_class_fraction", 1.5, "task_class_fraction must be in [0, 1]"),
+    ("recover.unlabelled_share", 1.0, "unlabelled_share must be in (0, 1)"),
+])
+def test_bad_recovery_pool_is_named(field, value, message):
+    from configs.taco.demo import get_config
+    from taco_jax.compress import run
+
+    c = get_config()
+    c.pool.dataset = "taco_embedded"
+    group, key = field.split(".")
+    c[group][key] = value
+    with pytest.raises(ValueError, match=re.escape(message)):
+        run.parse(c)

@@ -50,6 +50,30 @@ def test_compress_holds_masks_and_reports(setup):
     assert all(x["rel_error"] >= 0 for x in r["layers"])
 
 
+def test_recovery_pool_reaches_every_kd_recovery_and_the_report(setup, monkeypatch):
+    """The unlabelled pool goes to TACO's and magnitude's recoveries (every schedule step), not
+    to the CE-only dense fine-tune, and the report says what the recovery trained on."""
+    model, data = setup
+    pool = data.train_images[-40:]
+    calls = []
+    real_fit = fit.fit
+
+    def spy(*args, unlabelled=None, desc="", **kwargs):
+        calls.append((desc, unlabelled))
+        return real_fit(*args, unlabelled=unlabelled, desc=desc, **kwargs)
+
+    monkeypatch.setattr(fit, "fit", spy)
+    config = taco.TacoConfig(
+        shots=4, prune=sequential.PruneConfig(pattern="unstructured", sparsity=0.75),
+        recover=fit.FitConfig(steps=3, batch_size=8, kd_weight=1.0, unlabelled_share=0.25),
+        schedule=(0.5,), schedule_steps=2, latency_batch=0)
+    r = taco.compress(model, dataclasses.replace(data, unlabelled_images=pool), config).report
+    assert [d for d, _ in calls] == ["taco recover_1", "taco recover_2", "magnitude recover_1",
+                                     "magnitude recover_2", "dense finetune"]
+    assert all(u is pool for d, u in calls[:4]) and calls[4][1] is None
+    assert r["recovery_data"] == {"labelled": 12, "unlabelled": 40, "unlabelled_share": 0.25}
+
+
 def _tree(model):
     return [np.asarray(v.value) for _, v in nnx.state(model).flat_state()]
 

@@ -113,3 +113,50 @@ def test_bad_fit_config_names_the_value():
     with pytest.raises(ValueError, match="kd_weight > 0 needs a teacher"):
         x, y = _blobs(n=10)
         fit.fit(_MLP(nnx.Rngs(0)), x, y, fit.FitConfig(kd_weight=1.0), lambda v: v)
+    with pytest.raises(ValueError, match="unlabelled_share must be in"):
+        fit.FitConfig(unlabelled_share=1.0)
+    with pytest.raises(ValueError, match=r"unlabelled images must be .* got shape \(3, 5\)"):
+        fit.fit(_MLP(nnx.Rngs(0)), x, y, fit.FitConfig(kd_weight=1.0), lambda v: v,
+                teacher=_MLP(nnx.Rngs(1)), unlabelled=np.zeros((3, 5), np.float32))
+    with pytest.raises(ValueError, match="need a teacher term"):
+        fit.fit(_MLP(nnx.Rngs(0)), x, y, fit.FitConfig(), lambda v: v, unlabelled=x)
+
+
+def test_mixed_batches_split_every_batch_and_cover_both_sets():
+    x, y = _blobs(n=10)
+    pool = np.arange(7, dtype=np.float32)[:, None, None, None] * np.ones((7, 4, 4, 1), np.float32)
+    cfg = fit.FitConfig(batch_size=8, unlabelled_share=0.25)
+    batches = fit._mixed_batches(x, y, pool, cfg, np.random.default_rng(0))
+    seen_l, seen_u = [], []
+    for _ in range(35):  # 35 batches: 6 labelled (21 epochs of 10), 2 unlabelled (10 of 7)
+        bx, by = next(batches)
+        assert bx.shape == (8, 4, 4, 1)
+        np.testing.assert_array_equal(by[6:], -1)
+        rows = [int(np.flatnonzero((x == r).all(axis=(1, 2, 3)))[0]) for r in bx[:6]]
+        np.testing.assert_array_equal(by[:6], y[rows])
+        seen_l += rows
+        seen_u += [int(r[0, 0, 0]) for r in bx[6:]]
+    # Each set is walked in whole epochs (a fresh permutation each): every example equally often.
+    np.testing.assert_array_equal(np.bincount(seen_l, minlength=10), 21)
+    np.testing.assert_array_equal(np.bincount(seen_u, minlength=7), 10)
+
+
+def test_unlabelled_pool_carries_the_teacher_beyond_few_labels():
+    """A random MLP teacher's decision function is learnt far better with KD on a large
+    unlabelled pool beside 2 labelled examples per class than on the 6 labelled alone."""
+    x = np.random.default_rng(2).normal(size=(900, 4, 4, 1)).astype(np.float32)
+    teacher = _MLP(nnx.Rngs(0))
+    teacher.fc2.kernel.value = teacher.fc2.kernel.value * 10  # confident, non-linear boundaries
+    t_pred = fit.predict_logits(teacher, x, lambda v: v).argmax(1)
+    few = np.concatenate([np.flatnonzero(t_pred == c)[:2] for c in range(3)])
+    pool = np.setdiff1d(np.arange(600), few)
+    cfg = fit.FitConfig(steps=400, batch_size=64, learning_rate=1e-2, kd_weight=1.0,
+                        temperature=1.0)
+    agree = {}
+    for name, unlabelled in (("few", None), ("pool", x[pool])):
+        student = _MLP(nnx.Rngs(7))
+        fit.fit(student, x[few], t_pred[few], cfg, lambda v: v, teacher=teacher,
+                unlabelled=unlabelled)
+        pred = fit.predict_logits(student, x[600:], lambda v: v).argmax(1)  # held out
+        agree[name] = float(np.mean(pred == t_pred[600:]))
+    assert agree["pool"] > 0.8 and agree["pool"] > agree["few"] + 0.25, agree

@@ -75,19 +75,19 @@ def test_student_must_share_the_teachers_input_transform(tiny_task):
 
 
 def test_pool_subset_and_composition():
-    from taco_jax.compress import transfer_run
+    from taco_jax.data import pool
 
     labels = np.repeat(np.arange(4), [10, 20, 30, 40])
     names, task = ["a", "b", "c", "d"], ["b", "d"]
-    np.testing.assert_array_equal(transfer_run.pool_subset(labels, names, task, 1.0),
+    np.testing.assert_array_equal(pool.pool_subset(labels, names, task, 1.0),
                                   np.arange(100))
-    np.testing.assert_array_equal(transfer_run.pool_subset(labels, names, task, 0.0),
+    np.testing.assert_array_equal(pool.pool_subset(labels, names, task, 0.0),
                                   np.flatnonzero((labels == 0) | (labels == 2)))
-    kept = transfer_run.pool_subset(labels, names, task, 0.25)
+    kept = pool.pool_subset(labels, names, task, 0.25)
     np.testing.assert_array_equal(np.bincount(labels[kept], minlength=4), [10, 5, 30, 10])
     assert len(set(kept.tolist())) == len(kept)
-    np.testing.assert_array_equal(kept, transfer_run.pool_subset(labels, names, task, 0.25))
+    np.testing.assert_array_equal(kept, pool.pool_subset(labels, names, task, 0.25))
 
-    c = transfer_run.composition(np.array([10, 30, 31, 99]), labels, names, task)
+    c = pool.composition(np.array([10, 30, 31, 99]), labels, names, task)
     assert c == {"images": 4, "task_class_fraction": 0.5,
                  "per_class": {"b": 1, "c": 2, "d": 1}}

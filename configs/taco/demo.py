@@ -13,6 +13,7 @@ import ml_collections
 from taco_jax.config_variants import parse_variant
 
 FARM_SPECIES = ("cat", "cow", "dog", "horse", "sheep")
+POOL = ""
 GRADUAL_LEVELS = (0.5, 0.75)  # intermediate sparsities below the target (notes/issue7.md)
 
 
@@ -68,6 +69,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.recover.ce_weight = 0.5
     c.recover.temperature = 4.0
     c.recover.augment = "shift_flip"
+    c.recover.unlabelled_share = 0.5  # of every recovery batch, when c.pool gives images
+
+    # Task-agnostic unlabelled images the recovery distils on (the teacher's task logits as
+    # targets) beside the labelled few-shot set; both methods get them. "" = none.
+    c.pool = ml_collections.ConfigDict()
+    c.pool.dataset = POOL
+    c.pool.split = "train"
+    c.pool.data_dir = ""
+    # Share of each task class's pool images kept (seeded). 0: none of the task's classes, so
+    # the labelled few-shot images stay the only task images the run sees.
+    c.pool.task_class_fraction = 0.0
 
     # Gradual pruning: these intermediate sparsities, each followed by schedule_steps of the
     # same recovery, before the final prune to c.prune.sparsity (magnitude gets the same).

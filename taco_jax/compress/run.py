@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -17,7 +18,7 @@ from flax import nnx
 
 from taco_jax import checkpoint, distributed, generalist, models
 from taco_jax.compress import export, sweep, taco
-from taco_jax.data import embedded, preprocess, source
+from taco_jax.data import embedded, pool, preprocess, source
 from taco_jax.data.task import Task
 from taco_jax.prune import sequential
 from taco_jax.train import fit
@@ -45,6 +46,30 @@ def parse_source(config: ml_collections.ConfigDict) -> tuple[fit.FitConfig, Task
         raise ValueError(f"config.task.dataset={task.dataset!r}: this launcher runs on the "
                          f"embedded default {source.EMBEDDED!r} for now")
     return _fit_config(config.generalist, config.seed), task
+
+
+def parse_pool(c: ml_collections.ConfigDict) -> Task | None:
+    """The generic unlabelled pool of ``config.pool`` (fields dataset, split, data_dir,
+    task_class_fraction) as a Task over every class, or None when ``dataset`` is empty;
+    raises ValueError naming a bad value."""
+    if not c.dataset:
+        return None
+    if c.dataset != source.EMBEDDED:
+        raise ValueError(f"config.pool.dataset={c.dataset!r}: this launcher runs on the "
+                         f"embedded default {source.EMBEDDED!r} for now ('' = no pool)")
+    if not 0.0 <= c.task_class_fraction <= 1.0:
+        raise ValueError("config.pool.task_class_fraction must be in [0, 1] (the share of each "
+                         f"task class's pool images kept), got {c.task_class_fraction}")
+    return Task(c.dataset, (), c.data_dir or None, train_split=c.split)
+
+
+def load_pool(pool_task: Task, task_class_fraction: float, task_names: list[str]
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """The pool's images (M,H,W,C) and dataset labels (M,): its split with only a seeded
+    ``task_class_fraction`` of each task class's images left (``pool.pool_subset``)."""
+    x, y = pool_task.load(pool_task.train_split)
+    kept = pool.pool_subset(y, pool_task.class_names(), task_names, task_class_fraction)
+    return x[kept], y[kept]
 
 
 def _overrides(value) -> dict:
@@ -75,6 +100,7 @@ def parse(config: ml_collections.ConfigDict) -> tuple[taco.TacoConfig, fit.FitCo
         recover=_fit_config(config.recover, config.seed), baselines=tuple(config.baselines),
         schedule=tuple(config.schedule), schedule_steps=config.schedule_steps,
         latency_batch=config.latency_batch, calibration_views=config.calibration_views)
+    parse_pool(config.pool)
     if config.sweep and jax.process_count() > 1:
         raise ValueError("config.sweep runs in a single process only; run the sweep's "
                          "sparsities as separate multi-process runs")
@@ -170,10 +196,19 @@ def run_taco(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> d
     workdir = open_workdir(config, workdir)
     start = time.perf_counter()
     model, gen_info, data = load_task_data(config, generalist_config, task)
+    pool_task, pool_info = parse_pool(config.pool), None
+    if pool_task is not None:
+        pool_x, pool_y = load_pool(pool_task, config.pool.task_class_fraction,
+                                   list(data.class_names))
+        data = dataclasses.replace(data, unlabelled_images=pool_x)
+        pool_info = pool.composition(np.arange(len(pool_y)), pool_y, pool_task.class_names(),
+                                     list(data.class_names))
+        logging.info("recovery pool (unlabelled): %s", pool_info)
     result = taco.compress(model, data, taco_config, workdir=workdir)
 
     report = result.report
     report["model"] = config.model
+    report["recovery_pool"] = pool_info
     report["generalist"] = {k: gen_info[k] for k in ("test_top1", "test_top5", "path")}
     report["environment"] = environment()
     checkpoint.save_state(workdir / "compressed", result.model)  # every process takes part

@@ -49,6 +49,9 @@ class TaskData:
     class_names: tuple[str, ...]
     preprocess: Callable
     mesh: jax.sharding.Mesh | None = None  # devices (of every process) to evaluate and prune on
+    # Task-agnostic images (M, H, W, C) uint8 the recovery also distils on (teacher logits only,
+    # ``recover.unlabelled_share`` of every batch); None: the few-shot set alone.
+    unlabelled_images: np.ndarray | None = None
 
     def evaluate(self, model: nnx.Module) -> dict:
         """Top-1/top-5 (%) of ``model`` on the task's test split (data parallel over
@@ -193,15 +196,18 @@ def _prune_and_recover(teacher, calib_x, calib_y, data, config, method, store, t
         def recover(masks=masks, recover_config=recover_config, step=step):
             fit.fit(student, calib_x, calib_y, recover_config, data.preprocess, teacher=teacher,
                     constrain=lambda m: sequential.apply_masks(m, masks),
-                    desc=f"{tag} recover{step}")
+                    unlabelled=data.unlabelled_images, desc=f"{tag} recover{step}")
             distributed.broadcast_model(student)  # every process trained on its own
             acc = data.evaluate(student)
             logging.info("%s after recovery: top-1 %.2f%%", tag, acc["top1"])
             return masks, {"accuracy": acc}
 
+        pool = ("" if data.unlabelled_images is None else
+                f" + {len(data.unlabelled_images)} unlabelled pool images")
         _, recovered = store.run(f"{tag}_recover{step}",
-                              f"{tag}: recover {recover_config.steps} steps (KD from the dense "
-                              "task teacher, masks fixed)", student, recover)
+                              f"{tag}: recover {recover_config.steps} steps on {len(calib_x)} "
+                              f"task images{pool} (KD from the dense task teacher, masks fixed)",
+                              student, recover)
         history.append({"sparsity": sparsity, "before_recovery": pruned["before_recovery"],
                         "after_recovery": recovered["accuracy"],
                         "prune_seconds": pruned["seconds"],
@@ -243,6 +249,9 @@ def compress(model: nnx.Module, data: TaskData, config: TacoConfig, *,
                  "test_images": len(data.test_labels)},
         "dense": dense,
         "compressed": recovered["accuracy"],
+        "recovery_data": {"labelled": len(calib_x)} if data.unlabelled_images is None else {
+            "labelled": len(calib_x), "unlabelled": len(data.unlabelled_images),
+            "unlabelled_share": config.recover.unlabelled_share},
         "compressed_before_recovery": pruned["before_recovery"],
         "schedule": pruned["steps"],
         "sparsity": sparsity_report.summarize(student, masks),

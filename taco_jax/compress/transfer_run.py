@@ -11,7 +11,7 @@ from absl import logging
 
 from taco_jax import checkpoint
 from taco_jax.compress import run, transfer
-from taco_jax.data import source
+from taco_jax.data import pool, source
 from taco_jax.data.task import Task
 from taco_jax.train import fit
 
@@ -21,15 +21,10 @@ def parse(config: ml_collections.ConfigDict
     """Typed, validated configs (transfer, generalist training, task, pool); raises ValueError
     naming a bad value before any work starts."""
     generalist_config, task = run.parse_source(config)
-    if config.pool.dataset != source.EMBEDDED:
-        raise ValueError(f"config.pool.dataset={config.pool.dataset!r}: this launcher runs on "
-                         f"the embedded default {source.EMBEDDED!r} for now")
-    if not 0.0 <= config.pool.task_class_fraction <= 1.0:
-        raise ValueError("config.pool.task_class_fraction must be in [0, 1] (the share of each "
-                         "task class's pool images kept), got "
-                         f"{config.pool.task_class_fraction}")
-    pool = Task(config.pool.dataset, (), config.pool.data_dir or None,
-                train_split=config.pool.split)
+    pool = run.parse_pool(config.pool)
+    if pool is None:
+        raise ValueError("config.pool.dataset is empty: transfer distils on a pool; set it to "
+                         f"{source.EMBEDDED!r}")
     finetune_teacher = (fit.FitConfig(steps=config.teacher_finetune_steps, seed=config.seed,
                                       **_without_steps(config.finetune))
                         if config.teacher_finetune_steps > 0 else None)
@@ -44,31 +39,6 @@ def parse(config: ml_collections.ConfigDict
     return cfg, generalist_config, task, pool
 
 
-def pool_subset(pool_labels: np.ndarray, pool_names: list[str], task_names: list[str],
-                task_class_fraction: float, seed: int = 0) -> np.ndarray:
-    """Ids of the pool images kept: every image of the other classes and a seeded random
-    ``task_class_fraction`` (rounded down) of each task class's images. 1 keeps the pool whole;
-    a small fraction makes the task's classes rare in it, as in a generic web-scale pool; 0
-    drops them (only related images are left to find)."""
-    rng = np.random.default_rng(seed)
-    task_ids = [pool_names.index(n) for n in task_names if n in pool_names]
-    keep = [np.flatnonzero(~np.isin(pool_labels, task_ids))]
-    for c in task_ids:
-        ids = np.flatnonzero(pool_labels == c)
-        keep.append(rng.choice(ids, int(len(ids) * task_class_fraction), replace=False))
-    return np.sort(np.concatenate(keep))
-
-
-def composition(ids: np.ndarray, pool_labels: np.ndarray, pool_names: list[str],
-                task_names: list[str]) -> dict:
-    """What a transfer set of pool ``ids`` is made of: image count per pool class and the
-    fraction of images of the task's classes (a diagnostic of what retrieval found)."""
-    names = np.asarray(pool_names)[pool_labels[ids]]
-    counts = {n: int(c) for n, c in zip(*np.unique(names, return_counts=True), strict=True)}
-    return {"images": len(ids), "task_class_fraction": float(np.isin(names, task_names).mean()),
-            "per_class": counts}
-
-
 def _without_steps(c: ml_collections.ConfigDict) -> dict:
     return {k: v for k, v in c.to_dict().items() if k != "steps"}
 
@@ -81,18 +51,16 @@ def run_transfer(config: ml_collections.ConfigDict, workdir: str | os.PathLike) 
     workdir = run.open_workdir(config, workdir)
     start = time.perf_counter()
     model, gen_info, data = run.load_task_data(config, generalist_config, task)
-    pool_x, pool_y = pool_task.load(pool_task.train_split)
     pool_names, task_names = pool_task.class_names(), list(data.class_names)
-    kept = pool_subset(pool_y, pool_names, task_names, config.pool.task_class_fraction)
-    pool_x, pool_y = pool_x[kept], pool_y[kept]
+    pool_x, pool_y = run.load_pool(pool_task, config.pool.task_class_fraction, task_names)
     result = transfer.transfer(model, data, pool_x, cfg, stage_dir=workdir / "stages")
     report = result.report
-    report["transfer"]["pool_composition"] = composition(
+    report["transfer"]["pool_composition"] = pool.composition(
         np.arange(len(pool_y)), pool_y, pool_names, task_names)
     report["transfer"]["composition"] = {
-        "random": composition(result.random_ids, pool_y, pool_names, task_names)}
+        "random": pool.composition(result.random_ids, pool_y, pool_names, task_names)}
     if cfg.transfer_set in ("retrieval", "pool"):
-        report["transfer"]["composition"][cfg.transfer_set] = composition(
+        report["transfer"]["composition"][cfg.transfer_set] = pool.composition(
             result.transfer_ids, pool_y, pool_names, task_names)
     report["model"] = config.model
     report["student"] = config.student

@@ -36,7 +36,8 @@ OPTIMIZERS = ("adamw", "sgd")
 @dataclasses.dataclass(frozen=True)
 class FitConfig:
     """Training hyper-parameters. ``kd_weight > 0`` needs a teacher. Labels < 0 mark unlabelled
-    examples (no CE term)."""
+    examples (no CE term). ``unlabelled_share``: the fraction of every batch drawn from
+    ``fit``'s ``unlabelled`` images when it is given (ignored otherwise)."""
 
     steps: int = 500
     batch_size: int = 64
@@ -51,6 +52,7 @@ class FitConfig:
     mixup: float = 0.0  # Beta(α, α) parameter of mixup; 0 = off
     seed: int = 0
     log_every: int = 100
+    unlabelled_share: float = 0.5
 
     def __post_init__(self):
         if self.steps < 1 or self.batch_size < 1:
@@ -63,6 +65,9 @@ class FitConfig:
         if self.learning_rate <= 0 or self.temperature <= 0:
             raise ValueError("learning_rate and temperature must be > 0, got "
                              f"{self.learning_rate}, {self.temperature}")
+        if not 0 < self.unlabelled_share < 1:
+            raise ValueError("unlabelled_share must be in (0, 1) (the fraction of each batch "
+                             f"drawn from the unlabelled images), got {self.unlabelled_share}")
         augment_lib.validate(self.augment)
 
 
@@ -92,6 +97,21 @@ def _batches(n: int, batch_size: int, rng: np.random.Generator):
         stream = stream[batch_size:]
 
 
+def _mixed_batches(images: np.ndarray, labels: np.ndarray, unlabelled: np.ndarray | None,
+                   config: FitConfig, rng: np.random.Generator):
+    """Endless (x, y) batches of a fixed size: from ``images`` alone, or with ``unlabelled``
+    a fixed split of each batch between the two (label -1 for the unlabelled rows)."""
+    if unlabelled is None:
+        for idx in _batches(len(images), min(config.batch_size, len(images)), rng):
+            yield images[idx], labels[idx]
+        return
+    n_u = min(max(round(config.unlabelled_share * config.batch_size), 1), config.batch_size - 1)
+    fill = np.full(n_u, -1, labels.dtype)
+    for idx, u in zip(_batches(len(images), config.batch_size - n_u, rng),
+                      _batches(len(unlabelled), n_u, rng), strict=True):
+        yield np.concatenate([images[idx], unlabelled[u]]), np.concatenate([labels[idx], fill])
+
+
 def fit(
     model: nnx.Module,
     images: np.ndarray,
@@ -102,9 +122,14 @@ def fit(
     teacher: nnx.Module | None = None,
     constrain: Callable[[nnx.Module], None] | None = None,
     features: Features | None = None,
+    unlabelled: np.ndarray | None = None,
     desc: str = "train",
 ) -> list[dict[str, float]]:
     """Train ``model`` in place on images (N,H,W,C) uint8 and labels (N,) int.
+
+    ``unlabelled`` (M,H,W,C) uint8: extra images seen through the teacher only (KD and feature
+    terms, no CE): every batch takes ``round(unlabelled_share · batch_size)`` of them and the
+    rest from ``images``, so a few labelled images keep their weight beside a large pool.
 
     ``features(module, x)``: feature maps (e.g. final features, block outputs) that the student
     matches to the teacher's with ``losses.normalized_feature_mse`` (weight 1, added to the CE/KD
@@ -118,6 +143,16 @@ def fit(
     if len(images) != len(labels) or len(images) == 0:
         raise ValueError(f"need as many labels as images (> 0), got {len(images)} and "
                          f"{len(labels)}")
+    if unlabelled is not None:
+        if len(unlabelled) == 0 or unlabelled.shape[1:] != images.shape[1:]:
+            raise ValueError(f"unlabelled images must be a non-empty (M, *{images.shape[1:]}) "
+                             f"array like the labelled ones, got shape {unlabelled.shape}")
+        if config.batch_size < 2:
+            raise ValueError("unlabelled images need batch_size >= 2 (labelled and unlabelled "
+                             f"rows in every batch), got {config.batch_size}")
+        if config.kd_weight <= 0 and features is None:
+            raise ValueError("unlabelled images need a teacher term (kd_weight > 0 or "
+                             "features): they have no labels to train on")
     optimizer = nnx.Optimizer(model, make_optimizer(config), wrt=nnx.Param)
     if teacher is not None:
         teacher.eval()
@@ -154,12 +189,11 @@ def fit(
     rng = np.random.default_rng(config.seed)
     key = jax.random.key(config.seed)
     history, running, start = [], [], time.perf_counter()
-    batches = _batches(len(images), min(config.batch_size, len(images)), rng)
+    batches = _mixed_batches(images, labels, unlabelled, config, rng)
     for i in tqdm(range(1, config.steps + 1), desc=desc, leave=False, mininterval=2.0):
-        idx = next(batches)
+        x, y = next(batches)
         key, sub = jax.random.split(key)
-        running.append(step(model, optimizer, teacher, jnp.asarray(images[idx]),
-                            jnp.asarray(labels[idx]), sub))
+        running.append(step(model, optimizer, teacher, jnp.asarray(x), jnp.asarray(y), sub))
         if i % config.log_every == 0 or i == config.steps:
             entry = {"step": i, "loss": float(np.mean(jax.device_get(running))),
                      "seconds": time.perf_counter() - start}

@@ -1,0 +1,54 @@
+"""Does a task-agnostic unlabelled pool close the few-shot recovery's gap? (issue #7, session 6).
+Measurement only.
+
+  STEPS=1000 MIX=none|concat|balanced FRACTION=0 SEED=0 \
+    PYTHONPATH=. .venv/bin/python notes/taco_kd_pool.py WORKDIR STAGE...
+
+Restores each 90%-pruned stage (``<tag>_prune_3``) of a launcher workdir and runs the demo's
+final recovery (optimizer, augmentation, KD + CE, masks held) on the 160 labelled few-shot
+images plus the embedded dataset's training images of the 15 *other* classes (no farm species:
+5 other animals + 10 digits), unlabelled (KD only). MIX=concat samples uniformly from the union;
+MIX=balanced repeats the few-shot set until it is half of it; MIX=none is the control (the
+few-shot images alone, as the pipeline does). SEED: the recovery's seed. FRACTION: the share of
+each farm species' training images left in the pool, unlabelled (``pool.pool_subset``,
+as the transfer launcher's generic pool; 0 = none). Prints top-1 on the task test set.
+"""
+import dataclasses
+import os
+import sys
+import time
+
+import numpy as np
+from demo_task import config, cx, cy, norm, tc, teacher, vx, vy
+from flax import nnx
+
+from taco_jax.compress import stages
+from taco_jax.data import pool
+from taco_jax.data.task import Task
+from taco_jax.prune import sequential
+from taco_jax.train import fit
+
+full = Task(config.task.dataset, (), config.task.data_dir or None)
+px, py = full.load("train")
+names = full.class_names()
+mix = os.environ.get("MIX", "concat")
+kept = pool.pool_subset(py, names, list(config.task.classes),
+                                float(os.environ.get("FRACTION", 0)))
+px = px[kept][:0 if mix == "none" else None]
+reps = max(1, len(px) // len(cx)) if mix == "balanced" else 1
+x = np.concatenate([np.tile(cx, (reps, 1, 1, 1)), px])
+y = np.concatenate([np.tile(cy, reps), np.full(len(px), -1, cy.dtype)])
+print(f"pool: {len(px)} unlabelled images; few-shot x{reps}", flush=True)
+store = stages.StageStore(sys.argv[1] + "/stages")
+recover = dataclasses.replace(tc.recover, steps=int(os.environ.get("STEPS", tc.recover.steps)),
+                              seed=int(os.environ.get("SEED", 0)))
+for stage in sys.argv[2:]:
+    t = time.perf_counter()
+    s = nnx.clone(teacher)
+    masks, _ = store.load(stage, s)
+    pre = fit.evaluate(s, vx, vy, norm)["top1"]
+    fit.fit(s, x, y, recover, norm, teacher=teacher, desc=f"{stage} {mix}",
+            constrain=lambda m, masks=masks: sequential.apply_masks(m, masks))
+    post = fit.evaluate(s, vx, vy, norm)["top1"]
+    print(f"RESULT {stage} pool={mix}, {recover.steps} steps: before {pre:.1f}  "
+          f"after {post:.1f}  ({time.perf_counter() - t:.0f}s)", flush=True)
