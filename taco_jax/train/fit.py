@@ -205,6 +205,17 @@ def fit(
     return history
 
 
+def _logits(model: nnx.Module, x: jax.Array) -> jax.Array:
+    return model(x)
+
+
+@functools.partial(nnx.jit, static_argnames=("preprocess", "output"))
+def _forward(model, x, preprocess, output):
+    """``output(model, preprocess(x))``, compiled once per model structure, input shape and
+    (preprocess, output) pair, so repeated evaluations of a model reuse it."""
+    return output(model, preprocess(x))
+
+
 def predict(
     model: nnx.Module, images: np.ndarray, preprocess: Preprocess, batch_size: int = 256,
     output: Callable[[nnx.Module, jax.Array], jax.Array] | None = None,
@@ -221,7 +232,7 @@ def predict(
         rows = predict(model, mine, preprocess, batch_size, output, distributed.local_mesh(mesh))
         return distributed.gather_rows(rows, len(images))
     model.eval()
-    output = output or (lambda m, x: m(x))
+    output = output or _logits
     put = jnp.asarray
     if mesh is not None:
         model = distributed.on_mesh(model, mesh)
@@ -229,17 +240,14 @@ def predict(
         sharding = NamedSharding(mesh, PartitionSpec(mesh.axis_names[0]))
         put = functools.partial(jax.device_put, device=sharding)
 
-    @nnx.jit
-    def forward(model, x):
-        return output(model, preprocess(x))
-
     out = []
     for start in range(0, len(images), batch_size):
         chunk = images[start:start + batch_size]
         pad = batch_size - len(chunk)
         if pad:
             chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), chunk.dtype)])
-        out.append(np.asarray(forward(model, put(chunk)))[:batch_size - pad])
+        out.append(np.asarray(_forward(model, put(chunk), preprocess, output))
+                   [:batch_size - pad])
     return np.concatenate(out)
 
 
