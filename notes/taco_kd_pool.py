@@ -1,25 +1,28 @@
 """Does a task-agnostic unlabelled pool close the few-shot recovery's gap? (issue #7, session 6).
 Measurement only.
 
-  STEPS=1000 MIX=none|concat|balanced FRACTION=0 SEED=0 \
+  STEPS=1000 MIX=none|concat|balanced FRACTION=0 \
     PYTHONPATH=. .venv/bin/python notes/taco_kd_pool.py WORKDIR STAGE...
 
 Restores each 90%-pruned stage (``<tag>_prune_3``) of a launcher workdir and runs the demo's
-final recovery (optimizer, augmentation, KD + CE, masks held) on the 160 labelled few-shot
-images plus the embedded dataset's training images of the 15 *other* classes (no farm species:
-5 other animals + 10 digits), unlabelled (KD only). MIX=concat samples uniformly from the union;
-MIX=balanced repeats the few-shot set until it is half of it; MIX=none is the control (the
-few-shot images alone, as the pipeline does). SEED: the recovery's seed. FRACTION: the share of
-each farm species' training images left in the pool, unlabelled (``pool.pool_subset``,
-as the transfer launcher's generic pool; 0 = none). Prints top-1 on the task test set.
+final recovery (optimizer, augmentation, KD + CE, masks held) on the run's 160 labelled
+few-shot images (``few_shot_ids.json``; the recovery seed is the run's) plus, unlabelled (KD
+only), the embedded dataset's training images of the 15 *other* classes (5 other animals + 10
+digits) and a seeded FRACTION of each farm species' (``pool.pool_subset``, as the transfer
+launcher's generic pool; default 0). MIX=concat samples uniformly from the union;
+MIX=balanced repeats the few-shot set until it is half of it (what ``fit``'s
+``unlabelled_share=0.5`` does); MIX=none is the control (the few-shot images alone, as the
+pipeline does without a pool). Prints top-1 on the task test set.
 """
 import dataclasses
+import json
 import os
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
-from demo_task import config, cx, cy, norm, tc, teacher, vx, vy
+from demo_task import config, data, norm, tc, teacher, vx, vy
 from flax import nnx
 
 from taco_jax.compress import stages
@@ -28,20 +31,23 @@ from taco_jax.data.task import Task
 from taco_jax.prune import sequential
 from taco_jax.train import fit
 
+workdir = Path(sys.argv[1])
+seed = json.loads((workdir / "config.json").read_text())["seed"]
+ids = np.asarray(json.loads((workdir / "few_shot_ids.json").read_text()))
+cx, cy = data.train_images[ids], data.train_labels[ids]
 full = Task(config.task.dataset, (), config.task.data_dir or None)
 px, py = full.load("train")
-names = full.class_names()
 mix = os.environ.get("MIX", "concat")
-kept = pool.pool_subset(py, names, list(config.task.classes),
-                                float(os.environ.get("FRACTION", 0)))
+kept = pool.pool_subset(py, full.class_names(), list(config.task.classes),
+                        float(os.environ.get("FRACTION", 0)))
 px = px[kept][:0 if mix == "none" else None]
 reps = max(1, len(px) // len(cx)) if mix == "balanced" else 1
 x = np.concatenate([np.tile(cx, (reps, 1, 1, 1)), px])
 y = np.concatenate([np.tile(cy, reps), np.full(len(px), -1, cy.dtype)])
-print(f"pool: {len(px)} unlabelled images; few-shot x{reps}", flush=True)
-store = stages.StageStore(sys.argv[1] + "/stages")
+print(f"seed {seed}, pool: {len(px)} unlabelled images; few-shot x{reps}", flush=True)
+store = stages.StageStore(workdir / "stages")
 recover = dataclasses.replace(tc.recover, steps=int(os.environ.get("STEPS", tc.recover.steps)),
-                              seed=int(os.environ.get("SEED", 0)))
+                              seed=seed)
 for stage in sys.argv[2:]:
     t = time.perf_counter()
     s = nnx.clone(teacher)
@@ -50,5 +56,5 @@ for stage in sys.argv[2:]:
     fit.fit(s, x, y, recover, norm, teacher=teacher, desc=f"{stage} {mix}",
             constrain=lambda m, masks=masks: sequential.apply_masks(m, masks))
     post = fit.evaluate(s, vx, vy, norm)["top1"]
-    print(f"RESULT {stage} pool={mix}, {recover.steps} steps: before {pre:.1f}  "
-          f"after {post:.1f}  ({time.perf_counter() - t:.0f}s)", flush=True)
+    print(f"RESULT {workdir.name} seed {seed} {stage} pool={mix}, {recover.steps} steps: "
+          f"before {pre:.1f}  after {post:.1f}  ({time.perf_counter() - t:.0f}s)", flush=True)

@@ -5,7 +5,10 @@ digits) to the five farm species of a camera trap, with 32 images per class.
   python -m launch.taco --config=configs/taco/demo.py:model=vit_mini,pattern=2:4 --workdir=runs/x
   python -m launch.taco --config=configs/taco/demo.py:runlocal --workdir=/tmp/smoke   # seconds
 
-Variant keys: model, pattern, sparsity, shots, seed, runlocal (a tiny smoke-test run).
+  python -m launch.taco --config=configs/taco/demo.py:pool --workdir=runs/pool   # + a pool
+
+Variant keys: model, pattern, sparsity, shots, seed, pool (recover on the 15 other classes'
+images too, unlabelled), runlocal (a tiny smoke-test run).
 """
 
 import ml_collections
@@ -13,13 +16,12 @@ import ml_collections
 from taco_jax.config_variants import parse_variant
 
 FARM_SPECIES = ("cat", "cow", "dog", "horse", "sheep")
-POOL = ""
 GRADUAL_LEVELS = (0.5, 0.75)  # intermediate sparsities below the target (notes/issue7.md)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     v = parse_variant(arg, {"model": str, "pattern": str, "sparsity": float, "shots": int,
-                            "seed": int, "runlocal": bool})
+                            "seed": int, "pool": bool, "runlocal": bool})
     c = ml_collections.ConfigDict()
     c.model = v.get("model", "resnet_mini")
     c.seed = v.get("seed", 0)
@@ -74,7 +76,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Task-agnostic unlabelled images the recovery distils on (the teacher's task logits as
     # targets) beside the labelled few-shot set; both methods get them. "" = none.
     c.pool = ml_collections.ConfigDict()
-    c.pool.dataset = POOL
+    c.pool.dataset = "taco_embedded" if v.get("pool") else ""
     c.pool.split = "train"
     c.pool.data_dir = ""
     # Share of each task class's pool images kept (seeded). 0: none of the task's classes, so

@@ -27,6 +27,6 @@ def composition(ids: np.ndarray, pool_labels: np.ndarray, pool_names: list[str],
     """What a set of pool ``ids`` is made of: image count per pool class and the fraction of
     images of the task's classes (a diagnostic of what retrieval found)."""
     names = np.asarray(pool_names)[pool_labels[ids]]
-    counts = {n: int(c) for n, c in zip(*np.unique(names, return_counts=True), strict=True)}
+    counts = {str(n): int(c) for n, c in zip(*np.unique(names, return_counts=True), strict=True)}
     return {"images": len(ids), "task_class_fraction": float(np.isin(names, task_names).mean()),
             "per_class": counts}
