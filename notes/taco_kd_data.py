@@ -16,12 +16,9 @@ import sys
 import time
 
 import numpy as np
-from demo_task import cx, cy, data, norm, tc, teacher, vx, vy
-from flax import nnx
+from demo_task import cx, cy, data, recover_stage, tc
 
 from taco_jax.compress import stages
-from taco_jax.prune import sequential
-from taco_jax.train import fit
 
 store = stages.StageStore(sys.argv[1] + "/stages")
 task = np.isin(data.train_labels, np.unique(cy))
@@ -33,11 +30,6 @@ recover = dataclasses.replace(tc.recover, steps=int(os.environ.get("STEPS", tc.r
 for stage in sys.argv[2:]:
     for name, (x, y) in pools.items():
         t = time.perf_counter()
-        s = nnx.clone(teacher)
-        masks, _ = store.load(stage, s)
-        pre = fit.evaluate(s, vx, vy, norm)["top1"]
-        fit.fit(s, x, y, recover, norm, teacher=teacher, desc=f"{stage} {name}",
-                constrain=lambda m, masks=masks: sequential.apply_masks(m, masks))
-        post = fit.evaluate(s, vx, vy, norm)["top1"]
+        pre, post = recover_stage(store, stage, x, y, recover)
         print(f"RESULT {stage} on {name}, {recover.steps} steps: before {pre:.1f}  "
               f"after {post:.1f}  ({time.perf_counter() - t:.0f}s)", flush=True)

@@ -9,8 +9,10 @@ final recovery (optimizer, augmentation, KD + CE, masks held) on the run's 160 l
 few-shot images (``few_shot_ids.json``; the recovery seed is the run's) plus, unlabelled (KD
 only), the embedded dataset's training images of the 15 *other* classes (5 other animals + 10
 digits) and a seeded FRACTION of each farm species' (``pool.pool_subset``, as the transfer
-launcher's generic pool; default 0). MIX=concat samples uniformly from the union;
-MIX=balanced repeats the few-shot set until it is half of it (what ``fit``'s
+launcher's generic pool; default 0); RETRIEVE=N keeps only the N pool images nearest to the
+few-shot set in the teacher's embedding (``retrieval.retrieve``, as the transfer launcher's
+"retrieval" set; the few-shot images themselves are left out). MIX=concat samples uniformly
+from the union; MIX=balanced repeats the few-shot set until it is half of it (what ``fit``'s
 ``unlabelled_share=0.5`` does); MIX=none is the control (the few-shot images alone, as the
 pipeline does without a pool). Prints top-1 on the task test set.
 """
@@ -22,14 +24,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-from demo_task import config, data, norm, tc, teacher, vx, vy
-from flax import nnx
+from demo_task import config, data, norm, recover_stage, tc, teacher
 
-from taco_jax.compress import stages
+from taco_jax.compress import retrieval, stages, transfer
 from taco_jax.data import pool
 from taco_jax.data.task import Task
-from taco_jax.prune import sequential
-from taco_jax.train import fit
 
 workdir = Path(sys.argv[1])
 seed = json.loads((workdir / "config.json").read_text())["seed"]
@@ -40,7 +39,15 @@ px, py = full.load("train")
 mix = os.environ.get("MIX", "concat")
 kept = pool.pool_subset(py, full.class_names(), list(config.task.classes),
                         float(os.environ.get("FRACTION", 0)))
-px = px[kept][:0 if mix == "none" else None]
+px, py = px[kept][:0 if mix == "none" else None], py[kept][:0 if mix == "none" else None]
+if os.environ.get("RETRIEVE") and len(px):
+    others = transfer._drop_query_copies(px, cx)
+    px, py = px[others], py[others]
+    chosen = retrieval.retrieve(retrieval.embed(teacher, cx, norm),
+                                retrieval.embed(teacher, px, norm), int(os.environ["RETRIEVE"]))
+    px, py = px[chosen], py[chosen]
+print("pool:", pool.composition(np.arange(len(py)), py, full.class_names(),
+                                list(config.task.classes)) if len(py) else "none", flush=True)
 reps = max(1, len(px) // len(cx)) if mix == "balanced" else 1
 x = np.concatenate([np.tile(cx, (reps, 1, 1, 1)), px])
 y = np.concatenate([np.tile(cy, reps), np.full(len(px), -1, cy.dtype)])
@@ -50,11 +57,6 @@ recover = dataclasses.replace(tc.recover, steps=int(os.environ.get("STEPS", tc.r
                               seed=seed)
 for stage in sys.argv[2:]:
     t = time.perf_counter()
-    s = nnx.clone(teacher)
-    masks, _ = store.load(stage, s)
-    pre = fit.evaluate(s, vx, vy, norm)["top1"]
-    fit.fit(s, x, y, recover, norm, teacher=teacher, desc=f"{stage} {mix}",
-            constrain=lambda m, masks=masks: sequential.apply_masks(m, masks))
-    post = fit.evaluate(s, vx, vy, norm)["top1"]
+    pre, post = recover_stage(store, stage, x, y, recover)
     print(f"RESULT {workdir.name} seed {seed} {stage} pool={mix}, {recover.steps} steps: "
           f"before {pre:.1f}  after {post:.1f}  ({time.perf_counter() - t:.0f}s)", flush=True)
