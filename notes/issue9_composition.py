@@ -15,7 +15,7 @@ import numpy as np
 from flax import nnx
 
 from configs.transfer import demo
-from taco_jax.compress import adapt, retrieval, run, transfer, transfer_run
+from taco_jax.compress import adapt, retrieval, run, transfer_run
 from taco_jax.data import embedded, pool
 from taco_jax.data.task import Task, few_shot_indices
 
@@ -39,7 +39,7 @@ def main() -> None:
         kept = pool.pool_subset(pool_y, names, task_names, fraction)
         ids = few_shot_indices(data.train_labels, config.shots, seed)
         shots_x = data.train_images[ids]
-        pool_ids = kept[transfer._drop_query_copies(pool_x[kept], shots_x)]
+        pool_ids = kept[retrieval.drop_query_copies(pool_x[kept], shots_x)]
         q = retrieval.embed(teacher, shots_x, data.preprocess)
         pool_c = pool.composition(pool_ids, pool_y, names, task_names)
         for size in SIZES:

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from demo_task import config, data, norm, recover_stage, tc, teacher
 
-from taco_jax.compress import retrieval, stages, transfer
+from taco_jax.compress import retrieval, stages
 from taco_jax.data import pool
 from taco_jax.data.task import Task
 
@@ -41,7 +41,7 @@ kept = pool.pool_subset(py, full.class_names(), list(config.task.classes),
                         float(os.environ.get("FRACTION", 0)))
 px, py = px[kept][:0 if mix == "none" else None], py[kept][:0 if mix == "none" else None]
 if os.environ.get("RETRIEVE") and len(px):
-    others = transfer._drop_query_copies(px, cx)
+    others = retrieval.drop_query_copies(px, cx)
     px, py = px[others], py[others]
     chosen = retrieval.retrieve(retrieval.embed(teacher, cx, norm),
                                 retrieval.embed(teacher, px, norm), int(os.environ["RETRIEVE"]))

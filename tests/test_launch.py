@@ -81,3 +81,13 @@ def test_bad_recovery_pool_is_named(field, value, message):
     c[group][key] = value
     with pytest.raises(ValueError, match=re.escape(message)):
         run.parse(c)
+
+
+def test_retrieval_without_a_pool_is_refused():
+    from configs.taco.demo import get_config
+    from taco_jax.compress import run
+
+    c = get_config()
+    c.pool.retrieve = 100
+    with pytest.raises(ValueError, match=re.escape("config.pool.retrieve=100 needs a pool")):
+        run.parse(c)

@@ -7,7 +7,7 @@ import pytest
 from flax import nnx
 
 from taco_jax import models
-from taco_jax.compress import adapt, taco
+from taco_jax.compress import adapt, retrieval, taco
 from taco_jax.prune import sequential
 from taco_jax.train import fit
 
@@ -51,8 +51,9 @@ def test_compress_holds_masks_and_reports(setup):
 
 
 def test_recovery_pool_reaches_every_kd_recovery_and_the_report(setup, monkeypatch):
-    """The unlabelled pool goes to TACO's and magnitude's recoveries (every schedule step), not
-    to the CE-only dense fine-tune, and the report says what the recovery trained on."""
+    """The unlabelled pool (here: the 20 of 40 images nearest to the few-shot set) goes to
+    TACO's and magnitude's recoveries (every schedule step), not to the CE-only dense
+    fine-tune, and the report says what the recovery trained on."""
     model, data = setup
     pool = data.train_images[-40:]
     calls = []
@@ -66,12 +67,18 @@ def test_recovery_pool_reaches_every_kd_recovery_and_the_report(setup, monkeypat
     config = taco.TacoConfig(
         shots=4, prune=sequential.PruneConfig(pattern="unstructured", sparsity=0.75),
         recover=fit.FitConfig(steps=3, batch_size=8, kd_weight=1.0, unlabelled_share=0.25),
-        schedule=(0.5,), schedule_steps=2, latency_batch=0)
+        schedule=(0.5,), schedule_steps=2, latency_batch=0, pool_retrieve=20)
     r = taco.compress(model, dataclasses.replace(data, unlabelled_images=pool), config).report
     assert [d for d, _ in calls] == ["taco recover_1", "taco recover_2", "magnitude recover_1",
                                      "magnitude recover_2", "dense finetune"]
-    assert all(u is pool for d, u in calls[:4]) and calls[4][1] is None
-    assert r["recovery_data"] == {"labelled": 12, "unlabelled": 40, "unlabelled_share": 0.25}
+    teacher = adapt.restrict_head(nnx.clone(model), data.class_ids)
+    shots = data.train_images[r["task"]["few_shot_ids"]]
+    ids = retrieval.nearest_pool(teacher, shots, pool, 20, data.preprocess)
+    for _, u in calls[:4]:
+        np.testing.assert_array_equal(u, pool[ids])
+    assert calls[4][1] is None
+    assert r["recovery_data"] == {"labelled": 12, "unlabelled": 20, "unlabelled_share": 0.25,
+                                  "pool_ids": ids.tolist()}
 
 
 def _tree(model):

@@ -52,3 +52,28 @@ def test_bad_inputs_name_the_problem():
         retrieval.topk_cosine(np.ones((2, 3)), np.ones((5, 3)), 6)
     with pytest.raises(ValueError, match="size must be in"):
         retrieval.retrieve(np.ones((2, 3)), np.ones((5, 3)), 0)
+
+
+def test_nearest_pool_leaves_out_query_copies_and_matches_brute_force():
+    from flax import nnx
+
+    class Flatten(nnx.Module):
+        def forward_features(self, x):
+            return x.reshape(x.shape[0], -1)
+
+    rng = np.random.default_rng(1)
+    queries = rng.integers(0, 256, (3, 4, 4, 1), dtype=np.uint8)
+    pool = rng.integers(0, 256, (40, 4, 4, 1), dtype=np.uint8)
+    pool[[7, 20]] = queries[[0, 2]]  # the labelled images are in the pool too
+    def as_float(x):
+        return x.astype(np.float32) - 127.5
+
+    ids = retrieval.nearest_pool(Flatten(), queries, pool, 6, as_float)
+    others = np.setdiff1d(np.arange(40), [7, 20])
+    _, ranked = _brute_topk(np.float64(as_float(queries).reshape(3, -1)),
+                            np.float64(as_float(pool[others]).reshape(38, -1)), 38)
+    order = others[ranked.T.ravel()]  # rank-major, then the first 6 distinct
+    _, first = np.unique(order, return_index=True)
+    np.testing.assert_array_equal(ids, np.sort(order[np.sort(first)][:6]))
+    np.testing.assert_array_equal(retrieval.nearest_pool(Flatten(), queries, pool, 50,
+                                                         as_float), others)

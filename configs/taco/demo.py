@@ -82,6 +82,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Share of each task class's pool images kept (seeded). 0: none of the task's classes, so
     # the labelled few-shot images stay the only task images the run sees.
     c.pool.task_class_fraction = 0.0
+    # Recover on only this many pool images, those nearest to the few-shot set in the
+    # teacher's embedding (the transfer method's retrieval); 0 = the whole pool.
+    c.pool.retrieve = 0
 
     # Gradual pruning: these intermediate sparsities, each followed by schedule_steps of the
     # same recovery, before the final prune to c.prune.sparsity (magnitude gets the same).

@@ -92,6 +92,25 @@ def balanced_selection(neighbours: np.ndarray, size: int) -> np.ndarray:
     return order[np.sort(first)][:size]
 
 
+def drop_query_copies(pool: np.ndarray, queries: np.ndarray) -> np.ndarray:
+    """Ids of pool images that are not byte-identical to a query (the labelled images)."""
+    seen = {q.tobytes() for q in queries}
+    return np.asarray([i for i, p in enumerate(pool) if p.tobytes() not in seen], np.int64)
+
+
+def nearest_pool(model: nnx.Module, queries: np.ndarray, pool: np.ndarray, size: int,
+                 preprocess: Callable) -> np.ndarray:
+    """Sorted ids of the ``size`` pool images (M,H,W,C) nearest to the query images in
+    ``model``'s embedding (``retrieve``), copies of a query left out; all of the rest when
+    fewer remain."""
+    ids = drop_query_copies(pool, queries)
+    if size >= len(ids):
+        return ids
+    chosen = retrieve(embed(model, queries, preprocess), embed(model, pool[ids], preprocess),
+                      size)
+    return np.sort(ids[chosen])
+
+
 def retrieve(query_emb: np.ndarray, pool_emb: np.ndarray, size: int, *,
              chunk: int = 8192) -> np.ndarray:
     """``size`` distinct pool ids nearest to the queries, balanced across queries (see module)."""

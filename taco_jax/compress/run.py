@@ -99,8 +99,11 @@ def parse(config: ml_collections.ConfigDict) -> tuple[taco.TacoConfig, fit.FitCo
         shots=config.shots, seed=config.seed, prune=prune,
         recover=_fit_config(config.recover, config.seed), baselines=tuple(config.baselines),
         schedule=tuple(config.schedule), schedule_steps=config.schedule_steps,
-        latency_batch=config.latency_batch, calibration_views=config.calibration_views)
-    parse_pool(config.pool)
+        latency_batch=config.latency_batch, calibration_views=config.calibration_views,
+        pool_retrieve=config.pool.retrieve)
+    if parse_pool(config.pool) is None and config.pool.retrieve:
+        raise ValueError(f"config.pool.retrieve={config.pool.retrieve} needs a pool to retrieve "
+                         "from: set config.pool.dataset (or the variant key pool)")
     if config.sweep and jax.process_count() > 1:
         raise ValueError("config.sweep runs in a single process only; run the sweep's "
                          "sparsities as separate multi-process runs")
@@ -208,6 +211,11 @@ def run_taco(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> d
 
     report = result.report
     report["model"] = config.model
+    chosen = report["recovery_data"].get("pool_ids")
+    if chosen is not None:
+        pool_info["retrieved"] = pool.composition(np.asarray(chosen), pool_y,
+                                                  pool_task.class_names(),
+                                                  list(data.class_names))
     report["recovery_pool"] = pool_info
     report["generalist"] = {k: gen_info[k] for k in ("test_top1", "test_top5", "path")}
     report["environment"] = environment()

@@ -27,7 +27,7 @@ from absl import logging
 from flax import nnx
 
 from taco_jax import distributed
-from taco_jax.compress import adapt, sparsity_report, stages
+from taco_jax.compress import adapt, retrieval, sparsity_report, stages
 from taco_jax.data.task import few_shot_indices
 from taco_jax.models.latency import model_latency
 from taco_jax.prune import sequential
@@ -73,6 +73,9 @@ class TacoConfig:
     ``calibration_views``: views of each few-shot image in the solver's calibration set (the
     image, then augmented copies: ``recover.augment``).
     ``latency_batch``: batch size of the measured dense vs compressed latency (0: not measured).
+    ``pool_retrieve``: with ``TaskData.unlabelled_images``, recover on only the N of them
+    nearest to the few-shot set in the teacher's embedding (``retrieval.nearest_pool``, the
+    transfer method's retrieval); 0 keeps them all.
     """
 
     shots: int = 32
@@ -86,6 +89,7 @@ class TacoConfig:
     reestimate_bn: bool = True
     latency_batch: int = 64
     calibration_views: int = 1
+    pool_retrieve: int = 0
 
     def __post_init__(self):
         bad = [b for b in self.baselines if b not in BASELINES]
@@ -106,8 +110,9 @@ class TacoConfig:
         if self.calibration_views > 1 and self.recover.augment == "none":
             raise ValueError(f"calibration_views={self.calibration_views} needs an augmentation "
                              "to make the views from (recover.augment is 'none')")
-        if self.latency_batch < 0:
-            raise ValueError(f"latency_batch must be >= 0, got {self.latency_batch}")
+        if self.latency_batch < 0 or self.pool_retrieve < 0:
+            raise ValueError("latency_batch and pool_retrieve must be >= 0, got "
+                             f"{self.latency_batch}, {self.pool_retrieve}")
 
 
 @dataclasses.dataclass
@@ -238,6 +243,13 @@ def compress(model: nnx.Module, data: TaskData, config: TacoConfig, *,
     calib_x, calib_y = data.train_images[ids], data.train_labels[ids]
     logging.info("few-shot set: %d images (%d per class, seed %d)", len(ids), config.shots,
                  config.seed)
+    pool_ids = None
+    if data.unlabelled_images is not None and config.pool_retrieve:
+        pool_ids = retrieval.nearest_pool(teacher, calib_x, data.unlabelled_images,
+                                          config.pool_retrieve, data.preprocess)
+        logging.info("recovery pool: the %d of %d images nearest to the few-shot set",
+                     len(pool_ids), len(data.unlabelled_images))
+        data = dataclasses.replace(data, unlabelled_images=data.unlabelled_images[pool_ids])
 
     student, masks, pruned, recovered = _prune_and_recover(
         teacher, calib_x, calib_y, data, config, config.prune.method, store, "taco")
@@ -251,7 +263,8 @@ def compress(model: nnx.Module, data: TaskData, config: TacoConfig, *,
         "compressed": recovered["accuracy"],
         "recovery_data": {"labelled": len(calib_x)} if data.unlabelled_images is None else {
             "labelled": len(calib_x), "unlabelled": len(data.unlabelled_images),
-            "unlabelled_share": config.recover.unlabelled_share},
+            "unlabelled_share": config.recover.unlabelled_share,
+            "pool_ids": None if pool_ids is None else pool_ids.tolist()},
         "compressed_before_recovery": pruned["before_recovery"],
         "schedule": pruned["steps"],
         "sparsity": sparsity_report.summarize(student, masks),

@@ -121,12 +121,6 @@ def _trained(store: stages.StageStore, name: str, model: nnx.Module,
     store.run(name, name, model, lambda: (None, {"history": train()}))
 
 
-def _drop_query_copies(pool: np.ndarray, queries: np.ndarray) -> np.ndarray:
-    """Ids of pool images that are not byte-identical to a query (the labelled images)."""
-    seen = {q.tobytes() for q in queries}
-    return np.asarray([i for i, p in enumerate(pool) if p.tobytes() not in seen], np.int64)
-
-
 def _costs(named: dict[str, nnx.Module], data: TaskData, batch: int) -> dict:
     """Params, MACs per image and measured latency of each model; the models are timed in
     turns (``interleaved_latency``) so a drifting load hits them alike."""
@@ -168,7 +162,7 @@ def transfer(generalist: nnx.Module, data: TaskData, pool: np.ndarray, config: T
     timings["teacher"] = time.perf_counter() - t
     logging.info("task teacher: top-1 %.2f%% on %d test images", dense["top1"], dense["n"])
 
-    pool_ids = _drop_query_copies(pool, shots_x)
+    pool_ids = retrieval.drop_query_copies(pool, shots_x)
     size = min(config.transfer_size, len(pool_ids))
     t = time.perf_counter()
     retrieved = None
