@@ -168,9 +168,7 @@ def transfer(generalist: nnx.Module, data: TaskData, pool: np.ndarray, config: T
     retrieved = None
     if config.transfer_set == "retrieval":
         logging.info("retrieval: %d queries over a pool of %d", len(shots_x), len(pool_ids))
-        q = retrieval.embed(teacher, shots_x, data.preprocess)
-        p = retrieval.embed(teacher, pool[pool_ids], data.preprocess)
-        retrieved = pool_ids[retrieval.retrieve(q, p, size)]
+        retrieved = retrieval.nearest_pool(teacher, shots_x, pool, size, data.preprocess)
     timings["retrieval_search"] = time.perf_counter() - t
     rng = np.random.default_rng(config.seed)
     random_ids = np.sort(rng.choice(pool_ids, size, replace=False))
