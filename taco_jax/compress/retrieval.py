@@ -99,11 +99,11 @@ def drop_query_copies(pool: np.ndarray, queries: np.ndarray) -> np.ndarray:
 
 
 def nearest_pool(model: nnx.Module, queries: np.ndarray, pool: np.ndarray, size: int,
-                 preprocess: Callable) -> np.ndarray:
+                 preprocess: Callable, candidates: np.ndarray | None = None) -> np.ndarray:
     """Sorted ids of the ``size`` pool images (M,H,W,C) nearest to the query images in
-    ``model``'s embedding (``retrieve``), copies of a query left out; all of the rest when
-    fewer remain."""
-    ids = drop_query_copies(pool, queries)
+    ``model``'s embedding (``retrieve``), among ``candidates`` (default: the pool images that
+    are not copies of a query, ``drop_query_copies``); all of them when fewer remain."""
+    ids = drop_query_copies(pool, queries) if candidates is None else candidates
     if size >= len(ids):
         return ids
     chosen = retrieve(embed(model, queries, preprocess), embed(model, pool[ids], preprocess),

@@ -168,7 +168,8 @@ def transfer(generalist: nnx.Module, data: TaskData, pool: np.ndarray, config: T
     retrieved = None
     if config.transfer_set == "retrieval":
         logging.info("retrieval: %d queries over a pool of %d", len(shots_x), len(pool_ids))
-        retrieved = retrieval.nearest_pool(teacher, shots_x, pool, size, data.preprocess)
+        retrieved = retrieval.nearest_pool(teacher, shots_x, pool, size, data.preprocess,
+                                           candidates=pool_ids)
     timings["retrieval_search"] = time.perf_counter() - t
     rng = np.random.default_rng(config.seed)
     random_ids = np.sort(rng.choice(pool_ids, size, replace=False))
