@@ -201,11 +201,10 @@ def run_taco(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> d
     model, gen_info, data = load_task_data(config, generalist_config, task)
     pool_task, pool_info = parse_pool(config.pool), None
     if pool_task is not None:
-        pool_x, pool_y = load_pool(pool_task, config.pool.task_class_fraction,
-                                   list(data.class_names))
+        names = (pool_task.class_names(), list(data.class_names))
+        pool_x, pool_y = load_pool(pool_task, config.pool.task_class_fraction, names[1])
         data = dataclasses.replace(data, unlabelled_images=pool_x)
-        pool_info = pool.composition(np.arange(len(pool_y)), pool_y, pool_task.class_names(),
-                                     list(data.class_names))
+        pool_info = pool.composition(np.arange(len(pool_y)), pool_y, *names)
         logging.info("recovery pool (unlabelled): %s", pool_info)
     result = taco.compress(model, data, taco_config, workdir=workdir)
 
@@ -213,9 +212,7 @@ def run_taco(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> d
     report["model"] = config.model
     chosen = report["recovery_data"].get("pool_ids")
     if chosen is not None:
-        pool_info["retrieved"] = pool.composition(np.asarray(chosen), pool_y,
-                                                  pool_task.class_names(),
-                                                  list(data.class_names))
+        pool_info["retrieved"] = pool.composition(np.asarray(chosen), pool_y, *names)
     report["recovery_pool"] = pool_info
     report["generalist"] = {k: gen_info[k] for k in ("test_top1", "test_top5", "path")}
     report["environment"] = environment()
