@@ -24,7 +24,7 @@ from taco_jax.prune.hessian import Probe, collect_hessians
 from taco_jax.prune.layout import kernel_from_matrix, layer_inputs, layer_matrix
 from taco_jax.prune.patterns import Structured, parse_pattern
 from taco_jax.prune.solver import prune_layer
-from taco_jax.train import batchnorm, losses
+from taco_jax.train import batchnorm, fit, losses
 
 MEASURES = ("layer", "output")
 
@@ -89,12 +89,12 @@ def _solved_levels(W: jax.Array, H: jax.Array, pattern, grid: Sequence[float], *
         yield jnp.stack(pruned), num / max(den, 1e-30)
 
 
-def _output_kl(model, batches, reference: list[jax.Array], mesh) -> float:
+def _output_kl(model, batches, reference: list[np.ndarray], mesh) -> float:
     """Mean over the images of KL(softmax(reference logits) ‖ softmax(model logits)), summed
     over processes when ``mesh`` spans several."""
     total = count = 0.0
     for x, ref in zip(batches, reference, strict=True):
-        logits = _jit_logits(model, jnp.asarray(x, jnp.float32))
+        logits = _logits(model, x)
         total += float(losses.kd_kl(logits, ref, 1.0)) * len(ref)  # KL(ref ‖ model), T = 1
         count += len(ref)
     if distributed.spans_processes(mesh):
@@ -103,9 +103,9 @@ def _output_kl(model, batches, reference: list[jax.Array], mesh) -> float:
     return total / max(count, 1.0)
 
 
-@nnx.jit
-def _jit_logits(model, x):
-    return model(x)
+def _logits(model, x) -> np.ndarray:
+    """Eval-mode logits of one preprocessed calibration batch (fit's one compiled forward)."""
+    return fit.predict_logits(model, jnp.asarray(x, jnp.float32), _identity, batch_size=len(x))
 
 
 def _identity(x: jax.Array) -> jax.Array:
@@ -131,7 +131,7 @@ def error_curves(model, batches, names: Sequence[str], pattern, grid: Sequence[f
     model.eval()
     reference = stats = images = None
     if measure == "output":
-        reference = [_jit_logits(model, jnp.asarray(x, jnp.float32)) for x in batches]
+        reference = [_logits(model, x) for x in batches]
         if jax.tree.leaves(nnx.state(model, nnx.BatchStat)):  # re-estimated after each trial
             stats = jax.tree.map(jnp.copy, nnx.state(model, nnx.BatchStat))
             images = np.concatenate([np.asarray(x) for x in batches])
