@@ -12,8 +12,9 @@ digits) and a seeded FRACTION of each farm species' (``pool.pool_subset``, as th
 launcher's generic pool; default 0); RETRIEVE=N keeps only the N pool images nearest to the
 few-shot set in the teacher's embedding (``retrieval.retrieve``, as the transfer launcher's
 "retrieval" set; the few-shot images themselves are left out). MIX=concat samples uniformly
-from the union; MIX=balanced repeats the few-shot set until it is half of it (what ``fit``'s
-``unlabelled_share=0.5`` does); MIX=none is the control (the few-shot images alone, as the
+from the union; MIX=balanced repeats the few-shot set until it is half of it (half of every batch in
+expectation; ``fit``'s ``unlabelled_share=0.5``, which the launcher uses, splits each batch
+exactly); MIX=none is the control (the few-shot images alone, as the
 pipeline does without a pool). Prints top-1 on the task test set.
 """
 import dataclasses
