@@ -48,6 +48,8 @@ def test_compress_holds_masks_and_reports(setup):
     assert len(r["task"]["few_shot_ids"]) == 16 * 3
     assert {"magnitude"} == set(r["baselines"])
     assert all(x["rel_error"] >= 0 for x in r["layers"])
+    # Timed as deployed; a conv net has no non-head Linear for the sparse kernels to take.
+    assert set(r["latency_seconds"]) == {"dense", "compressed"} and r["latency_paths"] == {}
 
 
 def test_recovery_pool_reaches_every_kd_recovery_and_the_report(setup, monkeypatch):

@@ -11,12 +11,15 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from flax import nnx
 
 from taco_jax.kernels.bsr import BSR, bsr_from_dense
-from taco_jax.models.paths import get_layer
+from taco_jax.kernels.layers import SparseLinear, SparseMLP
+from taco_jax.models.layers import Mlp
+from taco_jax.models.paths import get_layer, named_layers, set_layer
 from taco_jax.prune.layout import layer_matrix
 
 
@@ -60,3 +63,40 @@ def save_bsr(path: str | os.PathLike, weights: dict[str, BSR]) -> dict:
     os.replace(tmp, path)
     path.with_suffix(".json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def with_sparse_kernels(model: nnx.Module, block_shape: tuple[int, int], *, dtype: Any = None,
+                        path: str | None = None, interpret: bool = False,
+                        block_sizes: Any = None) -> dict[str, str]:
+    """Run a pruned model's layers through the block-sparse kernels, in place.
+
+    Every ``Mlp`` (``fc2(gelu(fc1(x)))``, both Linear) becomes one fused ``SparseMLP``, and every
+    other ``nnx.Linear`` except ``model.head_name`` becomes a ``SparseLinear``, built from the
+    zeros the pruned kernels hold (masks are held exactly, so the zeros are the mask). Layers
+    whose (d_out, d_in) the block does not tile stay as they are. Each layer picks its path at
+    construction (``path=None``: the kernel where its block density is below the device's
+    break-even, else the masked dense matmul; always dense on CPU); pass ``path`` to force one.
+    Returns {layer name: path}. Logits are unchanged up to the compute ``dtype``'s rounding.
+    """
+    r, c = block_shape
+    kw = dict(dtype=dtype, path=path, interpret=interpret, block_sizes=block_sizes)
+    head = getattr(model, "head_name", None)
+    mlps = named_layers(model, (Mlp,))
+    inside = {f"{name}.{fc}" for name in mlps for fc in ("fc1", "fc2")}
+    chosen = {}
+    for name, mlp in mlps.items():
+        if mlp.fc1.out_features % r or mlp.fc1.in_features % c:  # (b_hidden, b_model) blocks
+            continue
+        layer = SparseMLP.from_mlp(mlp, (r, c), **kw)
+        set_layer(model, name, layer)
+        chosen[name] = layer.path
+    for name, linear in named_layers(model, (nnx.Linear,)).items():
+        if name == head or name in inside:
+            continue
+        d_out, d_in = linear.out_features, linear.in_features
+        if d_out % r or d_in % c:
+            continue
+        layer = SparseLinear.from_linear(linear, (r, c), **kw)
+        set_layer(model, name, layer)
+        chosen[name] = layer.path
+    return chosen
