@@ -22,9 +22,10 @@ from taco_jax.config_variants import parse_variant
 
 # The sweep's DC-ViT family: (blocks without attention, kept MLP fraction per block), blocks in
 # the few-shot ranking's order (least sensitive first). A nested chain of MLP-width cuts, 1/8 of
-# one block's MLP at a time, two blocks per step (≈ 4% latency each on vit_mini), down to 1/8 of
-# every MLP; and one plan that also removes the least sensitive block's attention, at a matched
-# MLP cut (what removing attention costs).
+# one block's MLP at a time, two blocks per step (≈ 2–4% latency each on vit_mini), down to 1/8
+# of every MLP, then 1/16 and 1/32; one plan that also removes the least sensitive block's
+# attention at a matched MLP cut (what removing attention costs); and one and two attention-free
+# blocks on the thinnest MLPs, which reach the far end of the 10–50% range.
 DEPTH = 4  # vit_mini's blocks
 GRID = (
     (0, (0.75, 0.75, 0.875, 0.875)),
@@ -38,7 +39,11 @@ GRID = (
     (0, (0.25, 0.25, 0.375, 0.375)),
     (0, (0.25, 0.25, 0.25, 0.25)),
     (0, (0.125, 0.125, 0.125, 0.125)),
+    (0, (0.0625, 0.0625, 0.0625, 0.0625)),
+    (0, (0.03125, 0.03125, 0.03125, 0.03125)),
     (1, (0.5, 0.5, 0.5, 0.5)),
+    (1, (0.125, 0.125, 0.125, 0.125)),
+    (2, (0.125, 0.125, 0.125, 0.125)),
 )
 
 

@@ -33,7 +33,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.task.data_dir = ""  # "" = tfds's default data directory
 
     c.generalist = ml_collections.ConfigDict()  # trained once on all 20 classes, then cached
-    c.generalist.steps = 1500
+    # A ViT (no convolutional prior) needs far longer on these 12k images: vit_mini reaches
+    # 82.6% test top-1 after 1,500 steps, 96.4% after 6,000 (BUILD_NOTES, session 7).
+    c.generalist.steps = 6000 if c.model == "vit_mini" else 1500
     c.generalist.batch_size = 128
     c.generalist.learning_rate = 2e-3
     c.generalist.weight_decay = 0.05
