@@ -21,11 +21,12 @@ from configs.taco import demo as taco_demo
 from taco_jax.config_variants import parse_variant
 
 # The sweep's DC-ViT family: (blocks without attention, kept MLP fraction per block), blocks in
-# the few-shot ranking's order (least sensitive first). A nested chain of MLP-width cuts, 1/8 of
-# one block's MLP at a time, two blocks per step (≈ 2–4% latency each on vit_mini), down to 1/8
-# of every MLP, then 1/16 and 1/32; one plan that also removes the least sensitive block's
-# attention at a matched MLP cut (what removing attention costs); and one and two attention-free
-# blocks on the thinnest MLPs, which reach the far end of the 10–50% range.
+# the few-shot ranking's order (least sensitive first). A nested chain of MLP-width cuts, two
+# blocks per step (≈ 1–4% latency each on vit_mini): 1/8 of a block's MLP at a time down to 1/4,
+# where accuracy starts to fall, then 1/16 at a time down to 1/8, then 1/16 and 1/32 of every
+# MLP; one plan that also removes the least sensitive block's attention at a matched MLP cut
+# (what removing attention costs); and attention-free blocks on thin MLPs, which reach past the
+# ≈ 41% where MLP cuts run out, to the far end of the 10–50% range.
 DEPTH = 4  # vit_mini's blocks
 GRID = (
     (0, (0.75, 0.75, 0.875, 0.875)),
@@ -38,10 +39,15 @@ GRID = (
     (0, (0.375, 0.375, 0.375, 0.375)),
     (0, (0.25, 0.25, 0.375, 0.375)),
     (0, (0.25, 0.25, 0.25, 0.25)),
+    (0, (0.1875, 0.1875, 0.25, 0.25)),
+    (0, (0.1875, 0.1875, 0.1875, 0.1875)),
+    (0, (0.125, 0.125, 0.1875, 0.1875)),
     (0, (0.125, 0.125, 0.125, 0.125)),
     (0, (0.0625, 0.0625, 0.0625, 0.0625)),
     (0, (0.03125, 0.03125, 0.03125, 0.03125)),
     (1, (0.5, 0.5, 0.5, 0.5)),
+    (1, (0.25, 0.25, 0.25, 0.25)),
+    (1, (0.1875, 0.1875, 0.1875, 0.1875)),
     (1, (0.125, 0.125, 0.125, 0.125)),
     (2, (0.125, 0.125, 0.125, 0.125)),
 )
