@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from taco_jax.compress import bench_sparse, export
+from taco_jax.compress import export, latency_variants
 from taco_jax.kernels.layers import SparseLinear, SparseMLP
 from taco_jax.kernels.testing import assert_close
 from taco_jax.models import create
@@ -22,7 +22,7 @@ from taco_jax.models.stats import param_count
 def _masked_vit(block=16, sparsity=0.75, **kw):
     model = create("vit_mini", num_classes=20, **kw)
     model.eval()
-    nnz = bench_sparse.mask_blocks(model, block, sparsity, seed=1)
+    nnz = latency_variants.mask_blocks(model, block, sparsity, seed=1)
     return model, nnz
 
 
@@ -57,8 +57,8 @@ def test_on_cpu_each_layer_chooses_the_dense_path_and_untiled_layers_stay():
 
 def test_mask_blocks_keeps_the_asked_share_of_whole_blocks():
     model, nnz = _masked_vit(sparsity=0.9)
-    total = sum(m.kernel.get_value().size for m in bench_sparse.block_linears(model).values())
-    assert nnz == bench_sparse.weights_in(model)
+    total = sum(m.kernel.get_value().size for m in latency_variants.block_linears(model).values())
+    assert nnz == latency_variants.weights_in(model)
     assert abs(nnz / total - 0.1) < 0.01
     k = np.asarray(get_layer(model, "blocks.0.mlp.fc1").kernel.get_value())  # (96, 384)
     blocks = k.reshape(6, 16, 24, 16).transpose(0, 2, 1, 3).reshape(144, -1)
@@ -70,14 +70,14 @@ def test_mask_blocks_keeps_the_asked_share_of_whole_blocks():
 def test_structured_cut_meets_the_budget_with_whole_heads_and_neurons():
     # 8 heads of 8, MLP 256: at 10% density one head (2,048 weights per block) and 22 neurons.
     model = create("vit_mini", num_classes=20, embed_dim=64, num_heads=8, depth=2)
-    dense = bench_sparse.weights_in(model)
+    dense = latency_variants.weights_in(model)
     before = param_count(model)
-    bench_sparse.structured_to_density(model, 0.1)
+    latency_variants.structured_to_density(model, 0.1)
     for i in range(2):
         assert get_layer(model, f"blocks.{i}.attn.qkv").kernel.get_value().shape == (64, 24)
         assert get_layer(model, f"blocks.{i}.attn.proj").kernel.get_value().shape == (8, 64)
         assert get_layer(model, f"blocks.{i}.mlp.fc1").kernel.get_value().shape == (64, 22)
-    kept = bench_sparse.weights_in(model)
+    kept = latency_variants.weights_in(model)
     assert kept == 2 * (4 * 64 * 8 + 2 * 64 * 22)
     assert abs(kept - 0.1 * dense) < 2 * 2 * 64  # within one neuron per block of the budget
     removed_biases = 2 * (3 * 56 + 256 - 22)  # qkv outputs and fc1 outputs gone
