@@ -15,14 +15,14 @@ import numpy as np
 from flax import nnx
 
 from taco_jax.compress import export
+from taco_jax.compress.dcvit_sweep import paired_latency
 from taco_jax.kernels.bsr import expand_block_mask, random_block_mask
 from taco_jax.models import create
-from taco_jax.models.latency import interleaved_latency
 from taco_jax.models.layers import Mlp
 from taco_jax.models.paths import named_layers
 from taco_jax.models.stats import param_count
 from taco_jax.models.vit import Attention
-from taco_jax.prune.shrink import ShrinkPair, shrink_pair
+from taco_jax.prune.shrink import infer_pairs, shrink_pair
 
 TOLERANCE = {"float32": 1e-2, "bfloat16": 5e-2}  # relative Frobenius error of the logits
 
@@ -56,6 +56,7 @@ def structured_to_density(model: nnx.Module, density: float) -> None:
     the structured second-order pattern instead (``prune_model(..., pattern="structured")``).
     """
     mlps = named_layers(model, (Mlp,))
+    pairs = {p.consumer: p for p in infer_pairs(model)}  # qkv→proj by heads, fc1→fc2
     for name, attn in named_layers(model, (Attention,)).items():
         block = name.rsplit(".", 1)[0]
         mlp = mlps.get(f"{block}.mlp")
@@ -67,10 +68,8 @@ def structured_to_density(model: nnx.Module, density: float) -> None:
         keep_heads = min(heads, max(1, round(density * heads)))
         keep_neurons = int(np.clip(round((budget - 4 * dim * keep_heads * hd) / (2 * dim)),
                                    1, hidden))
-        shrink_pair(model, ShrinkPair(f"{name}.proj", (f"{name}.qkv",), group_size=hd, repeat=3),
-                    np.arange(keep_heads * hd))
-        shrink_pair(model, ShrinkPair(f"{block}.mlp.fc2", (f"{block}.mlp.fc1",)),
-                    np.arange(keep_neurons))
+        shrink_pair(model, pairs[f"{name}.proj"], np.arange(keep_heads * hd))
+        shrink_pair(model, pairs[f"{block}.mlp.fc2"], np.arange(keep_neurons))
 
 
 def cast_params(model: nnx.Module, dtype: Any) -> None:
@@ -104,6 +103,7 @@ def build(model_name: str, *, batch: int, sparsity: float, block: int, dtype: An
                          "ViT/DeiT (timm layout)")
     size, chans = base.preprocess.input_size, len(base.preprocess.mean)
     x = jax.random.normal(jax.random.key(seed), (batch, size, size, chans), jnp.float32)
+    x_run = x.astype(dtype)
     dense_weights = weights_in(base)
 
     masked = nnx.clone(base)
@@ -113,7 +113,7 @@ def build(model_name: str, *, batch: int, sparsity: float, block: int, dtype: An
     paths = export.with_sparse_kernels(sparse, (block, block), dtype=dtype, path=path,
                                        interpret=interpret)
     cast_params(sparse, dtype)
-    err = relative_error(nnx.jit(lambda m, x: m(x))(sparse, x.astype(dtype)), reference)
+    err = relative_error(nnx.jit(lambda m, x: m(x))(sparse, x_run), reference)
     if err > TOLERANCE[jnp.dtype(dtype).name]:
         raise RuntimeError(f"sparse model's logits differ from the masked dense model's by "
                            f"{err:.2e} (relative); expected <= {TOLERANCE[jnp.dtype(dtype).name]}")
@@ -130,15 +130,18 @@ def build(model_name: str, *, batch: int, sparsity: float, block: int, dtype: An
         facts["params"]["structured"] = param_count(cut)
         cast_params(cut, dtype)
         models["structured"] = cut
-    return models, x.astype(dtype), facts
+    return models, x_run, facts
 
 
 def time_models(models: dict[str, nnx.Module], x: jax.Array, *, repeats: int, warmup: int
                 ) -> dict[str, dict]:
-    """Interleaved latency of every model; speedup = median over repeats of dense / model."""
-    out = interleaved_latency(list(models.values()), x, repeats=repeats, warmup=warmup)
-    dense_t = np.asarray(out[0]["times"])
-    return {name: {"median_ms": 1e3 * r["median"], "min_ms": 1e3 * r["min"],
-                   "max_ms": 1e3 * r["max"],
-                   "speedup": float(np.median(dense_t / np.asarray(r["times"])))}
-            for name, r in zip(models, out, strict=True)}
+    """Each model timed right after a call of the first (dense) one, in one interleaved session
+    (``dcvit_sweep.paired_latency``); speedup = 1 / (1 − its latency reduction)."""
+    dense, *others = models.values()
+    lats = paired_latency(dense, others, x, repeats=repeats, warmup=warmup)
+    out = {next(iter(models)): {"median_ms": 1e3 * lats[0]["dense"],
+                                "min_ms": 1e3 * lats[0]["dense_min"], "speedup": 1.0}}
+    for name, lat in zip(list(models)[1:], lats, strict=True):
+        out[name] = {"median_ms": 1e3 * lat["compressed"], "min_ms": 1e3 * lat["compressed_min"],
+                     "speedup": 1.0 / (1.0 - lat["reduction"])}
+    return out
