@@ -10,7 +10,7 @@ from flax import nnx
 from test_prune_fixtures import TinyCNN, TinyViT, image_batches, randomize_batchnorm
 
 from taco_jax.models.paths import get_layer
-from taco_jax.prune.allocate import allocate_sparsity, error_curves
+from taco_jax.prune.allocate import allocate_sparsity, error_curves, threshold_levels
 from taco_jax.prune.hessian import collect_hessians
 from taco_jax.prune.patterns import Unstructured
 from taco_jax.prune.sequential import PruneConfig, prune_model
@@ -55,6 +55,59 @@ def test_global_allocation_in_prune_model_meets_the_parameter_budget(allocation)
     for n, s in res.sparsities.items():
         k = np.asarray(get_layer(vit, n).kernel.get_value())
         assert np.mean(k == 0) == pytest.approx(s, abs=0.01)
+
+
+def _kernels(model, names) -> dict[str, np.ndarray]:
+    return {n: np.array(get_layer(model, n).kernel.get_value(), np.float64) for n in names}
+
+
+def test_global_magnitude_pruning_keeps_the_weights_above_one_threshold():
+    """allocation="magnitude" + magnitude pruning is classical global magnitude pruning: every
+    weight above one |w| threshold over all layers is kept, every one below it is zeroed,
+    against a numpy quantile over the concatenated kernels; no calibration data involved."""
+    vit = TinyViT(nnx.Rngs(0))
+    names = ["blocks.0.attn.qkv", "blocks.0.mlp.fc1", "blocks.1.mlp.fc2", "head"]
+    for n, scale in zip(names, (0.6, 1.0, 1.6, 0.8), strict=True):  # unequal layer scales
+        layer = get_layer(vit, n)
+        layer.kernel.set_value(layer.kernel.get_value() * scale)
+    before = _kernels(vit, names)
+    flat = np.sort(np.concatenate([np.abs(k).ravel() for k in before.values()]))
+    k = int(0.8 * len(flat))
+    threshold = (flat[k - 1] + flat[k]) / 2
+
+    levels = threshold_levels(vit, names, "unstructured", 0.8)
+    for n in names:
+        assert levels[n] == pytest.approx(np.mean(np.abs(before[n]) < threshold), abs=1e-9)
+    assert len({round(v, 3) for v in levels.values()}) == len(names)  # not uniform
+
+    cfg = PruneConfig(sparsity=0.8, allocation="magnitude", method="magnitude", blocksize=32,
+                      prune_head=True)
+    prune_model(vit, image_batches(1), cfg, layers=names)
+    for n, after in _kernels(vit, names).items():
+        np.testing.assert_array_equal(after != 0, np.abs(before[n]) > threshold)
+        np.testing.assert_array_equal(after[after != 0], before[n][after != 0])
+
+
+def test_global_magnitude_levels_rank_block_tiles_by_their_summed_squares():
+    vit = TinyViT(nnx.Rngs(1))
+    names = ["blocks.0.mlp.fc1", "blocks.0.mlp.fc2"]
+    get_layer(vit, names[1]).kernel.set_value(get_layer(vit, names[1]).kernel.get_value() * 2.2)
+    tiles = {}
+    for n, kern in _kernels(vit, names).items():  # kernel (in, out): W = kernel.T (out, in)
+        W = kern.T
+        tiles[n] = (W**2).reshape(W.shape[0] // 8, 8, W.shape[1] // 8, 8).sum((1, 3)).ravel()
+    flat = np.sort(np.concatenate(list(tiles.values())))
+    k = int(0.6 * len(flat))
+    threshold = (flat[k - 1] + flat[k]) / 2
+    levels = threshold_levels(vit, names, "block8x8", 0.6)
+    for n in names:
+        assert levels[n] == pytest.approx(np.mean(tiles[n] < threshold), abs=1e-9)
+    assert 1 - 1 / len(tiles[names[0]]) > levels[names[0]] > 0.6 > levels[names[1]] > 0
+
+
+def test_global_magnitude_levels_refuse_structured_patterns():
+    with pytest.raises(ValueError, match="structured"):
+        PruneConfig(pattern="structured", allocation="magnitude")
 
 
 class TwoLayerMlp(nnx.Module):

@@ -6,6 +6,9 @@
 2. ``allocate_sparsity``: one grid level per layer minimising the summed error subject to
    Σ cost ≤ budget (cost = non-zero parameters, or FLOPs for structured), solved exactly on a
    discretised budget by dynamic programming.
+
+``threshold_levels`` is the data-free alternative, classical global magnitude pruning (GMP): the
+levels one |w| threshold over all layers gives.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from taco_jax import distributed
 from taco_jax.models.paths import get_layer
 from taco_jax.prune.hessian import Probe, collect_hessians
 from taco_jax.prune.layout import kernel_from_matrix, layer_inputs, layer_matrix
-from taco_jax.prune.patterns import Structured, parse_pattern
+from taco_jax.prune.patterns import NM, Block, Structured, check_shape, parse_pattern
 from taco_jax.prune.solver import prune_layer
 from taco_jax.train import batchnorm, fit, losses
 
@@ -176,11 +179,59 @@ def positions_per_image(model, x, names: Sequence[str]) -> dict[str, int]:
     return out
 
 
+def threshold_levels(model, names: Sequence[str], pattern, sparsity: float, blocksize: int = 128
+                     ) -> dict[str, float]:
+    """Per-layer sparsities of global magnitude pruning: the fraction of each layer's units
+    (weights; r×c tiles for a block pattern, scored by their summed w²) among the
+    ``floor(sparsity · all units)`` smallest over all ``names`` together. No data: the baseline
+    of Zhu & Gupta / Gale et al. Weights already zero rank first, so a gradual schedule keeps
+    them. A layer the threshold would empty keeps its largest unit (the budget is then missed by
+    those few units); layers the pattern cannot tile are left out (``prune_model`` leaves them
+    dense); N:M fixes its own level. (name -> sparsity)"""
+    pattern = parse_pattern(pattern)
+    if isinstance(pattern, Structured):
+        raise ValueError("threshold (global magnitude) levels are for unstructured, N:M and "
+                         f"block patterns, got structured {pattern}")
+    if isinstance(pattern, NM):
+        return {n: float(sparsity) for n in names}
+    scores = {}
+    for n in names:
+        W = np.asarray(layer_matrix(get_layer(model, n)), np.float64)  # (G, d_out, d_in)
+        try:
+            check_shape(pattern, W.shape[1], W.shape[2], min(blocksize, W.shape[2]))
+        except ValueError:
+            continue
+        if isinstance(pattern, Block):
+            G, R, C = W.shape
+            W = (W**2).reshape(G, R // pattern.r, pattern.r, C // pattern.c, pattern.c)
+            scores[n] = W.sum((2, 4)).ravel()
+        else:
+            scores[n] = (W**2).ravel()
+    if not scores:
+        return {}
+    flat = np.concatenate(list(scores.values()))
+    k = int(np.floor(sparsity * len(flat) + 1e-6))
+    pruned = np.zeros(len(flat), bool)
+    pruned[np.argsort(flat, kind="stable")[:k]] = True
+    out, start = {}, 0
+    for n, sc in scores.items():  # a layer keeps at least one unit (the solver needs s < 1)
+        out[n] = min(int(pruned[start:start + len(sc)].sum()), len(sc) - 1) / len(sc)
+        start += len(sc)
+    return out
+
+
 def allocate_for_model(model, batches, config, names: Sequence[str], mesh=None
                        ) -> dict[str, float]:
     """Per-layer sparsities meeting ``config.sparsity`` over ``names`` in total (parameters;
-    FLOPs for structured, counting the producer outputs a consumer's cut removes)."""
+    FLOPs for structured, counting the producer outputs a consumer's cut removes): from the
+    error curves, or for ``config.allocation == "magnitude"`` from one magnitude threshold."""
     pattern = parse_pattern(config.pattern)
+    if config.allocation == "magnitude":
+        alloc = threshold_levels(model, names, pattern, config.sparsity, config.blocksize)
+        logging.info("prune: global magnitude threshold levels at %.3f over %d layers: %s",
+                     config.sparsity, len(alloc),
+                     ", ".join(f"{n}={s:.2f}" for n, s in alloc.items()))
+        return alloc
     grid = tuple(sorted(set(config.allocation_grid)))
     model.eval()
     measure = "output" if config.allocation == "output" else "layer"

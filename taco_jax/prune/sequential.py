@@ -48,7 +48,7 @@ from taco_jax.prune.shrink import ShrinkPair, infer_pairs, shrink_pair
 from taco_jax.prune.solver import METHODS, prune_layer
 from taco_jax.prune.targets import dense_target
 
-ALLOCATIONS = ("uniform", "global", "output")
+ALLOCATIONS = ("uniform", "global", "output", "magnitude")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,7 +57,8 @@ class PruneConfig:
 
     ``allocation``: "uniform" (every layer at ``sparsity``), or per-layer levels meeting the same
     total non-zero budget with least summed error (see ``allocate``), the errors measured at
-    each layer ("global") or at the model's output ("output").
+    each layer ("global") or at the model's output ("output"); or "magnitude", the levels of
+    one |w| threshold over all layers (global magnitude pruning's, no data).
     ``prune_head``: also prune the model's ``head_name`` layer (default: keep it dense).
     ``pairs``: structured producer/consumer pairs (default: ``shrink.infer_pairs``).
     ``targets``: what each layer's pruned weights must reproduce on its (pruned-model) inputs:
@@ -87,6 +88,10 @@ class PruneConfig:
             raise ValueError(f"allocation must be one of {ALLOCATIONS}, got {self.allocation!r}")
         if self.targets not in ("self", "dense"):
             raise ValueError(f"targets must be 'self' or 'dense', got {self.targets!r}")
+        if self.allocation == "magnitude" and isinstance(parse_pattern(self.pattern), Structured):
+            raise ValueError("allocation='magnitude' (one |w| threshold over all layers) is for "
+                             "unstructured, N:M and block patterns, got structured pattern "
+                             f"{self.pattern!r}")
         if self.targets == "dense" and self.method == "magnitude":
             raise ValueError("targets='dense' needs a second-order method (it reshapes the "
                              "weights the solver prunes); magnitude pruning takes targets='self'")
