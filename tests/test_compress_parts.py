@@ -19,8 +19,11 @@ class _Net(nnx.Module):
         self.bn = nnx.BatchNorm(8, rngs=rngs)
         self.head = nnx.Linear(8, 5, rngs=rngs)
 
+    def forward_features(self, x):
+        return nnx.relu(self.bn(self.fc(x)))
+
     def __call__(self, x):
-        return self.head(nnx.relu(self.bn(self.fc(x))))
+        return self.head(self.forward_features(x))
 
 
 def test_parse_variant_types_switches_and_errors():
@@ -43,6 +46,40 @@ def test_restrict_head_keeps_the_task_rows():
     np.testing.assert_allclose(np.asarray(net(x)), full[:, [3, 0]], rtol=1e-6, atol=1e-6)
     with pytest.raises(ValueError, match="must index the 2 source classes"):
         adapt.restrict_head(net, np.array([2]))
+
+
+def test_linear_probe_reaches_the_regularized_logistic_optimum():
+    """The probe head is the minimiser of the convex objective: its float64 numpy gradient
+    (softmax CE + l2 term, written out here) vanishes; the model's logits are the features
+    times the new head; the rest of the model is untouched."""
+    net = _Net(nnx.Rngs(0))
+    net.eval()
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=(60, 6)).astype(np.float32)
+    labels = rng.integers(0, 3, 60)
+    fc_before = np.array(net.fc.kernel.value)
+    net, info = adapt.linear_probe(net, images, labels, 3, lambda x: x, l2=1e-2)
+
+    X = np.asarray(net.forward_features(jnp.asarray(images)), np.float64)
+    W, b = np.asarray(net.head.kernel.value, np.float64), np.asarray(net.head.bias.value)
+
+    def gradient(W, b):
+        z = X @ W + b
+        p = np.exp(z - z.max(1, keepdims=True))
+        p /= p.sum(1, keepdims=True)
+        p[np.arange(len(labels)), labels] -= 1
+        return np.concatenate([(X.T @ p / len(X) + 1e-2 * W).ravel(), p.mean(0)])
+
+    assert np.abs(gradient(np.zeros_like(W), np.zeros_like(b))).max() > 0.05  # a real problem
+    assert np.abs(gradient(W, b)).max() < 2e-4, info
+    assert W.shape == (8, 3) and info["train_top1"] > 40
+    np.testing.assert_allclose(np.asarray(net(jnp.asarray(images))), X @ W + b, rtol=1e-5,
+                               atol=1e-5)
+    np.testing.assert_array_equal(np.asarray(net.fc.kernel.value), fc_before)
+    with pytest.raises(ValueError, match=r"labels must be in \[0, 2\)"):
+        adapt.linear_probe(net, images, labels, 2, lambda x: x)
+    with pytest.raises(ValueError, match="l2 must be > 0"):
+        adapt.linear_probe(net, images, labels, 3, lambda x: x, l2=0.0)
 
 
 def test_checkpoint_round_trip_is_bit_exact(tmp_path):
@@ -119,7 +156,8 @@ def test_bsr_export_round_trips_the_layer_matrix(tmp_path):
 
 def test_sweep_plot_writes_a_png(tmp_path):
     points = [{"sparsity": s, "compression": 1 / (1 - s), "taco_top1": 90 - 10 * s,
-               "magnitude_top1": 85 - 20 * s} for s in (0.5, 0.9)]
+               "baselines_top1": {"magnitude": 85 - 20 * s, "magnitude_gmp": 80 - 30 * s}}
+              for s in (0.5, 0.9)]
     main = {"dense": {"top1": 95.0}, "baselines": {"dense_finetune": {"top1": 93.0}},
             "task": {"classes": ["cat", "cow"], "shots": 8}}
     sweep.plot(points, main, tmp_path / "s.png")

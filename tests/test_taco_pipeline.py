@@ -52,6 +52,55 @@ def test_compress_holds_masks_and_reports(setup):
     assert set(r["latency_seconds"]) == {"dense", "compressed"} and r["latency_paths"] == {}
 
 
+def test_data_free_magnitude_baselines_take_their_own_layer_levels(setup):
+    """magnitude_uniform prunes every layer to the target; magnitude_gmp to the levels of one
+    |w| threshold over the teacher's prunable layers (numpy quantile over their kernels)."""
+    model, data = setup
+    config = taco.TacoConfig(
+        shots=8, prune=sequential.PruneConfig(sparsity=0.75, allocation="global"),
+        recover=fit.FitConfig(steps=4, batch_size=8, kd_weight=1.0, ce_weight=0.0),
+        baselines=("magnitude_uniform", "magnitude_gmp"), latency_batch=0)
+    r = taco.compress(model, data, config).report
+    teacher = adapt.restrict_head(nnx.clone(model), data.class_ids)
+    names = sequential.default_layers(teacher, config.prune)
+    kernels = {n: np.abs(np.asarray(models.get_layer(teacher, n).kernel.value)) for n in names}
+    flat = np.sort(np.concatenate([k.ravel() for k in kernels.values()]))
+    threshold = flat[int(0.75 * len(flat)) - 1]
+    uniform, gmp = (r["baselines"][b] for b in ("magnitude_uniform", "magnitude_gmp"))
+    assert (uniform["allocation"], gmp["allocation"]) == ("uniform", "magnitude")
+    for n, k in kernels.items():
+        assert uniform["sparsity"]["per_layer"][n]["sparsity"] == pytest.approx(0.75, abs=0.01)
+        assert gmp["sparsity"]["per_layer"][n]["sparsity"] == pytest.approx(
+            np.mean(k <= threshold), abs=1.5 / k.size)
+    levels = [gmp["sparsity"]["per_layer"][n]["sparsity"] for n in names]
+    assert max(levels) - min(levels) > 0.1  # one threshold, unequal layer levels
+    assert gmp["sparsity"]["pruned_layers"]["sparsity"] == pytest.approx(0.75, abs=0.002)
+
+
+def test_linear_probe_teacher_for_classes_the_model_does_not_have(setup):
+    """Without class ids the task teacher is the generalist with a new head fit on the few-shot
+    images' features; it is what the report's dense accuracy measures and what is pruned."""
+    model, data = setup
+    data = dataclasses.replace(data, class_ids=None)
+    config = taco.TacoConfig(
+        shots=8, prune=sequential.PruneConfig(sparsity=0.5),
+        recover=fit.FitConfig(steps=2, batch_size=8, kd_weight=1.0, ce_weight=0.0),
+        baselines=(), latency_batch=0, adapt="linear_probe")
+    out = taco.compress(model, data, config)
+    r = out.report
+    assert r["adapt"]["method"] == "linear_probe" and r["adapt"]["grad_norm"] < 1e-3
+    assert r["task"]["source_class_ids"] is None
+    ids = np.asarray(r["task"]["few_shot_ids"])
+    teacher, _ = adapt.linear_probe(nnx.clone(model), data.train_images[ids],
+                                    data.train_labels[ids], 3, data.preprocess, l2=1e-3)
+    assert r["dense"] == fit.evaluate(teacher, data.test_images, data.test_labels,
+                                      data.preprocess)
+    assert r["dense"]["top1"] > 50  # 3 classes (chance 33%), 8 shots each, a weak tiny model
+    assert out.model.fc.kernel.value.shape == (model.fc.kernel.value.shape[0], 3)
+    with pytest.raises(ValueError, match=r"adapt='restrict' needs TaskData\.class_ids"):
+        taco.compress(model, data, dataclasses.replace(config, adapt="restrict"))
+
+
 def test_recovery_pool_reaches_every_kd_recovery_and_the_report(setup, monkeypatch):
     """The unlabelled pool (here: the 20 of 40 images nearest to the few-shot set) goes to
     TACO's and magnitude's recoveries (every schedule step), not to the CE-only dense
@@ -69,7 +118,8 @@ def test_recovery_pool_reaches_every_kd_recovery_and_the_report(setup, monkeypat
     config = taco.TacoConfig(
         shots=4, prune=sequential.PruneConfig(pattern="unstructured", sparsity=0.75),
         recover=fit.FitConfig(steps=3, batch_size=8, kd_weight=1.0, unlabelled_share=0.25),
-        schedule=(0.5,), schedule_steps=2, latency_batch=0, pool_retrieve=20)
+        schedule=(0.5,), schedule_steps=2, latency_batch=0, pool_retrieve=20,
+        baselines=("magnitude", "dense_finetune"))
     r = taco.compress(model, dataclasses.replace(data, unlabelled_images=pool), config).report
     assert [d for d, _ in calls] == ["taco recover_1", "taco recover_2", "magnitude recover_1",
                                      "magnitude recover_2", "dense finetune"]
@@ -120,6 +170,11 @@ def test_gradual_run_resumes_from_its_stages_with_the_same_result(setup, tmp_pat
 def test_taco_config_rejects_bad_schedule():
     with pytest.raises(ValueError, match=r"schedule \(0.5, 0.95\) must increase"):
         taco.TacoConfig(schedule=(0.5, 0.95), prune=sequential.PruneConfig(sparsity=0.9))
+
+
+def test_taco_config_rejects_unknown_adapt():
+    with pytest.raises(ValueError, match=r"adapt must be one of .* got 'probe'"):
+        taco.TacoConfig(adapt="probe")
 
 
 def test_taco_config_rejects_unknown_baseline():

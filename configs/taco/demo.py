@@ -46,6 +46,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.generalist.seed = 0
 
     c.shots = v.get("shots", 32)
+    # The dense task teacher: "restrict" keeps the generalist's rows of the task's classes;
+    # "linear_probe" fits a new head on the few-shot images' frozen features (L2 weight
+    # probe_l2), for tasks whose classes the model was not trained on.
+    c.adapt = "restrict"
+    c.probe_l2 = 1e-3
     c.prune = ml_collections.ConfigDict()
     c.prune.method = "sparsegpt"
     c.prune.pattern = v.get("pattern", "unstructured")
@@ -98,7 +103,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.recover.steps -= len(c.schedule) * c.schedule_steps  # the final step's share
 
     c.calibration_views = 1  # the solver's calibration set: each few-shot image, + augmented views
-    c.baselines = ("magnitude", "dense_finetune")
+    # Same data, schedule and recovery budget as TACO. "magnitude": magnitude pruning at TACO's
+    # own per-layer levels (isolates the solver); "magnitude_gmp": classical global magnitude
+    # pruning, one |w| threshold over all layers (data-free); "magnitude_uniform": every layer
+    # at the target (SparseGPT's baseline; not run by default); "dense_finetune": the dense
+    # teacher fine-tuned on the few-shot images for the same number of steps.
+    c.baselines = ("magnitude", "magnitude_gmp", "dense_finetune")
     c.latency_batch = 64  # measured dense vs compressed latency on this device; 0 = skip
     c.sweep = ()  # extra sparsities for the accuracy-vs-compression plot, e.g. (0.5, 0.75, 0.95)
 

@@ -100,7 +100,7 @@ def parse(config: ml_collections.ConfigDict) -> tuple[taco.TacoConfig, fit.FitCo
         recover=_fit_config(config.recover, config.seed), baselines=tuple(config.baselines),
         schedule=tuple(config.schedule), schedule_steps=config.schedule_steps,
         latency_batch=config.latency_batch, calibration_views=config.calibration_views,
-        pool_retrieve=config.pool.retrieve)
+        pool_retrieve=config.pool.retrieve, adapt=config.adapt, probe_l2=config.probe_l2)
     if parse_pool(config.pool) is None and config.pool.retrieve:
         raise ValueError(f"config.pool.retrieve={config.pool.retrieve} needs a pool to retrieve "
                          "from: set config.pool.dataset (or the variant key pool)")
@@ -238,10 +238,12 @@ def run_taco(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> d
 
 def _log_summary(report: dict) -> None:
     s = report["sparsity"]["pruned_layers"]
-    lines = [f"dense task teacher        top-1 {report['dense']['top1']:6.2f}%",
-             f"TACO ({s['sparsity']:.0%} sparse, {s['compression']:.1f}x fewer non-zeros) "
-             f"top-1 {report['compressed']['top1']:6.2f}%"]
+    rows = [("dense task teacher", report["dense"]["top1"]),
+            (f"TACO ({s['sparsity']:.0%} sparse, {s['compression']:.1f}x fewer non-zeros)",
+             report["compressed"]["top1"])]
     for name, b in report["baselines"].items():
-        acc = b["compressed"]["top1"] if "compressed" in b else b["top1"]
-        lines.append(f"baseline {name:<16} top-1 {acc:6.2f}%")
+        rows.append((f"baseline: {taco.BASELINE_LABELS[name]}",
+                     b["compressed"]["top1"] if "compressed" in b else b["top1"]))
+    width = max(len(label) for label, _ in rows)
+    lines = [f"{label:<{width}}  top-1 {acc:6.2f}%" for label, acc in rows]
     logging.info("Summary:\n  %s", "\n  ".join(lines))

@@ -1,5 +1,6 @@
-"""Accuracy vs compression: TACO and magnitude pruning (same recovery) at several sparsities,
-written as sweep.json and a PNG plot next to the dense teacher and the dense few-shot fine-tune.
+"""Accuracy vs compression: TACO and the run's magnitude-pruning baselines (same schedule and
+recovery) at several sparsities, written as sweep.json and a PNG plot next to the dense teacher
+and the dense few-shot fine-tune.
 """
 
 from __future__ import annotations
@@ -18,10 +19,12 @@ from taco_jax.compress import taco
 
 def run_sweep(model: nnx.Module, data: taco.TaskData, config: taco.TacoConfig,
               sparsities: tuple[float, ...], workdir: str | os.PathLike, main: dict) -> list[dict]:
-    """One TACO + magnitude run per sparsity (each resumable in ``workdir/s<sparsity>``); the
-    main run's report ``main`` adds its own point and the dense references. Writes
-    ``sweep.json`` and ``sweep.png`` next to ``workdir``; returns the points."""
+    """One TACO run per sparsity with the magnitude baselines of ``config.baselines`` (each
+    resumable in ``workdir/s<sparsity>``); the main run's report ``main`` adds its own point
+    and the dense references. Writes ``sweep.json`` and ``sweep.png`` next to ``workdir``;
+    returns the points."""
     workdir = Path(workdir)
+    baselines = tuple(b for b in config.baselines if b in taco.MAGNITUDE_BASELINES)
     points = [_point(main)]
     for s in sparsities:
         if abs(s - config.prune.sparsity) < 1e-9:
@@ -31,7 +34,7 @@ def run_sweep(model: nnx.Module, data: taco.TaskData, config: taco.TacoConfig,
         recover = dataclasses.replace(config.recover, steps=config.recover.steps + (
             len(config.schedule) - len(schedule)) * config.schedule_steps)
         c = dataclasses.replace(config, prune=dataclasses.replace(config.prune, sparsity=s),
-                                schedule=schedule, recover=recover, baselines=("magnitude",),
+                                schedule=schedule, recover=recover, baselines=baselines,
                                 latency_batch=0)
         points.append(_point(taco.compress(model, data, c, workdir=workdir / f"s{s:.4f}").report))
     points.sort(key=lambda p: p["sparsity"])
@@ -44,8 +47,10 @@ def _point(report: dict) -> dict:
     s = report["sparsity"]["pruned_layers"]
     return {"sparsity": s["sparsity"], "compression": s["compression"],
             "taco_top1": report["compressed"]["top1"],
-            "magnitude_top1": report["baselines"].get("magnitude", {}).get("compressed",
-                                                                          {}).get("top1")}
+            "baselines_top1": {name: b["compressed"]["top1"]
+                               for name, b in report["baselines"].items()
+                               if name in taco.MAGNITUDE_BASELINES}}
+
 
 
 def plot(points: list[dict], main: dict, path: str | os.PathLike) -> None:
@@ -54,10 +59,12 @@ def plot(points: list[dict], main: dict, path: str | os.PathLike) -> None:
     ax = fig.subplots()
     x = [p["compression"] for p in points]
     ax.plot(x, [p["taco_top1"] for p in points], "o-", label="TACO (second-order, task data)")
-    mag = [(p["compression"], p["magnitude_top1"]) for p in points
-           if p["magnitude_top1"] is not None]
-    if mag:
-        ax.plot(*zip(*mag, strict=True), "s--", label="magnitude + same recovery")
+    for name, marker in zip(taco.MAGNITUDE_BASELINES, "s^v", strict=True):
+        mag = [(p["compression"], p["baselines_top1"][name]) for p in points
+               if name in p["baselines_top1"]]
+        if mag:
+            ax.plot(*zip(*mag, strict=True), marker + "--",
+                    label=f"{taco.BASELINE_LABELS[name]}, same recovery")
     ax.axhline(main["dense"]["top1"], color="k", lw=1, label="dense task teacher")
     finetune = main["baselines"].get("dense_finetune")
     if finetune:

@@ -1,10 +1,11 @@
 """TACO: few-shot task-aware compression (DESIGN.md §1–§3).
 
-``compress(model, task_data, config)`` runs: adapt (restrict the classifier to the task's classes:
-the dense task teacher) → few-shot calibration sample → sequential second-order pruning on the
-task samples → recovery by knowledge distillation from the teacher, masks held exactly →
-evaluation; and, on the same data and budget, the baselines (magnitude pruning with the same
-recovery; the dense teacher fine-tuned on the few-shot set).
+``compress(model, task_data, config)`` runs: few-shot sample → adapt (restrict the classifier to
+the task's classes, or linear-probe a new one on the few-shot images: the dense task teacher) →
+sequential second-order pruning on the task samples → recovery by knowledge distillation from
+the teacher, masks held exactly → evaluation; and, on the same data and budget, the baselines
+(magnitude pruning with the same schedule and recovery, its per-layer levels TACO's own or the
+classical data-free ones; the dense teacher fine-tuned on the few-shot set).
 
 With a ``workdir`` every stage checkpoints its result (``stages.StageStore``; the solver also
 checkpoints after every layer group), so a rerun after preemption resumes where it stopped and
@@ -34,18 +35,30 @@ from taco_jax.prune import sequential
 from taco_jax.prune.shrink import infer_pairs, shrink_pair
 from taco_jax.train import augment, batchnorm, fit
 
-BASELINES = ("magnitude", "dense_finetune")
+# Magnitude pruning (no compensation, no data in the mask) with the same schedule and recovery,
+# name -> its per-layer levels: None = TACO's own allocation (``prune.allocation``: this isolates
+# the solver), "uniform" = every layer at the target (SparseGPT's baseline), "magnitude" = one
+# |w| threshold over all layers (global magnitude pruning, GMP). The last two are data-free.
+MAGNITUDE_BASELINES = {"magnitude": None, "magnitude_uniform": "uniform",
+                       "magnitude_gmp": "magnitude"}
+BASELINES = (*MAGNITUDE_BASELINES, "dense_finetune")
+DEFAULT_BASELINES = ("magnitude", "magnitude_gmp", "dense_finetune")
+BASELINE_LABELS = {"magnitude": "magnitude at TACO's layer levels",
+                   "magnitude_uniform": "magnitude, uniform layer levels",
+                   "magnitude_gmp": "global magnitude pruning (GMP)",
+                   "dense_finetune": "dense model fine-tuned on the few shots"}
 
 
 @dataclasses.dataclass(frozen=True)
 class TaskData:
-    """A task's arrays. ``class_ids`` (K,): the source classifier row of each task label."""
+    """A task's arrays. ``class_ids`` (K,): the source classifier row of each task label, for
+    ``adapt="restrict"``."""
 
     train_images: np.ndarray  # (N, H, W, C) uint8, the pool the few-shot sample is drawn from
     train_labels: np.ndarray  # (N,) int in [0, K)
     test_images: np.ndarray
     test_labels: np.ndarray
-    class_ids: np.ndarray
+    class_ids: np.ndarray | None  # None: the task's classes are not the model's (linear probe)
     class_names: tuple[str, ...]
     preprocess: Callable
     mesh: jax.sharding.Mesh | None = None  # devices (of every process) to evaluate and prune on
@@ -78,13 +91,16 @@ class TacoConfig:
     ``pool_retrieve``: with ``TaskData.unlabelled_images``, recover on only the N of them
     nearest to the few-shot set in the teacher's embedding (``retrieval.nearest_pool``, the
     transfer method's retrieval); 0 keeps them all.
+    ``adapt``: how the dense task teacher is made: "restrict" (the generalist's classifier rows
+    of ``TaskData.class_ids``) or "linear_probe" (a new classifier fit on the frozen features
+    of the few-shot images, L2 weight ``probe_l2``; any task).
     """
 
     shots: int = 32
     seed: int = 0
     prune: sequential.PruneConfig = dataclasses.field(default_factory=sequential.PruneConfig)
     recover: fit.FitConfig = dataclasses.field(default_factory=fit.FitConfig)
-    baselines: tuple[str, ...] = BASELINES
+    baselines: tuple[str, ...] = DEFAULT_BASELINES
     calibration_batch: int = 64
     schedule: tuple[float, ...] = ()
     schedule_steps: int = 100
@@ -92,8 +108,14 @@ class TacoConfig:
     latency_batch: int = 64
     calibration_views: int = 1
     pool_retrieve: int = 0
+    adapt: str = "restrict"
+    probe_l2: float = 1e-3
 
     def __post_init__(self):
+        if self.adapt not in adapt.ADAPTS:
+            raise ValueError(f"adapt must be one of {adapt.ADAPTS}, got {self.adapt!r}")
+        if self.probe_l2 <= 0:
+            raise ValueError(f"probe_l2 must be > 0, got {self.probe_l2}")
         bad = [b for b in self.baselines if b not in BASELINES]
         if bad:
             raise ValueError(f"unknown baselines {bad}; allowed: {BASELINES}")
@@ -162,9 +184,11 @@ def _calibration_batches(calib_x: np.ndarray, data: TaskData, config: TacoConfig
     return [x[i:i + b][distributed.process_shard(len(x[i:i + b]))] for i in range(0, len(x), b)]
 
 
-def _prune_and_recover(teacher, calib_x, calib_y, data, config, method, store, tag):
+def _prune_and_recover(teacher, calib_x, calib_y, data, config, method, store, tag,
+                       allocation=None):
     """Prune a copy of ``teacher`` (gradually if ``config.schedule``) and recover it by KD;
-    every step is a checkpointed stage. Returns (student, masks, prune info, recovery info)."""
+    every step is a checkpointed stage. ``allocation``: per-layer levels (default: the
+    config's). Returns (student, masks, prune info, recovery info)."""
     student = nnx.clone(teacher)
     batches = _calibration_batches(calib_x, data, config)
     levels = (*config.schedule, config.prune.sparsity)
@@ -174,6 +198,7 @@ def _prune_and_recover(teacher, calib_x, calib_y, data, config, method, store, t
         step = "" if len(levels) == 1 else f"_{k + 1}"
         prune_config = dataclasses.replace(  # magnitude ignores the data: its own targets
             config.prune, method=method, sparsity=sparsity,
+            allocation=allocation or config.prune.allocation,
             targets="self" if method == "magnitude" else config.prune.targets)
         recover_config = (config.recover if final else
                           dataclasses.replace(config.recover, steps=config.schedule_steps))
@@ -198,7 +223,8 @@ def _prune_and_recover(teacher, calib_x, calib_y, data, config, method, store, t
             _replay_cuts(student, store.load(name)[1]["kept"], config)
         level = "" if ":" in str(prune_config.pattern) else f" at {sparsity:.0%}"  # N:M: fixed
         masks, pruned = store.run(name, f"{tag}: prune ({method}, {prune_config.pattern}"
-                               f"{level}) on {len(calib_x)} task images", student, prune)
+                               f"{level}, {prune_config.allocation} levels) on {len(calib_x)} "
+                               "task images", student, prune)
 
         def recover(masks=masks, recover_config=recover_config, step=step):
             fit.fit(student, calib_x, calib_y, recover_config, data.preprocess, teacher=teacher,
@@ -224,6 +250,28 @@ def _prune_and_recover(teacher, calib_x, calib_y, data, config, method, store, t
     return student, masks, pruned, recovered
 
 
+def _adapt(model, data, calib_x, calib_y, config) -> tuple[nnx.Module, dict, float]:
+    """The dense task teacher (a copy of ``model``), what was done, and its seconds."""
+    if config.adapt == "restrict":
+        start = _banner("adapt: restrict the classifier to the task's classes")
+        if data.class_ids is None:
+            raise ValueError("adapt='restrict' needs TaskData.class_ids (the model's classifier "
+                             "row of each task class); for classes the model does not have, "
+                             "use adapt='linear_probe'")
+        teacher = adapt.restrict_head(nnx.clone(model), data.class_ids)
+        return teacher, {"method": "restrict"}, time.perf_counter() - start
+    start = _banner(f"adapt: linear probe of a new {len(data.class_names)}-class head on "
+                    f"{len(calib_x)} few-shot images")
+    teacher, info = adapt.linear_probe(nnx.clone(model), calib_x, calib_y, len(data.class_names),
+                                       data.preprocess, l2=config.probe_l2)
+    distributed.broadcast_model(teacher)
+    logging.info("linear probe: %d L-BFGS steps, objective %.4f, gradient norm %.1e, few-shot "
+                 "top-1 %.1f%%", info["steps"], info["objective"], info["grad_norm"],
+                 info["train_top1"])
+    return teacher, {"method": "linear_probe", "l2": config.probe_l2, **info}, \
+        time.perf_counter() - start
+
+
 def _str(path: Path | None) -> str | None:
     return None if path is None else os.fspath(path)
 
@@ -235,16 +283,14 @@ def compress(model: nnx.Module, data: TaskData, config: TacoConfig, *,
     ``workdir``: where stage checkpoints go (``<workdir>/stages``); None keeps nothing.
     """
     store = stages.StageStore(None if workdir is None else Path(workdir) / "stages")
-    start = _banner("adapt: restrict the classifier to the task's classes")
-    teacher = adapt.restrict_head(nnx.clone(model), data.class_ids)
-    dense = data.evaluate(teacher)
-    timings = {"adapt": time.perf_counter() - start}
-    logging.info("dense task teacher: top-1 %.2f%% on %d test images", dense["top1"], dense["n"])
-
     ids = few_shot_indices(data.train_labels, config.shots, config.seed)
     calib_x, calib_y = data.train_images[ids], data.train_labels[ids]
     logging.info("few-shot set: %d images (%d per class, seed %d)", len(ids), config.shots,
                  config.seed)
+    teacher, adapt_info, seconds = _adapt(model, data, calib_x, calib_y, config)
+    dense = data.evaluate(teacher)
+    timings = {"adapt": seconds}
+    logging.info("dense task teacher: top-1 %.2f%% on %d test images", dense["top1"], dense["n"])
     pool_ids = None
     if data.unlabelled_images is not None and config.pool_retrieve:
         pool_ids = retrieval.nearest_pool(teacher, calib_x, data.unlabelled_images,
@@ -258,9 +304,11 @@ def compress(model: nnx.Module, data: TaskData, config: TacoConfig, *,
     timings.update(taco_prune=pruned["seconds"], taco_recover=recovered["seconds"])
     image_shape = tuple(data.test_images.shape[1:])
     report = {
-        "task": {"classes": list(data.class_names), "source_class_ids": data.class_ids.tolist(),
+        "task": {"classes": list(data.class_names),
+                 "source_class_ids": None if data.class_ids is None else data.class_ids.tolist(),
                  "shots": config.shots, "few_shot_ids": ids.tolist(),
                  "test_images": len(data.test_labels)},
+        "adapt": adapt_info,
         "dense": dense,
         "compressed": recovered["accuracy"],
         "recovery_data": {"labelled": len(calib_x)} if data.unlabelled_images is None else {
@@ -275,13 +323,18 @@ def compress(model: nnx.Module, data: TaskData, config: TacoConfig, *,
         "layers": pruned["layers"],
         "baselines": {},
     }
-    if "magnitude" in config.baselines:
-        _, _, mag_pruned, mag = _prune_and_recover(teacher, calib_x, calib_y, data, config,
-                                                   "magnitude", store, "magnitude")
-        report["baselines"]["magnitude"] = {"compressed": mag["accuracy"],
-                                            "before_recovery": mag_pruned["before_recovery"],
-                                            "schedule": mag_pruned["steps"]}
-        timings.update(magnitude_prune=mag_pruned["seconds"], magnitude_recover=mag["seconds"])
+    for name, allocation in MAGNITUDE_BASELINES.items():
+        if name not in config.baselines:
+            continue
+        allocation = allocation or config.prune.allocation
+        mag_model, mag_masks, mag_pruned, mag = _prune_and_recover(
+            teacher, calib_x, calib_y, data, config, "magnitude", store, name, allocation)
+        report["baselines"][name] = {
+            "compressed": mag["accuracy"], "before_recovery": mag_pruned["before_recovery"],
+            "allocation": allocation, "schedule": mag_pruned["steps"],
+            "sparsity": sparsity_report.summarize(mag_model, mag_masks)}
+        timings.update({f"{name}_prune": mag_pruned["seconds"],
+                        f"{name}_recover": mag["seconds"]})
     if "dense_finetune" in config.baselines:
         tuned = nnx.clone(teacher)
 
