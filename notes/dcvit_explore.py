@@ -27,7 +27,8 @@ from absl import logging
 from flax import nnx
 
 from configs.dcvit import demo
-from taco_jax.compress import dcvit, dcvit_run, dcvit_sweep
+from taco_jax.compress import dcvit, dcvit_run
+from taco_jax.models import latency
 from taco_jax.train import fit
 
 PLANS = [(0, (0.75,) * 4), (0, (0.5,) * 4), (0, (0.25,) * 4), (0, (0.125,) * 4),
@@ -68,7 +69,7 @@ for kind, arg in PLANS:
     models.append(cut)
     rows.append(row)
 load = os.getloadavg()[0]
-lats = dcvit_sweep.paired_latency(setup.teacher, models, setup.latency_x,
+lats = latency.paired_latency(setup.teacher, models, setup.latency_x,
                                   repeats=config.latency.repeats)
 for row, lat in zip(rows, lats, strict=True):
     print(json.dumps({**row, "reduction": round(100 * lat["reduction"], 1),

@@ -6,6 +6,7 @@ import pytest
 from flax import nnx
 
 from taco_jax.models import get_layer, named_layers, set_layer
+from taco_jax.models.paths import body_layers
 
 
 class _Block(nnx.Module):
@@ -54,3 +55,12 @@ def test_get_and_set_layer_round_trip():
 def test_bad_name_lists_valid_names():
     with pytest.raises(KeyError, match=r"no layer named 'blocks.7.fc1'.*blocks.0.fc1"):
         get_layer(_Net(nnx.Rngs(0)), "blocks.7.fc1")
+
+
+def test_body_layers_leave_out_only_the_named_head():
+    net = _Net(nnx.Rngs(0))
+    assert body_layers(net) == named_layers(net)  # no head_name: every layer
+    assert "head" in body_layers(net)
+    net.head_name = "head"
+    assert set(body_layers(net)) == set(named_layers(net)) - {"head"}
+    assert set(body_layers(net, (nnx.Conv,))) == {"stem"}

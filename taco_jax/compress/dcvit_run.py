@@ -30,7 +30,7 @@ from flax import nnx
 from taco_jax import models
 from taco_jax.compress import adapt, dcvit, dcvit_sweep, run, sparsity_report, stages
 from taco_jax.data.task import Task, few_shot_indices
-from taco_jax.models import stats
+from taco_jax.models import latency, stats
 from taco_jax.models.vit import VisionTransformer
 from taco_jax.prune import sequential
 from taco_jax.train import fit
@@ -173,7 +173,7 @@ def _evaluate_cut(setup: _Setup, plan: dcvit.Plan, s: Settings, config, desc: st
     student, info = dcvit.cut_and_recover(setup.teacher, plan, setup.images, setup.preprocess,
                                           s.dcvit, desc=desc)
     acc = fit.evaluate(student, setup.test_x, setup.test_y, setup.preprocess)
-    [lat] = dcvit_sweep.paired_latency(setup.teacher, [student], setup.latency_x,
+    [lat] = latency.paired_latency(setup.teacher, [student], setup.latency_x,
                                        repeats=config.latency.repeats)
     shape = (1, *setup.test_x.shape[1:])
     point = {"plan": plan.label(), "attn": list(plan.attn), "mlp_keep": list(plan.mlp_keep),
@@ -325,7 +325,7 @@ def _sweep(config, s: Settings, setup: _Setup, header: dict, workdir: Path) -> d
     logging.info("timing %d models against the dense teacher (%d interleaved repeats)",
                  len(timed), config.latency.repeats)
     start = time.perf_counter()
-    lats = dcvit_sweep.paired_latency(setup.teacher, timed, setup.latency_x,
+    lats = latency.paired_latency(setup.teacher, timed, setup.latency_x,
                                       repeats=config.latency.repeats)
     out["seconds"]["latency"] = time.perf_counter() - start
     out["load_average"]["after_latency"] = list(os.getloadavg())

@@ -1,7 +1,7 @@
 """DC-ViT's latency/accuracy family: measure, keep the frontier, compare, plot.
 
 Each compressed model is timed against the dense teacher *back to back*, alternating the two call
-by call (``models.latency.interleaved_latency``, the one timer), so the drifting load of a shared
+by call (``models.latency.paired_latency``, over the one timer), so the drifting load of a shared
 machine cancels in the ratio of adjacent calls. A method's frontier holds its models that no
 other model of the method beats in both latency reduction and accuracy; the accuracy "at" a
 latency reduction is read off the frontier by linear interpolation (the dense model is the
@@ -10,33 +10,9 @@ frontier's 0% point), so two methods are compared at exactly the same latency.
 
 from __future__ import annotations
 
-import statistics
 from collections.abc import Sequence
 
-import jax
 import numpy as np
-from flax import nnx
-
-from taco_jax.models.latency import interleaved_latency
-
-
-def paired_latency(dense: nnx.Module, models: Sequence[nnx.Module], x: jax.Array, *,
-                   repeats: int = 20, warmup: int = 2) -> list[dict[str, float]]:
-    """Per model: median seconds of ``dense`` and the model on ``x``, and the latency reduction
-    1 − median over repeats of (model time / the dense time just before it).
-
-    One interleaved session, dense before every model (d, m1, d, m2, …, d, m1, …): all models
-    are measured in the same period of a drifting load, each against its adjacent dense call.
-    """
-    order = [m for model in models for m in (dense, model)]
-    timed = interleaved_latency(order, x, repeats=repeats, warmup=warmup)
-    out = []
-    for d, m in zip(timed[::2], timed[1::2], strict=True):
-        ratio = statistics.median(b / a for a, b in zip(d["times"], m["times"], strict=True))
-        out.append({"dense": d["median"], "compressed": m["median"], "reduction": 1.0 - ratio,
-                    "dense_min": d["min"], "compressed_min": m["min"], "batch": d["batch"],
-                    "repeats": repeats})
-    return out
 
 
 def frontier(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:

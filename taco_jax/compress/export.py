@@ -19,7 +19,7 @@ from flax import nnx
 from taco_jax.kernels.bsr import BSR, bsr_from_dense
 from taco_jax.kernels.layers import SparseLinear, SparseMLP
 from taco_jax.models.layers import Mlp
-from taco_jax.models.paths import get_layer, named_layers, set_layer
+from taco_jax.models.paths import body_layers, get_layer, named_layers, set_layer
 from taco_jax.prune.layout import layer_matrix
 
 
@@ -80,7 +80,6 @@ def with_sparse_kernels(model: nnx.Module, block_shape: tuple[int, int], *, dtyp
     """
     r, c = block_shape
     kw = dict(dtype=dtype, path=path, interpret=interpret, block_sizes=block_sizes)
-    head = getattr(model, "head_name", None)
     mlps = named_layers(model, (Mlp,))
     inside = {f"{name}.{fc}" for name in mlps for fc in ("fc1", "fc2")}
     chosen = {}
@@ -90,8 +89,8 @@ def with_sparse_kernels(model: nnx.Module, block_shape: tuple[int, int], *, dtyp
         layer = SparseMLP.from_mlp(mlp, (r, c), **kw)
         set_layer(model, name, layer)
         chosen[name] = layer.path
-    for name, linear in named_layers(model, (nnx.Linear,)).items():
-        if name == head or name in inside:
+    for name, linear in body_layers(model, (nnx.Linear,)).items():
+        if name in inside:
             continue
         d_out, d_in = linear.out_features, linear.in_features
         if d_out % r or d_in % c:

@@ -15,11 +15,11 @@ import numpy as np
 from flax import nnx
 
 from taco_jax.compress import export
-from taco_jax.compress.dcvit_sweep import paired_latency
 from taco_jax.kernels.bsr import expand_block_mask, random_block_mask
 from taco_jax.models import create
+from taco_jax.models.latency import paired_latency
 from taco_jax.models.layers import Mlp
-from taco_jax.models.paths import named_layers
+from taco_jax.models.paths import body_layers, named_layers
 from taco_jax.models.stats import param_count
 from taco_jax.models.vit import Attention
 from taco_jax.prune.shrink import infer_pairs, shrink_pair
@@ -29,8 +29,7 @@ TOLERANCE = {"float32": 1e-2, "bfloat16": 5e-2}  # relative Frobenius error of t
 
 def block_linears(model: nnx.Module) -> dict[str, nnx.Linear]:
     """The Linears the sparse and structured variants shrink: all but ``model.head_name``."""
-    head = getattr(model, "head_name", None)
-    return {n: m for n, m in named_layers(model, (nnx.Linear,)).items() if n != head}
+    return body_layers(model, (nnx.Linear,))
 
 
 def mask_blocks(model: nnx.Module, block: int, sparsity: float, seed: int = 0) -> int:
@@ -136,7 +135,7 @@ def build(model_name: str, *, batch: int, sparsity: float, block: int, dtype: An
 def time_models(models: dict[str, nnx.Module], x: jax.Array, *, repeats: int, warmup: int
                 ) -> dict[str, dict]:
     """Each model timed right after a call of the first (dense) one, in one interleaved session
-    (``dcvit_sweep.paired_latency``); speedup = 1 / (1 − its latency reduction)."""
+    (``models.latency.paired_latency``); speedup = 1 / (1 − its latency reduction)."""
     dense, *others = models.values()
     lats = paired_latency(dense, others, x, repeats=repeats, warmup=warmup)
     out = {next(iter(models)): {"median_ms": 1e3 * lats[0]["dense"],

@@ -3,7 +3,8 @@
 One timer for every report (TACO, DC-ViT, transfer, the model benchmark): the eval forward is
 jitted and compiled ahead of time, run ``warmup`` times, then ``repeats`` timed calls each ending
 in ``block_until_ready``. The median is the figure to report; min and max show the spread.
-``interleaved_latency`` times several models in turns, for comparisons on a loaded machine.
+``interleaved_latency`` times several models in turns, for comparisons on a loaded machine, and
+``paired_latency`` each of several models against a reference timed just before it.
 """
 
 from __future__ import annotations
@@ -63,3 +64,22 @@ def interleaved_latency(models: Sequence[nnx.Module], x: jax.Array, *, repeats: 
             t.append(time.perf_counter() - start)
     return [{"median": statistics.median(t), "min": min(t), "max": max(t),
              "batch": int(x.shape[0]), "times": t} for t in times]
+
+
+def paired_latency(dense: nnx.Module, models: Sequence[nnx.Module], x: jax.Array, *,
+                   repeats: int = 20, warmup: int = 2) -> list[dict[str, float]]:
+    """Per model: median seconds of ``dense`` and the model on ``x``, and the latency reduction
+    1 − median over repeats of (model time / the dense time just before it).
+
+    One interleaved session, dense before every model (d, m1, d, m2, …, d, m1, …): all models
+    are measured in the same period of a drifting load, each against its adjacent dense call.
+    """
+    order = [m for model in models for m in (dense, model)]
+    timed = interleaved_latency(order, x, repeats=repeats, warmup=warmup)
+    out = []
+    for d, m in zip(timed[::2], timed[1::2], strict=True):
+        ratio = statistics.median(b / a for a, b in zip(d["times"], m["times"], strict=True))
+        out.append({"dense": d["median"], "compressed": m["median"], "reduction": 1.0 - ratio,
+                    "dense_min": d["min"], "compressed_min": m["min"], "batch": d["batch"],
+                    "repeats": repeats})
+    return out

@@ -31,6 +31,15 @@ def named_layers(
     }
 
 
+def body_layers(
+    model: nnx.Module, types: tuple[type, ...] = PRUNABLE_TYPES
+) -> dict[str, nnx.Module]:
+    """``named_layers`` without the classifier (``model.head_name``, when the model names one):
+    the layers that pruning and the sparse kernels take by default."""
+    head = getattr(model, "head_name", None)
+    return {n: m for n, m in named_layers(model, types).items() if n != head}
+
+
 def _split(name: str) -> list[str | int]:
     return [int(p) if p.isdigit() else p for p in name.split(".")]
 

@@ -33,7 +33,7 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from taco_jax import distributed
-from taco_jax.models.paths import get_layer, named_layers, set_layer
+from taco_jax.models.paths import body_layers, get_layer, named_layers, set_layer
 from taco_jax.prune import checkpoint as ckpt
 from taco_jax.prune.hessian import Probe, collect_hessians, collect_paired, segments_of
 from taco_jax.prune.layout import kernel_from_matrix, layer_matrix
@@ -312,8 +312,7 @@ def default_layers(model: nnx.Module, config: PruneConfig) -> list[str]:
     """Every Linear/Conv, minus ``model.head_name`` unless ``prune_head``; structured: consumers."""
     if isinstance(parse_pattern(config.pattern), Structured):
         return [p.consumer for p in (config.pairs or infer_pairs(model))]
-    head = getattr(model, "head_name", None)
-    return [n for n in named_layers(model) if config.prune_head or n != head]
+    return list(named_layers(model) if config.prune_head else body_layers(model))
 
 
 def prune_model(model: nnx.Module, batches: Sequence, config: PruneConfig, *,
