@@ -82,6 +82,22 @@ def test_linear_probe_reaches_the_regularized_logistic_optimum():
         adapt.linear_probe(net, images, labels, 3, lambda x: x, l2=0.0)
 
 
+def test_cross_validated_l2_regularizes_noise_and_not_signal():
+    """Labels unrelated to the features: the held-out loss is least with the most
+    regularization. Labels a feature separates: a weakly regularized probe generalizes best."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(80, 6)).astype(np.float32)
+    noise = rng.integers(0, 2, 80)
+    signal = (x[:, 0] > 0).astype(int)
+    grid = (1e-4, 1e-2, 1.0)
+    l2, losses = adapt.cross_validated_l2(x, noise, 2, grid=grid)
+    assert l2 == 1.0 and set(losses) == set(grid)
+    l2, losses = adapt.cross_validated_l2(x, signal, 2, grid=grid)
+    assert l2 < 1.0 and losses[l2] < 0.5 * losses[1.0]
+    with pytest.raises(ValueError, match=">= 2 labelled images per class"):
+        adapt.cross_validated_l2(x[:3], np.array([0, 1, 1]), 2)
+
+
 def test_checkpoint_round_trip_is_bit_exact(tmp_path):
     a, b = _Net(nnx.Rngs(0)), _Net(nnx.Rngs(1))
     a.bn.mean.value = jnp.arange(8.0)  # batch statistics travel with the params

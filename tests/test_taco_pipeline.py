@@ -89,10 +89,11 @@ def test_linear_probe_teacher_for_classes_the_model_does_not_have(setup):
     out = taco.compress(model, data, config)
     r = out.report
     assert r["adapt"]["method"] == "linear_probe" and r["adapt"]["grad_norm"] < 1e-3
+    assert r["adapt"]["l2"] in adapt.L2_GRID and len(r["adapt"]["cv_loss"]) == len(adapt.L2_GRID)
     assert r["task"]["source_class_ids"] is None
     ids = np.asarray(r["task"]["few_shot_ids"])
     teacher, _ = adapt.linear_probe(nnx.clone(model), data.train_images[ids],
-                                    data.train_labels[ids], 3, data.preprocess, l2=1e-3)
+                                    data.train_labels[ids], 3, data.preprocess)
     assert r["dense"] == fit.evaluate(teacher, data.test_images, data.test_labels,
                                       data.preprocess)
     assert r["dense"]["top1"] > 50  # 3 classes (chance 33%), 8 shots each, a weak tiny model

@@ -93,7 +93,8 @@ class TacoConfig:
     transfer method's retrieval); 0 keeps them all.
     ``adapt``: how the dense task teacher is made: "restrict" (the generalist's classifier rows
     of ``TaskData.class_ids``) or "linear_probe" (a new classifier fit on the frozen features
-    of the few-shot images, L2 weight ``probe_l2``; any task).
+    of the few-shot images, L2 weight ``probe_l2``, 0 = chosen by cross-validation on them;
+    any task).
     """
 
     shots: int = 32
@@ -109,13 +110,14 @@ class TacoConfig:
     calibration_views: int = 1
     pool_retrieve: int = 0
     adapt: str = "restrict"
-    probe_l2: float = 1e-3
+    probe_l2: float = 0.0
 
     def __post_init__(self):
         if self.adapt not in adapt.ADAPTS:
             raise ValueError(f"adapt must be one of {adapt.ADAPTS}, got {self.adapt!r}")
-        if self.probe_l2 <= 0:
-            raise ValueError(f"probe_l2 must be > 0, got {self.probe_l2}")
+        if self.probe_l2 < 0:
+            raise ValueError(f"probe_l2 must be > 0, or 0 to cross-validate it, got "
+                             f"{self.probe_l2}")
         bad = [b for b in self.baselines if b not in BASELINES]
         if bad:
             raise ValueError(f"unknown baselines {bad}; allowed: {BASELINES}")
@@ -263,13 +265,13 @@ def _adapt(model, data, calib_x, calib_y, config) -> tuple[nnx.Module, dict, flo
     start = _banner(f"adapt: linear probe of a new {len(data.class_names)}-class head on "
                     f"{len(calib_x)} few-shot images")
     teacher, info = adapt.linear_probe(nnx.clone(model), calib_x, calib_y, len(data.class_names),
-                                       data.preprocess, l2=config.probe_l2)
+                                       data.preprocess, l2=config.probe_l2 or None)
     distributed.broadcast_model(teacher)
-    logging.info("linear probe: %d L-BFGS steps, objective %.4f, gradient norm %.1e, few-shot "
-                 "top-1 %.1f%%", info["steps"], info["objective"], info["grad_norm"],
-                 info["train_top1"])
-    return teacher, {"method": "linear_probe", "l2": config.probe_l2, **info}, \
-        time.perf_counter() - start
+    logging.info("linear probe: l2 %g%s, %d L-BFGS steps, objective %.4f, gradient norm %.1e, "
+                 "few-shot top-1 %.1f%%", info["l2"],
+                 " (cross-validated)" if "cv_loss" in info else "", info["steps"],
+                 info["objective"], info["grad_norm"], info["train_top1"])
+    return teacher, {"method": "linear_probe", **info}, time.perf_counter() - start
 
 
 def _str(path: Path | None) -> str | None:
