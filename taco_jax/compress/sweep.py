@@ -52,7 +52,6 @@ def _point(report: dict) -> dict:
                                if name in taco.MAGNITUDE_BASELINES}}
 
 
-
 def plot(points: list[dict], main: dict, path: str | os.PathLike) -> None:
     """Top-1 vs compression of the pruned layers (log x), dense references as lines."""
     fig = Figure(figsize=(6, 4), dpi=120)

@@ -186,11 +186,11 @@ def _calibration_batches(calib_x: np.ndarray, data: TaskData, config: TacoConfig
     return [x[i:i + b][distributed.process_shard(len(x[i:i + b]))] for i in range(0, len(x), b)]
 
 
-def _prune_and_recover(teacher, calib_x, calib_y, data, config, method, store, tag,
-                       allocation=None):
-    """Prune a copy of ``teacher`` (gradually if ``config.schedule``) and recover it by KD;
-    every step is a checkpointed stage. ``allocation``: per-layer levels (default: the
-    config's). Returns (student, masks, prune info, recovery info)."""
+def _prune_and_recover(teacher, calib_x, calib_y, data, config, method, allocation, store,
+                       tag):
+    """Prune a copy of ``teacher`` (gradually if ``config.schedule``) with ``method`` at the
+    per-layer levels of ``allocation`` and recover it by KD; every step is a checkpointed stage.
+    Returns (student, masks, prune info, recovery info)."""
     student = nnx.clone(teacher)
     batches = _calibration_batches(calib_x, data, config)
     levels = (*config.schedule, config.prune.sparsity)
@@ -200,7 +200,7 @@ def _prune_and_recover(teacher, calib_x, calib_y, data, config, method, store, t
         step = "" if len(levels) == 1 else f"_{k + 1}"
         prune_config = dataclasses.replace(  # magnitude ignores the data: its own targets
             config.prune, method=method, sparsity=sparsity,
-            allocation=allocation or config.prune.allocation,
+            allocation=allocation,
             targets="self" if method == "magnitude" else config.prune.targets)
         recover_config = (config.recover if final else
                           dataclasses.replace(config.recover, steps=config.schedule_steps))
@@ -302,7 +302,8 @@ def compress(model: nnx.Module, data: TaskData, config: TacoConfig, *,
         data = dataclasses.replace(data, unlabelled_images=data.unlabelled_images[pool_ids])
 
     student, masks, pruned, recovered = _prune_and_recover(
-        teacher, calib_x, calib_y, data, config, config.prune.method, store, "taco")
+        teacher, calib_x, calib_y, data, config, config.prune.method, config.prune.allocation,
+        store, "taco")
     timings.update(taco_prune=pruned["seconds"], taco_recover=recovered["seconds"])
     image_shape = tuple(data.test_images.shape[1:])
     report = {
@@ -330,7 +331,7 @@ def compress(model: nnx.Module, data: TaskData, config: TacoConfig, *,
             continue
         allocation = allocation or config.prune.allocation
         mag_model, mag_masks, mag_pruned, mag = _prune_and_recover(
-            teacher, calib_x, calib_y, data, config, "magnitude", store, name, allocation)
+            teacher, calib_x, calib_y, data, config, "magnitude", allocation, store, name)
         report["baselines"][name] = {
             "compressed": mag["accuracy"], "before_recovery": mag_pruned["before_recovery"],
             "allocation": allocation, "schedule": mag_pruned["steps"],
