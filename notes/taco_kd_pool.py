@@ -1,7 +1,7 @@
 """Does a task-agnostic unlabelled pool close the few-shot recovery's gap? (issue #7, session 6).
 Measurement only.
 
-  STEPS=1000 LR=1e-3 MIX=none|concat|balanced FRACTION=0 \
+  STEPS=1000 LR=1e-3 BATCH=64 MIX=none|concat|balanced FRACTION=0 \
     PYTHONPATH=. .venv/bin/python notes/taco_kd_pool.py WORKDIR STAGE...
 
 Restores each 90%-pruned stage (``<tag>_prune_3``) of a launcher workdir and runs the demo's
@@ -56,10 +56,11 @@ print(f"seed {seed}, pool: {len(px)} unlabelled images; few-shot x{reps}", flush
 store = stages.StageStore(workdir / "stages")
 recover = dataclasses.replace(tc.recover, steps=int(os.environ.get("STEPS", tc.recover.steps)),
                               learning_rate=float(os.environ.get("LR", tc.recover.learning_rate)),
+                              batch_size=int(os.environ.get("BATCH", tc.recover.batch_size)),
                               seed=seed)
 for stage in sys.argv[2:]:
     t = time.perf_counter()
     pre, post = recover_stage(store, stage, x, y, recover)
     print(f"RESULT {workdir.name} seed {seed} {stage} pool={mix}, {recover.steps} steps, "
-          f"lr {recover.learning_rate:g}: "
+          f"lr {recover.learning_rate:g}, batch {recover.batch_size}: "
           f"before {pre:.1f}  after {post:.1f}  ({time.perf_counter() - t:.0f}s)", flush=True)

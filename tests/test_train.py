@@ -1,5 +1,7 @@
 """Losses against float64 NumPy references; augmentation; the fit loop learns and holds masks."""
 
+import logging
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -86,6 +88,20 @@ def test_fit_learns_and_constrain_keeps_masked_weights_zero():
     assert hist[-1]["loss"] < hist[0]["loss"]
     assert fit.evaluate(model, x, y, lambda v: v)["top1"] > 95
     assert np.all(np.asarray(model.fc1.kernel.value)[~np.asarray(mask)] == 0)
+
+
+def test_fit_compiles_its_step_once(caplog):
+    # A model restored from a checkpoint holds committed arrays, so the step's outputs are
+    # committed, while a fresh optimizer's step counts are not: unless fit commits them first,
+    # jit compiles the step again on its second call.
+    x, y = _blobs(n=64)
+    model, teacher = _MLP(nnx.Rngs(0)), _MLP(nnx.Rngs(1))
+    nnx.update(model, jax.device_put(nnx.state(model), jax.devices()[0]))
+    cfg = fit.FitConfig(steps=4, batch_size=16, kd_weight=1.0, log_every=2)
+    with jax.log_compiles(), caplog.at_level(logging.WARNING):
+        fit.fit(model, x, y, cfg, lambda v: v, teacher=teacher)
+    compiles = [r for r in caplog.records if r.getMessage().startswith("Compiling jit(step)")]
+    assert len(compiles) == 1, [r.getMessage()[:80] for r in compiles]
 
 
 def test_kd_recovers_teacher_predictions_without_labels_weight():

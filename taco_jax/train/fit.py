@@ -157,6 +157,7 @@ def fit(
     if teacher is not None:
         teacher.eval()
     model.train()
+    _commit((model, optimizer, teacher))
 
     @nnx.jit
     def step(model, optimizer, teacher, x, y, key):
@@ -203,6 +204,18 @@ def fit(
                          entry["loss"], entry["seconds"])
     model.eval()
     return history
+
+
+def _commit(modules) -> None:
+    """Commit every array of ``modules`` to the device it is on, in place.
+
+    A model restored from a checkpoint holds committed arrays, so the step's outputs are
+    committed, while a fresh optimizer's step counts are not: jit would compile the step a
+    second time for the changed placement on its second call (2.6 s per ``fit`` call on the
+    TACO demo, 10 calls per run).
+    """
+    state = nnx.state(modules)
+    nnx.update(modules, jax.tree.map(lambda a: jax.device_put(a, a.sharding), state))
 
 
 def _logits(model: nnx.Module, x: jax.Array) -> jax.Array:
