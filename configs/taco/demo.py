@@ -104,8 +104,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.recover.steps -= len(c.schedule) * c.schedule_steps  # the final step's share
 
     c.calibration_views = 1  # the solver's calibration set: each few-shot image, + augmented views
-    # Same data, schedule and recovery budget as TACO. "magnitude": magnitude pruning at TACO's
-    # own per-layer levels (isolates the solver); "magnitude_gmp": classical global magnitude
+    # Same data, schedule and recovery budget as TACO. "magnitude": magnitude pruning with
+    # TACO's allocation rule (per-layer levels from its own error curves on the task images;
+    # isolates the solver's weights); "magnitude_gmp": classical global magnitude
     # pruning, one |w| threshold over all layers (data-free); "magnitude_uniform": every layer
     # at the target (SparseGPT's baseline; not run by default); "dense_finetune": the dense
     # teacher fine-tuned on the few-shot images for the same number of steps.

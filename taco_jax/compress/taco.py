@@ -4,8 +4,9 @@
 the task's classes, or linear-probe a new one on the few-shot images: the dense task teacher) →
 sequential second-order pruning on the task samples → recovery by knowledge distillation from
 the teacher, masks held exactly → evaluation; and, on the same data and budget, the baselines
-(magnitude pruning with the same schedule and recovery, its per-layer levels TACO's own or the
-classical data-free ones; the dense teacher fine-tuned on the few-shot set).
+(magnitude pruning with the same schedule and recovery, its per-layer levels from TACO's
+allocation rule or the classical data-free ones; the dense teacher fine-tuned on the few-shot
+set).
 
 With a ``workdir`` every stage checkpoints its result (``stages.StageStore``; the solver also
 checkpoints after every layer group), so a rerun after preemption resumes where it stopped and
@@ -36,14 +37,16 @@ from taco_jax.prune.shrink import infer_pairs, shrink_pair
 from taco_jax.train import augment, batchnorm, fit
 
 # Magnitude pruning (no compensation, no data in the mask) with the same schedule and recovery,
-# name -> its per-layer levels: None = TACO's own allocation (``prune.allocation``: this isolates
-# the solver), "uniform" = every layer at the target (SparseGPT's baseline), "magnitude" = one
-# |w| threshold over all layers (global magnitude pruning, GMP). The last two are data-free.
+# name -> its per-layer levels: None = TACO's allocation rule (``prune.allocation``) applied to
+# magnitude pruning's own error curves on the task images (near TACO's levels at 90%
+# unstructured, far from them at 16x16 blocks: this isolates the solver's weights), "uniform" =
+# every layer at the target (SparseGPT's baseline), "magnitude" = one |w| threshold over all
+# layers (global magnitude pruning, GMP). The last two are data-free.
 MAGNITUDE_BASELINES = {"magnitude": None, "magnitude_uniform": "uniform",
                        "magnitude_gmp": "magnitude"}
 BASELINES = (*MAGNITUDE_BASELINES, "dense_finetune")
 DEFAULT_BASELINES = ("magnitude", "magnitude_gmp", "dense_finetune")
-BASELINE_LABELS = {"magnitude": "magnitude at TACO's layer levels",
+BASELINE_LABELS = {"magnitude": "magnitude, TACO's layer allocation",
                    "magnitude_uniform": "magnitude, uniform layer levels",
                    "magnitude_gmp": "global magnitude pruning (GMP)",
                    "dense_finetune": "dense model fine-tuned on the few shots"}
