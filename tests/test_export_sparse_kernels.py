@@ -15,7 +15,7 @@ from taco_jax.compress import export, latency_variants
 from taco_jax.kernels.layers import SparseLinear, SparseMLP
 from taco_jax.kernels.testing import assert_close
 from taco_jax.models import create
-from taco_jax.models.paths import get_layer
+from taco_jax.models.paths import body_layers, get_layer
 from taco_jax.models.stats import param_count
 
 
@@ -57,7 +57,7 @@ def test_on_cpu_each_layer_chooses_the_dense_path_and_untiled_layers_stay():
 
 def test_mask_blocks_keeps_the_asked_share_of_whole_blocks():
     model, nnz = _masked_vit(sparsity=0.9)
-    total = sum(m.kernel.get_value().size for m in latency_variants.block_linears(model).values())
+    total = sum(m.kernel.get_value().size for m in body_layers(model, (nnx.Linear,)).values())
     assert nnz == latency_variants.weights_in(model)
     assert abs(nnz / total - 0.1) < 0.01
     k = np.asarray(get_layer(model, "blocks.0.mlp.fc1").kernel.get_value())  # (96, 384)

@@ -6,7 +6,14 @@ import math
 import numpy as np
 import pytest
 
-from taco_jax.prune.patterns import NM, Block, Structured, Unstructured, parse_pattern
+from taco_jax.prune.patterns import (
+    NM,
+    Block,
+    Structured,
+    Unstructured,
+    parse_pattern,
+    tiling_problem,
+)
 from taco_jax.prune.solver import prune_layer
 
 
@@ -238,6 +245,16 @@ def test_bad_solver_inputs():
         prune_layer(W, H, "unstructured", 0.5, method="optimal")
     with pytest.raises(ValueError, match="H"):
         prune_layer(W, H[:10, :10], "unstructured", 0.5)
+
+
+def test_tiling_problem_names_the_shape_or_is_none():
+    block = parse_pattern("block16x16")
+    assert tiling_problem(block, (1, 32, 48), 128) is None
+    assert "(24, 48)" in tiling_problem(block, (1, 24, 48), 128)
+    # the solver's blocksize is capped at d_in: 16 columns take a 16-wide tile
+    assert tiling_problem(block, (1, 32, 16), 128) is None
+    assert "blocksize=24" in tiling_problem(block, (1, 32, 48), 24)
+    assert "M=8" in tiling_problem(parse_pattern("4:8"), (1, 8, 12), 128)
 
 
 def test_parse_round_trip():

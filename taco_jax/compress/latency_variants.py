@@ -27,16 +27,11 @@ from taco_jax.prune.shrink import infer_pairs, shrink_pair
 TOLERANCE = {"float32": 1e-2, "bfloat16": 5e-2}  # relative Frobenius error of the logits
 
 
-def block_linears(model: nnx.Module) -> dict[str, nnx.Linear]:
-    """The Linears the sparse and structured variants shrink: all but ``model.head_name``."""
-    return body_layers(model, (nnx.Linear,))
-
-
 def mask_blocks(model: nnx.Module, block: int, sparsity: float, seed: int = 0) -> int:
     """Zero a random ``sparsity`` of each block Linear's (block x block) weight blocks in place
     (layers the block does not tile stay dense). Returns the non-zero weights left in them."""
     nnz = 0
-    for i, lin in enumerate(block_linears(model).values()):
+    for i, lin in enumerate(body_layers(model, (nnx.Linear,)).values()):
         k = np.asarray(lin.kernel.get_value())  # (d_in, d_out)
         if k.shape[0] % block == 0 and k.shape[1] % block == 0:
             keep = random_block_mask(k.shape[::-1], (block, block), sparsity, seed=seed + i)
@@ -87,7 +82,7 @@ def relative_error(y: jax.Array, ref: jax.Array) -> float:
 def weights_in(model: nnx.Module) -> int:
     """Non-zero kernel weights of the block Linears (biases not counted)."""
     return sum(int(np.count_nonzero(np.asarray(m.kernel.get_value())))
-               for m in block_linears(model).values())
+               for m in body_layers(model, (nnx.Linear,)).values())
 
 
 def build(model_name: str, *, batch: int, sparsity: float, block: int, dtype: Any,

@@ -25,7 +25,7 @@ from taco_jax import distributed
 from taco_jax.models.paths import get_layer
 from taco_jax.prune.hessian import Probe, collect_hessians
 from taco_jax.prune.layout import kernel_from_matrix, layer_inputs, layer_matrix
-from taco_jax.prune.patterns import NM, Block, Structured, check_shape, parse_pattern
+from taco_jax.prune.patterns import NM, Block, Structured, parse_pattern, tiling_problem
 from taco_jax.prune.solver import prune_layer
 from taco_jax.train import batchnorm, fit, losses
 
@@ -197,9 +197,7 @@ def threshold_levels(model, names: Sequence[str], pattern, sparsity: float, bloc
     scores = {}
     for n in names:
         W = np.asarray(layer_matrix(get_layer(model, n)), np.float64)  # (G, d_out, d_in)
-        try:
-            check_shape(pattern, W.shape[1], W.shape[2], min(blocksize, W.shape[2]))
-        except ValueError:
+        if tiling_problem(pattern, W.shape, blocksize) is not None:
             continue
         if isinstance(pattern, Block):
             G, R, C = W.shape

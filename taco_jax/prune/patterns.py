@@ -135,6 +135,16 @@ def check_shape(pattern: Pattern, d_out: int, d_in: int, blocksize: int) -> None
         raise ValueError(f"structured group_size={pattern.group_size} must divide d_in={d_in}")
 
 
+def tiling_problem(pattern: Pattern, shape: tuple[int, ...], blocksize: int) -> str | None:
+    """Why ``pattern`` cannot tile a layer matrix of ``shape`` (G, d_out, d_in) with the solver's
+    ``blocksize`` (capped at d_in), or None when it can: such a layer is left dense."""
+    try:
+        check_shape(pattern, shape[1], shape[2], min(blocksize, shape[2]))
+    except ValueError as e:
+        return str(e)
+    return None
+
+
 def target_sparsity(pattern: Pattern, sparsity: float) -> float:
     """The fraction of zeros the pattern aims for (N:M fixes its own)."""
     return 1.0 - pattern.density if isinstance(pattern, NM) else sparsity

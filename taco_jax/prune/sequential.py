@@ -40,9 +40,9 @@ from taco_jax.prune.layout import kernel_from_matrix, layer_matrix
 from taco_jax.prune.patterns import (
     Pattern,
     Structured,
-    check_shape,
     check_sparsity,
     parse_pattern,
+    tiling_problem,
 )
 from taco_jax.prune.shrink import ShrinkPair, infer_pairs, shrink_pair
 from taco_jax.prune.solver import METHODS, prune_layer
@@ -237,15 +237,6 @@ def _layer_plan(model, config: PruneConfig, layers, sparsities) -> dict[str, tup
     return plan
 
 
-def _fits(layer, pattern, blocksize) -> str | None:
-    W = layer_matrix(layer)
-    try:
-        check_shape(pattern, W.shape[1], W.shape[2], min(blocksize, W.shape[2]))
-    except ValueError as e:
-        return str(e)
-    return None
-
-
 def _rel_error(W0, W1, H) -> float:
     H = H if H.ndim == 3 else H[None]
     D = W0 - W1
@@ -378,7 +369,8 @@ def prune_model(model: nnx.Module, batches: Sequence, config: PruneConfig, *,
         todo = []
         for n in group:
             pat = plan[n][0]
-            if (why := _fits(get_layer(model, n), pat, config.blocksize)) is not None:
+            shape = layer_matrix(get_layer(model, n)).shape
+            if (why := tiling_problem(pat, shape, config.blocksize)) is not None:
                 logging.warning("prune: %s left dense: %s", n, why)
                 bar.update(1)
             else:
