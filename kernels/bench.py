@@ -16,9 +16,9 @@ For the MLP the dense side is XLA's two matmuls with the hidden activation writt
 back (T*H elements, twice), the sparse side the fused kernel (hidden on chip).
 
 Examples:
-  python -m kernels.bench --interpret --quick                 # CPU correctness sweep
-  python -m kernels.bench --block_sizes=64 --json=out.json    # the issue's H100 table
-  python -m kernels.bench --suites=vit --autotune --tuned_out=tiles.json
+  python -m taco_jax.kernels.bench --interpret --quick                 # CPU correctness sweep
+  python -m taco_jax.kernels.bench --block_sizes=64 --json=out.json    # the issue's H100 table
+  python -m taco_jax.kernels.bench --suites=vit --autotune --tuned_out=tiles.json
 """
 
 from __future__ import annotations
@@ -75,9 +75,10 @@ flags.DEFINE_bool("autotune", False, "Time every candidate BlockSizes of a kerne
                   "keep the best (slower: one compile per candidate).")
 flags.DEFINE_string("tuned_out", None, "Write the best BlockSizes per (device kind, kernel, "
                     "op, dtype, shape, block, sparsity) to this JSON file (a list of records; "
-                    "kernels.layers.load_tuned_tiles reads it).")
+                    "taco_jax.kernels.layers.load_tuned_tiles reads it).")
 flags.DEFINE_string("break_even_out", None, "Write the measured break-even block densities "
-                    "{device_kind: {linear, mlp, gpu_path}} for kernels.layers.load_break_even.")
+                    "{device_kind: {linear, mlp, gpu_path}} for "
+                    "taco_jax.kernels.layers.load_break_even.")
 flags.DEFINE_bool("check", True, "Compare each kernel's output with the dense result before "
                   "timing (bf16/f32 tolerances as the tests); a mismatch fails the run.")
 flags.DEFINE_float("peak_tflops", None, "Override the peak matrix TFLOP/s used for rooflines.")
@@ -499,7 +500,7 @@ def main(argv: list[str]) -> None:
     if FLAGS.json:
         with open(FLAGS.json, "w") as f:
             json.dump({"header": header, "rows": rows}, f, indent=1)
-    if FLAGS.tuned_out:  # read by kernels.layers.load_tuned_tiles
+    if FLAGS.tuned_out:  # read by taco_jax.kernels.layers.load_tuned_tiles
         tuned = [dict(device_kind=kind, kernel=r["kernel"], op=r["op"], dtype=r["dtype"],
                       tokens=r["tokens"], dims=r["dims"], block=r["block"],
                       sparsity_pct=r["sparsity_pct"], block_sizes=r["block_sizes"],

@@ -85,8 +85,8 @@ def test_cli_quick_interpret(tmp_path):
     import sys
 
     out = tmp_path / "q.json"
-    subprocess.run([sys.executable, "-m", "kernels.bench", "--interpret", "--quick",
+    subprocess.run([sys.executable, "-m", "taco_jax.kernels.bench", "--interpret", "--quick",
                     f"--json={out}"], check=True, cwd=str(__import__("pathlib").Path(
-                        bench.__file__).parents[1]))
+                        bench.__file__).parents[2]))
     rows = json.loads(out.read_text())["rows"]
     assert rows and not any("error" in r for r in rows)

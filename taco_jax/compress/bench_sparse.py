@@ -53,10 +53,10 @@ _INTERPRET = flags.DEFINE_bool("interpret", False, "Run the Pallas kernels in in
 _STRUCTURED = flags.DEFINE_bool("structured", True, "Also time the structured model (heads and "
                                 "neurons removed to the same parameter count).")
 _BREAK_EVEN = flags.DEFINE_string("break_even", None, "Measured break-even densities from "
-                                  "`python -m kernels.bench --break_even_out=FILE` (else the "
-                                  "defaults in kernels/layers.py).")
+                                  "`python -m taco_jax.kernels.bench --break_even_out=FILE` "
+                                  "(else the defaults in kernels/layers.py).")
 _TILES = flags.DEFINE_string("tuned_tiles", None, "Autotuned kernel tiles from "
-                             "`python -m kernels.bench --autotune --tuned_out=FILE`.")
+                             "`python -m taco_jax.kernels.bench --autotune --tuned_out=FILE`.")
 _REPEATS = flags.DEFINE_integer("repeats", 20, "Timed calls per model; medians are reported.",
                                 lower_bound=1)
 _WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed calls per model after compiling.",
