@@ -15,17 +15,20 @@ Swap one into a model by name::
     set_layer(model, "blocks.3.mlp", SparseMLP.from_mlp(get_layer(model, "blocks.3.mlp")))
 
 Break-even densities: ``BREAK_EVEN`` below holds documented defaults per platform; the benchmark
-(``python -m kernels.bench --break_even_out FILE``) measures them per device kind and
+(``python -m taco_jax.kernels.bench --break_even_out FILE``) measures them per device kind and
 ``load_break_even(FILE)`` installs the measured table. Likewise ``load_tuned_tiles(FILE)``
-installs the autotuned tiles of ``kernels.bench --autotune --tuned_out FILE``; a layer built
-without ``block_sizes`` then uses the tiles measured for its device kind, dims and block.
+installs the autotuned tiles of ``taco_jax.kernels.bench --autotune --tuned_out FILE``; a layer
+built without ``block_sizes`` then uses the tiles measured for its device kind, dims and block.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import json
+import pathlib
+import types
 from typing import Any
 
 import jax
@@ -54,18 +57,41 @@ class BreakEven:
     gpu_path: str = "triton"
 
 
-# Defaults until the benchmark measures a device: a kernel that streams only the kept blocks
-# beats dense XLA roughly below half density (the issue's 1.6x-at-50% target); the fused MLP
-# also saves the hidden round trip, so it pays a little earlier. Keys: device_kind, then platform.
+# Defaults for a device kind no check has measured. No kernel of ours has run on a GPU yet, and a
+# read of the kernels (2026-12-04) expects well under the roofline's speedups, so they are chosen
+# to be safe rather than hopeful: the kernel only where a quarter (linear) or 15% (fused MLP, with
+# more per-tile overhead) of the blocks or fewer remain. Keys: device_kind, then platform. The
+# order of precedence in ``choose_path``: a table installed with ``load_break_even``, then the
+# device check's committed measurement (``measured``), then these.
 BREAK_EVEN: dict[str, BreakEven] = {
-    "gpu": BreakEven(linear=0.4, mlp=0.5, gpu_path="triton"),
-    "tpu": BreakEven(linear=0.4, mlp=0.5),
+    "gpu": BreakEven(linear=0.25, mlp=0.15, gpu_path="triton"),
+    "tpu": BreakEven(linear=0.25, mlp=0.15),
     "cpu": BreakEven(linear=0.0, mlp=0.0),  # never: kernels are interpret-only on CPU
 }
 
+# The device check's measurements (``python -m taco_jax.kernels.device_check``), one JSON file
+# per device kind: {"device_kind", "jax", "date", "command", "break_even": {linear, mlp,
+# gpu_path}, "tiles": [BlockSizes records as bench --tuned_out writes them]}.
+MEASURED_DIR = pathlib.Path(__file__).resolve().parent / "measured"
+
+
+@functools.cache
+def measured(device_kind: str) -> types.MappingProxyType | None:
+    """The committed measurement of this device kind (read once, read-only), or None."""
+    for path in sorted(MEASURED_DIR.glob("*.json")):
+        table = json.loads(path.read_text())
+        if table.get("device_kind") == device_kind:
+            return types.MappingProxyType(table)
+    return None
+
+
+def _measured_break_even(device_kind: str | None) -> BreakEven | None:
+    table = measured(device_kind) if device_kind else None
+    return BreakEven(**table["break_even"]) if table and table.get("break_even") else None
+
 
 def load_break_even(path: str) -> None:
-    """Install a table written by ``kernels.bench --break_even_out``:
+    """Install a table written by ``taco_jax.kernels.bench --break_even_out``:
     ``{device_kind: {"linear": d, "mlp": d, "gpu_path": "triton"}}``."""
     with open(path) as f:
         table = json.load(f)
@@ -73,12 +99,13 @@ def load_break_even(path: str) -> None:
         BREAK_EVEN[kind] = BreakEven(**row)
 
 
-# Tiles measured by ``kernels.bench --autotune --tuned_out`` (records; see load_tuned_tiles).
+# Tiles measured by ``taco_jax.kernels.bench --autotune --tuned_out`` (records; see
+# load_tuned_tiles).
 TUNED_TILES: list[dict] = []
 
 
 def load_tuned_tiles(path: str) -> None:
-    """Install the autotuned BlockSizes records written by ``kernels.bench --tuned_out``."""
+    """Install the autotuned BlockSizes records of ``taco_jax.kernels.bench --tuned_out``."""
     with open(path) as f:
         TUNED_TILES.extend(json.load(f))
 
@@ -88,7 +115,9 @@ def tuned_block_sizes(path: str, op: str, dtype: Any, dims: tuple[int, int], blo
     """The autotuned BlockSizes for this device kind, kernel path, op, dtype, layer dims and
     block (nearest measured sparsity, then the most tokens), or None if none was measured."""
     kind = device_kind if device_kind is not None else _device()[1]
-    cands = [r for r in TUNED_TILES
+    table = measured(kind)
+    records = TUNED_TILES + list(table.get("tiles", ()) if table else ())
+    cands = [r for r in records
              if r["device_kind"] == kind and r["kernel"] == path and r["op"] == op
              and r["dtype"] == jnp.dtype(dtype).name and tuple(r["dims"]) == tuple(dims)
              and r["block"] == block]
@@ -117,7 +146,8 @@ def choose_path(block_density: float, op: str, platform: str | None = None,
         raise ValueError(f"op must be 'linear' or 'mlp', got {op!r}")
     if platform is None:
         platform, device_kind = _device()
-    row = BREAK_EVEN.get(device_kind or "", BREAK_EVEN.get(platform))
+    row = (BREAK_EVEN.get(device_kind or "") or _measured_break_even(device_kind)
+           or BREAK_EVEN.get(platform))
     if row is None or block_density >= getattr(row, op):
         return "dense"
     if platform == "gpu":

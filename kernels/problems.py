@@ -22,11 +22,13 @@ class LinearProblem:
     bias: jax.Array
 
 
-def make_linear_problem(tokens: int, d_out: int, d_in: int, block_shape: tuple[int, int],
-                        sparsity: float, dtype: Any = jnp.float32, seed: int = 0,
-                        block_mask: np.ndarray | None = None) -> LinearProblem:
-    """A random x and a block-pruned weight (``sparsity`` of the blocks zero, or ``block_mask``),
-    both rounded to ``dtype``; weights scaled by 1/sqrt(d_in) so outputs are O(1)."""
+def linear_problem_arrays(tokens: int, d_out: int, d_in: int, block_shape: tuple[int, int],
+                          sparsity: float, dtype: Any = np.float32, seed: int = 0,
+                          block_mask: np.ndarray | None = None
+                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Host arrays of ``make_linear_problem``: x (T, d_in), masked w (d_out, d_in), bias (d_out,)
+    rounded to ``dtype``, and the block mask. No JAX device is touched, so another framework (the
+    device check's PyTorch anchor) can run on exactly the same matrices."""
     rng = np.random.default_rng(seed)
     if block_mask is None:
         block_mask = random_block_mask((d_out, d_in), block_shape, sparsity, seed=seed)
@@ -34,6 +36,16 @@ def make_linear_problem(tokens: int, d_out: int, d_in: int, block_shape: tuple[i
     w = (w * expand_block_mask(block_mask, block_shape)).astype(dtype)
     x = rng.standard_normal((tokens, d_in), dtype=np.float32).astype(dtype)
     bias = (0.1 * rng.standard_normal((d_out,), dtype=np.float32)).astype(dtype)
+    return x, w, bias, block_mask
+
+
+def make_linear_problem(tokens: int, d_out: int, d_in: int, block_shape: tuple[int, int],
+                        sparsity: float, dtype: Any = jnp.float32, seed: int = 0,
+                        block_mask: np.ndarray | None = None) -> LinearProblem:
+    """A random x and a block-pruned weight (``sparsity`` of the blocks zero, or ``block_mask``),
+    both rounded to ``dtype``; weights scaled by 1/sqrt(d_in) so outputs are O(1)."""
+    x, w, bias, block_mask = linear_problem_arrays(tokens, d_out, d_in, block_shape, sparsity,
+                                                   dtype, seed, block_mask)
     w_bsr = to_device(bsr_from_dense(w, block_shape, block_mask=block_mask))
     return LinearProblem(x=jnp.asarray(x), w_dense=jnp.asarray(w), w=w_bsr, bias=jnp.asarray(bias))
 

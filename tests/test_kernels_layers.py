@@ -132,8 +132,10 @@ def test_choose_path_by_break_even(monkeypatch):
     assert choose_path(0.1, "linear", "cpu", "cpu") == "dense"
     assert choose_path(0.1, "linear", "gpu", "NVIDIA H100 80GB HBM3") == "triton"
     assert choose_path(0.9, "linear", "gpu", "NVIDIA H100 80GB HBM3") == "dense"
-    assert choose_path(0.45, "mlp", "tpu", "TPU v5e") == "tpu"
-    assert choose_path(0.45, "linear", "tpu", "TPU v5e") == "dense"
+    assert choose_path(0.1, "mlp", "tpu", "TPU v5e") == "tpu"
+    assert choose_path(0.2, "linear", "tpu", "TPU v5e") == "tpu"
+    assert choose_path(0.2, "mlp", "tpu", "TPU v5e") == "dense"  # safe defaults until measured
+    assert choose_path(0.3, "linear", "gpu", "NVIDIA H100 80GB HBM3") == "dense"
     monkeypatch.setitem(layers.BREAK_EVEN, "NVIDIA H100 80GB HBM3",
                         layers.BreakEven(linear=0.6, mlp=0.7, gpu_path="mosaic_gpu"))
     assert choose_path(0.55, "linear", "gpu", "NVIDIA H100 80GB HBM3") == "mosaic_gpu"
@@ -209,3 +211,34 @@ def test_layers_use_tuned_tiles(tmp_path, monkeypatch):
     assert sp.block_sizes == BlockSizes(32, 8, 3)
     assert_close(sp(_x((5, 64))), lin(_x((5, 64))), jnp.float32, True)
     assert SparseLinear.from_linear(lin, (16, 16), path="tpu", interpret=True).block_sizes is None
+
+
+def test_measured_table_is_loaded_for_its_device_kind(tmp_path, monkeypatch):
+    """A committed device-check file decides the path of its device kind only; an installed
+    table (load_break_even) still wins; its tiles are found by tuned_block_sizes."""
+    import json
+
+    from taco_jax.kernels.sparse_linear.kernel_triton import BlockSizes
+
+    (tmp_path / "fake_gpu.json").write_text(json.dumps({
+        "device_kind": "Fake GPU 9", "break_even": {"linear": 0.6, "mlp": 0.3,
+                                                    "gpu_path": "mosaic_gpu"},
+        "tiles": [dict(device_kind="Fake GPU 9", kernel="triton", op="linear",
+                       dtype="bfloat16", tokens=4096, dims=[256, 128], block=64,
+                       sparsity_pct=90.0, block_sizes=dict(block_t=128, num_warps=8,
+                                                           num_stages=4), sparse_ms=0.1)]}))
+    monkeypatch.setattr(layers, "MEASURED_DIR", tmp_path)
+    monkeypatch.setattr(layers, "BREAK_EVEN", dict(layers.BREAK_EVEN))
+    layers.measured.cache_clear()
+    try:
+        assert choose_path(0.5, "linear", "gpu", "Fake GPU 9") == "mosaic_gpu"
+        assert choose_path(0.5, "mlp", "gpu", "Fake GPU 9") == "dense"
+        assert choose_path(0.5, "linear", "gpu", "Other GPU") == "dense"  # defaults: 0.25
+        with pytest.raises(TypeError):
+            layers.measured("Fake GPU 9")["break_even"] = {}  # read-only
+        assert layers.tuned_block_sizes("triton", "linear", jnp.bfloat16, (256, 128), 64, 0.1,
+                                        device_kind="Fake GPU 9") == BlockSizes(128, 8, 4)
+        layers.BREAK_EVEN["Fake GPU 9"] = layers.BreakEven(linear=0.1, mlp=0.1)
+        assert choose_path(0.5, "linear", "gpu", "Fake GPU 9") == "dense"
+    finally:
+        layers.measured.cache_clear()
