@@ -1,7 +1,7 @@
 r"""Benchmark of the block-sparse kernels against dense XLA, with roofline ceilings.
 
 Per shape, block size and block sparsity: dense XLA time (the masked dense weight), sparse kernel
-time, speedup, the shape's roofline ceiling speedup (DESIGN.md §6) and the fraction of it reached,
+time, speedup, the shape's roofline ceiling speedup and the fraction of it reached,
 the kernel's effective TFLOP/s on the non-zero work. Times exclude compilation (AOT-compiled
 before timing), follow warm-up calls, wait with ``block_until_ready`` and report the median of
 ``--repeats``. On a GPU the default timer is CUPTI (kernel time on the device, no launch
@@ -18,7 +18,7 @@ back (T*H elements, twice), the sparse side the fused kernel (hidden on chip).
 Examples:
   python -m taco_jax.kernels.bench --interpret --quick                 # CPU correctness sweep
   python -m taco_jax.kernels.bench --block_sizes=64 --json=out.json    # the issue's H100 table
-  python -m taco_jax.kernels.bench --suites=vit --autotune --tuned_out=tiles.json
+  python -m taco_jax.kernels.bench --suites=vit --autotune --dispatch_out=dispatch.json
 """
 
 from __future__ import annotations
@@ -73,12 +73,10 @@ flags.DEFINE_integer("wall_inner", 10, "With the wall timer: calls per timed rep
                      "queue asynchronously, so launch overhead hides behind kernel time).")
 flags.DEFINE_bool("autotune", False, "Time every candidate BlockSizes of a kernel per row and "
                   "keep the best (slower: one compile per candidate).")
-flags.DEFINE_string("tuned_out", None, "Write the best BlockSizes per (device kind, kernel, "
-                    "op, dtype, shape, block, sparsity) to this JSON file (a list of records; "
-                    "taco_jax.kernels.layers.load_tuned_tiles reads it).")
-flags.DEFINE_string("break_even_out", None, "Write the measured break-even block densities "
-                    "{device_kind: {linear, mlp, gpu_path}} for "
-                    "taco_jax.kernels.layers.load_break_even.")
+flags.DEFINE_string("dispatch_out", None, "Write this device's dispatch measurement (the "
+                    "break-even block densities and, with --autotune, the best BlockSizes per "
+                    "kernel, op, dtype, shape, block and sparsity) to this JSON file; "
+                    "taco_jax.kernels.layers.DispatchTable.from_json reads it.")
 flags.DEFINE_bool("check", True, "Compare each kernel's output with the dense result before "
                   "timing (bf16/f32 tolerances as the tests); a mismatch fails the run.")
 flags.DEFINE_float("peak_tflops", None, "Override the peak matrix TFLOP/s used for rooflines.")
@@ -439,6 +437,19 @@ def break_even(rows: list[dict]) -> dict:
     return out
 
 
+def dispatch_measurement(device_kind: str, rows: list[dict], tuned_rows: list[dict], *,
+                         command: str, date: str) -> dict:
+    """The dispatch file of one device kind (``layers.DispatchTable.from_json`` reads it): the
+    break-even densities of ``rows`` and the best tiles of the autotuned ``tuned_rows``."""
+    ok = [r for r in rows if "speedup" in r]
+    tiles = [dict(device_kind=device_kind, kernel=r["kernel"], op=r["op"], dtype=r["dtype"],
+                  tokens=r["tokens"], dims=r["dims"], block=r["block"],
+                  sparsity_pct=r["sparsity_pct"], block_sizes=r["block_sizes"],
+                  sparse_ms=r["sparse_ms"]) for r in tuned_rows if "block_sizes" in r]
+    return {"device_kind": device_kind, "jax": jax.__version__, "date": date,
+            "command": command, "break_even": break_even(ok) if ok else None, "tiles": tiles}
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -500,16 +511,12 @@ def main(argv: list[str]) -> None:
     if FLAGS.json:
         with open(FLAGS.json, "w") as f:
             json.dump({"header": header, "rows": rows}, f, indent=1)
-    if FLAGS.tuned_out:  # read by taco_jax.kernels.layers.load_tuned_tiles
-        tuned = [dict(device_kind=kind, kernel=r["kernel"], op=r["op"], dtype=r["dtype"],
-                      tokens=r["tokens"], dims=r["dims"], block=r["block"],
-                      sparsity_pct=r["sparsity_pct"], block_sizes=r["block_sizes"],
-                      sparse_ms=r["sparse_ms"]) for r in rows if "block_sizes" in r]
-        with open(FLAGS.tuned_out, "w") as f:
-            json.dump(tuned, f, indent=1)
-    if FLAGS.break_even_out:
-        with open(FLAGS.break_even_out, "w") as f:
-            json.dump({kind: break_even(rows)}, f, indent=1)
+    if FLAGS.dispatch_out:
+        record = dispatch_measurement(kind, rows, rows if FLAGS.autotune else [],
+                                      command=" ".join(sys.argv),
+                                      date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
+        with open(FLAGS.dispatch_out, "w") as f:
+            json.dump(record, f, indent=1)
     if any("error" in r for r in rows):
         logging.warning("%d rows had errors", sum("error" in r for r in rows))
 

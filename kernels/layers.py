@@ -14,11 +14,11 @@ Swap one into a model by name::
     set_layer(model, "blocks.3.mlp.fc1", SparseLinear.from_linear(fc1, (64, 64)))
     set_layer(model, "blocks.3.mlp", SparseMLP.from_mlp(get_layer(model, "blocks.3.mlp")))
 
-Break-even densities: ``BREAK_EVEN`` below holds documented defaults per platform; the benchmark
-(``python -m taco_jax.kernels.bench --break_even_out FILE``) measures them per device kind and
-``load_break_even(FILE)`` installs the measured table. Likewise ``load_tuned_tiles(FILE)``
-installs the autotuned tiles of ``taco_jax.kernels.bench --autotune --tuned_out FILE``; a layer
-built without ``block_sizes`` then uses the tiles measured for its device kind, dims and block.
+Dispatch: a ``DispatchTable`` (immutable) holds one device kind's break-even block densities and
+autotuned tiles. By default a layer uses its device's (``DispatchTable.for_device``: the device
+check's file committed under ``kernels/measured/``, else the safe ``DEFAULT_BREAK_EVEN``); pass
+``table=DispatchTable.from_json(FILE)`` to use another measurement. A layer built without
+``block_sizes`` uses the table's tiles for its kernel, dims and block.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import dataclasses
 import functools
 import importlib
 import json
+import os
 import pathlib
 import types
 from typing import Any
@@ -60,77 +61,78 @@ class BreakEven:
 # Defaults for a device kind no check has measured. No kernel of ours has run on a GPU yet, and a
 # read of the kernels (2026-12-04) expects well under the roofline's speedups, so they are chosen
 # to be safe rather than hopeful: the kernel only where a quarter (linear) or 15% (fused MLP, with
-# more per-tile overhead) of the blocks or fewer remain. Keys: device_kind, then platform. The
-# order of precedence in ``choose_path``: a table installed with ``load_break_even``, then the
-# device check's committed measurement (``measured``), then these.
-BREAK_EVEN: dict[str, BreakEven] = {
+# more per-tile overhead) of the blocks or fewer remain. Keyed by platform; read-only.
+DEFAULT_BREAK_EVEN: types.MappingProxyType = types.MappingProxyType({
     "gpu": BreakEven(linear=0.25, mlp=0.15, gpu_path="triton"),
     "tpu": BreakEven(linear=0.25, mlp=0.15),
     "cpu": BreakEven(linear=0.0, mlp=0.0),  # never: kernels are interpret-only on CPU
-}
+})
 
-# The device check's measurements (``python -m taco_jax.kernels.device_check``), one JSON file
+# The device check's measurements (``python -m taco_jax.bench.device_check``), one JSON file
 # per device kind: {"device_kind", "jax", "date", "command", "break_even": {linear, mlp,
-# gpu_path}, "tiles": [BlockSizes records as bench --tuned_out writes them]}.
+# gpu_path}, "tiles": [BlockSizes records as ``taco_jax.kernels.bench --dispatch_out`` writes]}.
 MEASURED_DIR = pathlib.Path(__file__).resolve().parent / "measured"
 
 
+@dataclasses.dataclass(frozen=True)
+class DispatchTable:
+    """Where a sparse layer runs on one device kind: the break-even block densities (kernel below
+    them, dense XLA above) and the autotuned tiles (BlockSizes records). Immutable data: from a
+    measurement file (``from_json``), the committed file of the device (``for_device``), or the
+    platform's safe defaults."""
+
+    device_kind: str
+    break_even: BreakEven
+    tiles: tuple[types.MappingProxyType, ...] = ()
+
+    @classmethod
+    def from_json(cls, path: str | os.PathLike) -> DispatchTable:
+        """A measurement file (the device check's ``measured.json``, or one committed under
+        ``kernels/measured/``)."""
+        table = json.loads(pathlib.Path(path).read_text())
+        missing = {"device_kind", "break_even"} - set(table)
+        if missing or not table["break_even"]:
+            raise ValueError(f"{path} is not a dispatch measurement (needs device_kind and "
+                             f"break_even; missing {sorted(missing) or ['break_even']})")
+        return cls(table["device_kind"], BreakEven(**table["break_even"]),
+                   tuple(types.MappingProxyType(r) for r in table.get("tiles", ())))
+
+    @classmethod
+    def for_device(cls, platform: str, device_kind: str) -> DispatchTable:
+        """The committed measurement of this device kind, else the platform's defaults."""
+        measured = _measured_files().get(device_kind)
+        if measured is not None:
+            return cls.from_json(measured)
+        return cls(device_kind, DEFAULT_BREAK_EVEN.get(platform, DEFAULT_BREAK_EVEN["cpu"]))
+
+    def tuned_block_sizes(self, path: str, op: str, dtype: Any, dims: tuple[int, int],
+                          block: int, block_density: float) -> Any:
+        """The autotuned BlockSizes for this kernel path, op, dtype, layer dims and block
+        (nearest measured sparsity, then the most tokens), or None if none was measured."""
+        cands = [r for r in self.tiles
+                 if r["device_kind"] == self.device_kind and r["kernel"] == path
+                 and r["op"] == op and r["dtype"] == jnp.dtype(dtype).name
+                 and tuple(r["dims"]) == tuple(dims) and r["block"] == block]
+        if not cands:
+            return None
+        sparsity = 100.0 * (1.0 - block_density)
+        best = min(cands, key=lambda r: (abs(r["sparsity_pct"] - sparsity), -r["tokens"]))
+        module = {"linear": {"tpu": "sparse_linear.kernel_tpu",
+                             "triton": "sparse_linear.kernel_triton",
+                             "mosaic_gpu": "sparse_linear.kernel_gpu"},
+                  "mlp": {"tpu": "sparse_mlp.kernel_tpu", "triton": "sparse_mlp.kernel_triton",
+                          "mosaic_gpu": "sparse_mlp.kernel_gpu"}}
+        mod = importlib.import_module(f"{__package__}.{module[op][path]}")
+        return mod.BlockSizes(**best["block_sizes"])
+
+
 @functools.cache
-def measured(device_kind: str) -> types.MappingProxyType | None:
-    """The committed measurement of this device kind (read once, read-only), or None."""
+def _measured_files() -> types.MappingProxyType:
+    """{device kind: committed measurement file}, read once."""
+    files = {}
     for path in sorted(MEASURED_DIR.glob("*.json")):
-        table = json.loads(path.read_text())
-        if table.get("device_kind") == device_kind:
-            return types.MappingProxyType(table)
-    return None
-
-
-def _measured_break_even(device_kind: str | None) -> BreakEven | None:
-    table = measured(device_kind) if device_kind else None
-    return BreakEven(**table["break_even"]) if table and table.get("break_even") else None
-
-
-def load_break_even(path: str) -> None:
-    """Install a table written by ``taco_jax.kernels.bench --break_even_out``:
-    ``{device_kind: {"linear": d, "mlp": d, "gpu_path": "triton"}}``."""
-    with open(path) as f:
-        table = json.load(f)
-    for kind, row in table.items():
-        BREAK_EVEN[kind] = BreakEven(**row)
-
-
-# Tiles measured by ``taco_jax.kernels.bench --autotune --tuned_out`` (records; see
-# load_tuned_tiles).
-TUNED_TILES: list[dict] = []
-
-
-def load_tuned_tiles(path: str) -> None:
-    """Install the autotuned BlockSizes records of ``taco_jax.kernels.bench --tuned_out``."""
-    with open(path) as f:
-        TUNED_TILES.extend(json.load(f))
-
-
-def tuned_block_sizes(path: str, op: str, dtype: Any, dims: tuple[int, int], block: int,
-                      block_density: float, device_kind: str | None = None) -> Any:
-    """The autotuned BlockSizes for this device kind, kernel path, op, dtype, layer dims and
-    block (nearest measured sparsity, then the most tokens), or None if none was measured."""
-    kind = device_kind if device_kind is not None else _device()[1]
-    table = measured(kind)
-    records = TUNED_TILES + list(table.get("tiles", ()) if table else ())
-    cands = [r for r in records
-             if r["device_kind"] == kind and r["kernel"] == path and r["op"] == op
-             and r["dtype"] == jnp.dtype(dtype).name and tuple(r["dims"]) == tuple(dims)
-             and r["block"] == block]
-    if not cands:
-        return None
-    sparsity = 100.0 * (1.0 - block_density)
-    best = min(cands, key=lambda r: (abs(r["sparsity_pct"] - sparsity), -r["tokens"]))
-    module = {"linear": {"tpu": "sparse_linear.kernel_tpu", "triton": "sparse_linear.kernel_triton",
-                         "mosaic_gpu": "sparse_linear.kernel_gpu"},
-              "mlp": {"tpu": "sparse_mlp.kernel_tpu", "triton": "sparse_mlp.kernel_triton",
-                      "mosaic_gpu": "sparse_mlp.kernel_gpu"}}
-    mod = importlib.import_module(f"{__package__}.{module[op][path]}")
-    return mod.BlockSizes(**best["block_sizes"])
+        files[json.loads(path.read_text()).get("device_kind")] = path
+    return types.MappingProxyType(files)
 
 
 def _device() -> tuple[str, str]:
@@ -139,19 +141,19 @@ def _device() -> tuple[str, str]:
 
 
 def choose_path(block_density: float, op: str, platform: str | None = None,
-                device_kind: str | None = None) -> str:
+                device_kind: str | None = None, table: DispatchTable | None = None) -> str:
     """'dense' or the kernel path ('tpu', 'triton', 'mosaic_gpu') for a layer of this block
-    density; ``op`` is 'linear' or 'mlp'. Measured rows (by device kind) win over defaults."""
+    density; ``op`` is 'linear' or 'mlp'. ``table`` None: this device's
+    (``DispatchTable.for_device``: measured if committed, else the safe defaults)."""
     if op not in ("linear", "mlp"):
         raise ValueError(f"op must be 'linear' or 'mlp', got {op!r}")
     if platform is None:
         platform, device_kind = _device()
-    row = (BREAK_EVEN.get(device_kind or "") or _measured_break_even(device_kind)
-           or BREAK_EVEN.get(platform))
-    if row is None or block_density >= getattr(row, op):
+    table = table or DispatchTable.for_device(platform, device_kind or "")
+    if block_density >= getattr(table.break_even, op):
         return "dense"
     if platform == "gpu":
-        return row.gpu_path
+        return table.break_even.gpu_path
     return "tpu" if platform == "tpu" else "dense"
 
 
@@ -214,14 +216,18 @@ class SparseLinear(nnx.Module):
 
     def __init__(self, w: np.ndarray, bias: np.ndarray | None, block_shape: tuple[int, int],
                  *, dtype: Any = None, path: str | None = None, block_sizes: Any = None,
-                 interpret: bool = False):
+                 interpret: bool = False, table: DispatchTable | None = None):
         """w (d_out, d_in) masked dense weight; bias (d_out,) or None. ``path=None`` chooses by
-        block density (``choose_path``); pass 'dense'/'tpu'/'triton'/'mosaic_gpu' to force."""
+        block density (``choose_path`` with ``table``, None: this device's); pass
+        'dense'/'tpu'/'triton'/'mosaic_gpu' to force."""
+        platform, kind = _device()
+        table = table or DispatchTable.for_device(platform, kind)
         w = np.asarray(w)
         self.dtype = jnp.dtype(dtype or w.dtype)
         bsr = bsr_from_dense(w, block_shape)
         self.block_density = bsr.block_density
-        self.path = _check_path(path or choose_path(self.block_density, "linear"))
+        self.path = _check_path(path or choose_path(self.block_density, "linear", platform,
+                                                    kind, table))
         if self.path == "mosaic_gpu" and self.dtype not in (jnp.bfloat16, jnp.float16):
             if path is not None:
                 raise ValueError(f"the Mosaic GPU kernel takes bfloat16/float16 weights, got "
@@ -229,8 +235,8 @@ class SparseLinear(nnx.Module):
             self.path = "triton"  # auto-chosen: Triton runs f32 (TF32) too
         self.in_features, self.out_features = w.shape[1], w.shape[0]
         if block_sizes is None and self.path != "dense" and block_shape[0] == block_shape[1]:
-            block_sizes = tuned_block_sizes(self.path, "linear", self.dtype, w.shape,
-                                            block_shape[0], self.block_density)
+            block_sizes = table.tuned_block_sizes(self.path, "linear", self.dtype, w.shape,
+                                                  block_shape[0], self.block_density)
         self.block_sizes, self.interpret = block_sizes, interpret
         self.bias = None if bias is None else SparseWeight(jnp.asarray(bias, jnp.float32))
         if self.path == "dense":
@@ -276,15 +282,18 @@ class SparseMLP(nnx.Module):
     def __init__(self, w1: np.ndarray, b1: np.ndarray, w2: np.ndarray, b2: np.ndarray,
                  block_shape: tuple[int, int], *, dtype: Any = None, path: str | None = None,
                  block_sizes: Any = None, interpret: bool = False,
-                 approximate_gelu: bool = False):
+                 approximate_gelu: bool = False, table: DispatchTable | None = None):
         """w1 (H, D), w2 (D, H) masked dense weights (``y = x @ Wᵀ``), biases (H,), (D,);
-        ``block_shape = (b_hidden, b_model)``."""
+        ``block_shape = (b_hidden, b_model)``; ``path``/``table`` as ``SparseLinear``'s."""
+        platform, kind = _device()
+        table = table or DispatchTable.for_device(platform, kind)
         self.dtype = jnp.dtype(dtype or np.asarray(w1).dtype)
         p = mlp_weights_from_dense(w1, b1, w2, b2, block_shape, dtype=self.dtype)
         D, H = p.dims
         self.block_density = (p.w1.nnz_blocks + p.w2t.nnz_blocks) / (
             2 * p.w1.n_block_rows * p.w1.n_block_cols)
-        self.path = _check_path(path or choose_path(self.block_density, "mlp"))
+        self.path = _check_path(path or choose_path(self.block_density, "mlp", platform, kind,
+                                                    table))
         square = p.w1.block_shape == p.w2t.block_shape == (block_shape[0],) * 2
         if self.path == "mosaic_gpu" and (self.dtype not in (jnp.bfloat16, jnp.float16)
                                           or not square):
@@ -295,8 +304,8 @@ class SparseMLP(nnx.Module):
             self.path = "triton"  # auto-chosen: Triton runs f32 and rectangular blocks
         self.dim, self.hidden = D, H
         if block_sizes is None and self.path != "dense" and block_shape[0] == block_shape[1]:
-            block_sizes = tuned_block_sizes(self.path, "mlp", self.dtype, (D, H), block_shape[0],
-                                            self.block_density)
+            block_sizes = table.tuned_block_sizes(self.path, "mlp", self.dtype, (D, H),
+                                                  block_shape[0], self.block_density)
         self.block_sizes, self.interpret = block_sizes, interpret
         self.approximate_gelu = approximate_gelu
         self.b1 = SparseWeight(p.b1)

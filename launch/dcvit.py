@@ -2,6 +2,8 @@
 
   python -m launch.dcvit --workdir=runs/dcvit
   python -m launch.dcvit --config=configs/dcvit/demo.py:sweep --workdir=runs/dcvit_sweep
+  python -m launch.dcvit --config.then_prune.sparsity=0.5 --config.recover.steps=60 \
+      --workdir=DIR   # then_prune.recover_steps 0 = recover.steps (60), as run.dcvit.parse reads it
 
 compress mode writes config.json, few_shot_ids.json, report.json and compressed/ (orbax state +
 structure.json; masks.npz too when composed with TACO) into --workdir; sweep mode writes
@@ -13,7 +15,8 @@ from absl import flags
 from ml_collections import config_flags
 
 from taco_jax import distributed
-from taco_jax.compress import dcvit_run, run
+from taco_jax.run import common
+from taco_jax.run import dcvit as dcvit_run
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", "configs/dcvit/demo.py",
@@ -26,5 +29,5 @@ flags.mark_flag_as_required("workdir")
 
 
 if __name__ == "__main__":
-    distributed.run(run.launcher_main(_CONFIG, _WORKDIR, dcvit_run.parse,
+    distributed.run(common.launcher_main(_CONFIG, _WORKDIR, dcvit_run.parse,
                                       dcvit_run.run_dcvit))

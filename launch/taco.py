@@ -3,6 +3,14 @@
   python -m launch.taco --workdir=runs/demo
   python -m launch.taco --config=configs/taco/demo.py:sparsity=0.75 --workdir=runs/s75
   python -m launch.taco --config=configs/taco/demo.py --config.shots=16 --workdir=runs/k16
+  python -m launch.taco --config=configs/taco/demo.py:runlocal --config.prune.sparsity=0.5 \
+      --workdir=/tmp/s50
+
+An overridden field means what the variant key setting it means: the defaults that depend on
+other fields (``schedule="auto"``: the schedule_levels below the target sparsity, none for N:M;
+``recover.steps``: the whole recovery budget, the schedule's steps taken out of it; the "stem"
+layer; ``generalist.steps=0``: the model's recipe) are resolved by ``run.taco.parse`` before any
+work (configs/taco/demo.py documents each).
 
 Writes config.json, few_shot_ids.json, report.json, compressed/, masks.npz, export/ and stages/
 into --workdir (and sweep.json + sweep.png with --config.sweep). Rerunning the same command after
@@ -15,7 +23,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from taco_jax import distributed
-from taco_jax.compress import run
+from taco_jax.run import common, taco
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", "configs/taco/demo.py",
@@ -27,4 +35,4 @@ flags.mark_flag_as_required("workdir")
 
 
 if __name__ == "__main__":
-    distributed.run(run.launcher_main(_CONFIG, _WORKDIR, run.parse, run.run_taco))
+    distributed.run(common.launcher_main(_CONFIG, _WORKDIR, taco.parse, taco.run_taco))

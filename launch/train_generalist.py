@@ -4,14 +4,16 @@
   python -m launch.train_generalist --config=configs/taco/demo.py:model=vit_mini --out=DIR
 
 The checkpoint lands in OUT/generalist/<model>-<recipe hash>/ with an info.json (test accuracy,
-training time, the recipe). The TACO launcher uses it when its config has the same recipe.
+training time, the recipe): the config's ``generalist`` fields as ``run.taco.parse`` resolves
+them (``steps`` 0 = the model's default, ``run.common.GENERALIST_STEPS``). The TACO launcher
+uses it when its config has the same recipe.
 """
 
 from absl import app, flags
 from ml_collections import config_flags
 
 from taco_jax import distributed, generalist
-from taco_jax.compress import run
+from taco_jax.run import taco
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", "configs/taco/demo.py",
@@ -25,7 +27,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     try:
-        _, generalist_config, task = run.parse(_CONFIG.value)
+        _, generalist_config, task = taco.parse(_CONFIG.value)
     except ValueError as e:
         raise app.UsageError(str(e)) from None
     generalist.load_or_train(_CONFIG.value.model, generalist_config, data_dir=task.data_dir,

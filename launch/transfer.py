@@ -13,7 +13,8 @@ from absl import flags
 from ml_collections import config_flags
 
 from taco_jax import distributed
-from taco_jax.compress import run, transfer_run
+from taco_jax.run import common
+from taco_jax.run import transfer as transfer_run
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", "configs/transfer/demo.py",
@@ -26,5 +27,5 @@ flags.mark_flag_as_required("workdir")
 
 
 if __name__ == "__main__":
-    distributed.run(run.launcher_main(_CONFIG, _WORKDIR, transfer_run.parse,
+    distributed.run(common.launcher_main(_CONFIG, _WORKDIR, transfer_run.parse,
                                       transfer_run.run_transfer))

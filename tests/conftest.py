@@ -24,9 +24,9 @@ def pytest_collection_modifyitems(config, items):
 def tiny_task(tmp_path_factory):
     """A 20-class resnet_mini (narrow, 120 steps) and the embedded cat/cow/sheep task data."""
     from taco_jax import models
-    from taco_jax.compress import taco
     from taco_jax.data import preprocess, source
     from taco_jax.data.task import Task
+    from taco_jax.methods import taco
     from taco_jax.train import fit
 
     data_dir = str(tmp_path_factory.mktemp("tfds"))

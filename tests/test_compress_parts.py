@@ -5,9 +5,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from taco_jax import checkpoint
-from taco_jax.compress import adapt, export, sparsity_report, stages, sweep
+from taco_jax import checkpoint, export, stages
 from taco_jax.config_variants import parse_variant
+from taco_jax.methods import adapt
+from taco_jax.report import compression
+from taco_jax.run import sweep
 from taco_jax.train import batchnorm
 
 
@@ -114,7 +116,7 @@ def test_sparsity_summary_counts_weights_not_masks():
     mask = np.zeros((6, 8), bool)
     mask[:, :2] = True
     net.fc.kernel.value = net.fc.kernel.value * mask
-    s = sparsity_report.summarize(net, {"fc": mask})
+    s = compression.summarize(net, {"fc": mask})
     assert s["pruned_layers"] == {"params": 48, "nonzero": 12, "sparsity": 0.75,
                                   "compression": 4.0}
     total = 6 * 8 + 8 + 8 + 8 + 8 * 5 + 5  # fc, fc bias, bn scale+bias, head
@@ -128,7 +130,7 @@ def test_macs_skip_one_mac_per_zero_weight_and_output_position():
     mask = np.zeros((6, 8), bool)
     mask[:3] = True  # 24 of 48 fc weights kept
     net.fc.kernel.value = net.fc.kernel.value * mask
-    m = sparsity_report.macs(net, {"fc": mask}, (6,))
+    m = compression.macs(net, {"fc": mask}, (6,))
     assert m["dense"] == 6 * 8 + 8 * 5  # one position per image for a Linear on (1, 6)
     assert m["sparse"] == m["dense"] - 24
     assert m["reduction"] == pytest.approx(88 / 64)
@@ -211,7 +213,7 @@ def test_mixup_blends_pairs_and_alpha_zero_is_identity():
 def test_calibration_views_are_the_images_then_augmented_copies():
     from types import SimpleNamespace
 
-    from taco_jax.compress import taco
+    from taco_jax.methods import taco
     from taco_jax.train import fit
 
     x = np.random.default_rng(0).random((10, 8, 8, 1)).astype(np.float32)

@@ -5,14 +5,13 @@ import importlib.util
 import json
 import sys
 
-import jax
 import numpy as np
 import PIL.Image
 import pytest
 import tensorflow_datasets as tfds
 
 from taco_jax.data import preprocess, source
-from taco_jax.data.task import FewShot, Task
+from taco_jax.data.task import FewShot, Task, calibration_batches
 from taco_jax.models import Preprocess
 
 CLASSES = ("cat", "dog", "owl", "yak")
@@ -142,13 +141,18 @@ def test_calibration_and_eval_iterators(array_record_dir):
     p = Preprocess(16, 18, "bicubic", mean=(0.5,) * 3, std=(0.25,) * 3)
     transform = preprocess.eval_transform(p)
     shots = task.few_shot(4, seed=0)
-    calib = list(shots.calibration_batches(transform, batch_size=3))
-    assert [x.shape for x, _ in calib] == [(3, 16, 16, 3)] * 2 + [(2, 16, 16, 3)]
-    np.testing.assert_array_equal(np.concatenate([y for _, y in calib]), shots.labels)
+    images = task.split("train").images(shots.indices)  # of several sizes: transform resizes
+    calib = calibration_batches(images, transform, batch_size=3)
+    assert [x.shape for x in calib] == [(3, 16, 16, 3)] * 2 + [(2, 16, 16, 3)]
     expected = transform(task.split("train").images(shots.indices))
-    np.testing.assert_allclose(np.concatenate([x for x, _ in calib]), expected, atol=1e-6)
-    aug = list(shots.calibration_batches(transform, 8, "shift_flip", jax.random.key(0)))
-    assert aug[0][0].shape == (8, 16, 16, 3) and not np.allclose(aug[0][0], expected)
+    np.testing.assert_allclose(np.concatenate(calib), expected, atol=1e-6)
+    # Two views: the originals, then one augmented copy of each (a shift moves pixels).
+    views = calibration_batches(images, transform, 8, views=2, augment="shift_flip")
+    assert [x.shape for x in views] == [(8, 16, 16, 3)] * 2
+    np.testing.assert_allclose(views[0], expected, atol=1e-6)
+    assert not np.allclose(views[1], expected)
+    with pytest.raises(ValueError, match="views=2 needs an augmentation"):
+        calibration_batches(images, transform, 8, views=2)
     ev = list(task.eval_batches(transform, batch_size=4))
     keep, labels = task.examples("test")
     np.testing.assert_array_equal(np.concatenate([y for _, y in ev]), labels)
@@ -184,10 +188,9 @@ def test_embedded_default_goes_through_the_same_api(tmp_path_factory):
     np.testing.assert_array_equal(np.bincount(shots.labels), [5, 5])
     x, y = task.load("train")  # the in-memory path the TACO pipeline uses
     transform = preprocess.eval_transform(Preprocess(28, 28, "bilinear", (0.5,), (0.5,)))
-    (calib, labels), = shots.calibration_batches(transform, batch_size=10)
-    np.testing.assert_allclose(calib, (x[np.searchsorted(task.examples("train")[0],
-                                                         shots.indices)] / 255 - 0.5) / 0.5,
-                               atol=1e-6)
-    np.testing.assert_array_equal(labels, shots.labels)
+    chosen = np.searchsorted(task.examples("train")[0], shots.indices)
+    calib, = calibration_batches(x[chosen], transform, batch_size=10)
+    np.testing.assert_allclose(calib, (x[chosen] / 255 - 0.5) / 0.5, atol=1e-6)
+    np.testing.assert_array_equal(y[chosen], shots.labels)
     n_eval = sum(len(b) for _, b in task.eval_batches(transform, batch_size=128))
     assert n_eval == 400 and len(y) == 1600

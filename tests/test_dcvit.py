@@ -10,9 +10,11 @@ import pytest
 from flax import nnx
 
 from taco_jax import models
-from taco_jax.compress import dcvit, dcvit_run, dcvit_sweep
+from taco_jax.methods import dcvit
 from taco_jax.models import latency, stats
 from taco_jax.models.layers import gelu
+from taco_jax.run import dcvit as dcvit_run
+from taco_jax.run import dcvit_sweep
 from taco_jax.train import fit, losses
 
 DEPTH, DIM, HIDDEN = 3, 96, 384
@@ -227,3 +229,37 @@ def test_interleaved_latency_times_each_model_in_turn():
         assert len(o["times"]) == 3 and o["min"] <= o["median"] <= o["max"]
     with pytest.raises(ValueError, match="repeats"):
         latency.interleaved_latency([model], _batches()[0], repeats=0)
+
+
+def test_library_compress_cuts_recovers_and_reports_without_a_workdir():
+    """methods.dcvit.compress on in-memory data, no workdir: the student has the cut it reports
+    (one block without attention, MLPs at their fractions), is smaller than the teacher,
+    then_prune leaves masks at its sparsity, the baseline and latency are reported, and the
+    input model is left as it was."""
+    from taco_jax.data.task import TaskData
+    from taco_jax.prune import sequential
+
+    rng = np.random.default_rng(0)
+    model = _vit(3, num_classes=8)
+    x = rng.integers(0, 255, (60, 28, 28, 1), dtype=np.uint8)
+    y = np.repeat(np.arange(3), 20)
+    data = TaskData(x, y, x[:30], y[:30], np.array([1, 4, 6]), ("a", "b", "c"),
+                    lambda im: jnp.asarray(im, jnp.float32) / 255.0)
+    config = dcvit.DcvitConfig(
+        shots=4, recover=fit.FitConfig(steps=2, batch_size=8, ce_weight=0.0),
+        calibration_batch=6, attn_blocks=1, mlp_keep=(0.5, 0.25),
+        then_prune=sequential.PruneConfig(sparsity=0.5), then_recover_steps=1,
+        baseline_drop_blocks=1, latency_batch=4, latency_repeats=2)
+    out = dcvit.compress(model, data, config)
+    r = out.report
+    structure = dcvit.structure(out.model)["blocks"]
+    assert sum(not b["attn"] for b in structure) == 1
+    assert sorted(b["mlp_hidden"] for b in structure) == [HIDDEN // 4, HIDDEN // 2, HIDDEN]
+    assert r["compressed"]["attn"] == [b["attn"] for b in structure]
+    assert r["params"]["compressed"] == stats.param_count(out.model) < r["params"]["dense"]
+    assert len(r["task"]["few_shot_ids"]) == 12 and r["dense"]["n"] == 30
+    assert set(out.masks) and r["then_prune"]["sparsity"] == 0.5
+    kept = np.mean([np.asarray(m).mean() for m in out.masks.values()])
+    assert 0.45 <= kept <= 0.55
+    assert set(r["baselines"]) == {"block_drop"} and "latency" in r
+    assert model.head.kernel.value.shape[1] == 8  # the input model is not modified

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from configs.dcvit.demo import get_config
-from taco_jax.compress import dcvit_run
+from taco_jax.run import dcvit as dcvit_run
 
 ROOT = Path(__file__).resolve().parents[1]
 

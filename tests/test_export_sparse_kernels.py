@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from taco_jax.compress import export, latency_variants
+from taco_jax import export
+from taco_jax.bench import latency_variants
 from taco_jax.kernels.layers import SparseLinear, SparseMLP
 from taco_jax.kernels.testing import assert_close
 from taco_jax.models import create
@@ -88,7 +89,7 @@ def test_structured_cut_meets_the_budget_with_whole_heads_and_neurons():
 def test_benchmark_cli_writes_all_three_models(tmp_path):
     out = tmp_path / "e2e.json"
     run = subprocess.run(
-        [sys.executable, "-m", "taco_jax.compress.bench_sparse", "--model=vit_mini", "--batch=2",
+        [sys.executable, "-m", "taco_jax.bench.sparse_vit", "--model=vit_mini", "--batch=2",
          "--block=16", "--dtype=float32", "--repeats=2", "--warmup=0", f"--json_out={out}"],
         capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
@@ -97,7 +98,7 @@ def test_benchmark_cli_writes_all_three_models(tmp_path):
     assert r["results"]["dense"]["speedup"] == 1.0
     assert r["sparse_logit_rel_error"] < 1e-5  # f32, dense path on CPU
     assert set(r["layer_paths"].values()) == {"dense"} and len(r["layer_paths"]) == 12
-    bad = subprocess.run([sys.executable, "-m", "taco_jax.compress.bench_sparse",
+    bad = subprocess.run([sys.executable, "-m", "taco_jax.bench.sparse_vit",
                           "--model=resnet_mini", "--batch=1"], capture_output=True, text=True,
                          timeout=300)
     assert bad.returncode != 0 and "no attention blocks" in bad.stderr

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from taco_jax import generalist
-from taco_jax.compress import run
 from taco_jax.data import preprocess, source
+from taco_jax.run import common
 from taco_jax.train import fit
 
 
@@ -21,7 +21,7 @@ from taco_jax.train import fit
 def test_shipped_generalist_matches_its_recorded_accuracy(tmp_path, config_module, arch, floor):
     config = importlib.import_module(config_module).get_config()
     assert config.model == arch
-    generalist_config, _ = run.parse_source(config)
+    generalist_config, _ = common.parse_source(config)
     # An empty cache dir: the model must come from the package, not be trained here.
     model, info = generalist.load_or_train(config.model, generalist_config,
                                            cache_dir=tmp_path)

@@ -3,6 +3,8 @@ kernel paths (interpret mode on CPU); dispatch by break-even density; swap into 
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -128,7 +130,7 @@ def test_swap_into_model_and_jit():
     assert_close(y, want, jnp.float32, True)
 
 
-def test_choose_path_by_break_even(monkeypatch):
+def test_choose_path_by_break_even():
     assert choose_path(0.1, "linear", "cpu", "cpu") == "dense"
     assert choose_path(0.1, "linear", "gpu", "NVIDIA H100 80GB HBM3") == "triton"
     assert choose_path(0.9, "linear", "gpu", "NVIDIA H100 80GB HBM3") == "dense"
@@ -136,21 +138,24 @@ def test_choose_path_by_break_even(monkeypatch):
     assert choose_path(0.2, "linear", "tpu", "TPU v5e") == "tpu"
     assert choose_path(0.2, "mlp", "tpu", "TPU v5e") == "dense"  # safe defaults until measured
     assert choose_path(0.3, "linear", "gpu", "NVIDIA H100 80GB HBM3") == "dense"
-    monkeypatch.setitem(layers.BREAK_EVEN, "NVIDIA H100 80GB HBM3",
-                        layers.BreakEven(linear=0.6, mlp=0.7, gpu_path="mosaic_gpu"))
-    assert choose_path(0.55, "linear", "gpu", "NVIDIA H100 80GB HBM3") == "mosaic_gpu"
-    assert choose_path(0.65, "mlp", "gpu", "NVIDIA H100 80GB HBM3") == "mosaic_gpu"
+    table = layers.DispatchTable("NVIDIA H100 80GB HBM3",
+                                 layers.BreakEven(linear=0.6, mlp=0.7, gpu_path="mosaic_gpu"))
+    assert choose_path(0.55, "linear", "gpu", "NVIDIA H100 80GB HBM3", table) == "mosaic_gpu"
+    assert choose_path(0.65, "mlp", "gpu", "NVIDIA H100 80GB HBM3", table) == "mosaic_gpu"
     with pytest.raises(ValueError, match="op must be 'linear' or 'mlp'"):
         choose_path(0.5, "conv", "gpu", "x")
 
 
-def test_load_break_even(tmp_path, monkeypatch):
-    monkeypatch.setattr(layers, "BREAK_EVEN", dict(layers.BREAK_EVEN))
-    f = tmp_path / "be.json"
-    f.write_text('{"Fake GPU": {"linear": 0.3, "mlp": 0.8, "gpu_path": "triton"}}')
-    layers.load_break_even(str(f))
-    assert choose_path(0.7, "mlp", "gpu", "Fake GPU") == "triton"
-    assert choose_path(0.35, "linear", "gpu", "Fake GPU") == "dense"
+def test_dispatch_tables_are_immutable_data(tmp_path):
+    with pytest.raises(TypeError):
+        layers.DEFAULT_BREAK_EVEN["gpu"] = layers.BreakEven(1.0, 1.0)
+    table = layers.DispatchTable.for_device("gpu", "Fake GPU")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        table.break_even = layers.BreakEven(1.0, 1.0)
+    bad = tmp_path / "be.json"
+    bad.write_text('{"Fake GPU": {"linear": 0.3, "mlp": 0.8}}')  # not a measurement file
+    with pytest.raises(ValueError, match="is not a dispatch measurement"):
+        layers.DispatchTable.from_json(bad)
 
 
 def test_sparse_linear_mosaic_gpu_path_interpret():
@@ -187,13 +192,12 @@ def test_sparse_mlp_mosaic_gpu_path_interpret():
     assert_close(y, mlp(x.astype(jnp.bfloat16).astype(jnp.float32)), jnp.bfloat16, True)
 
 
-def test_layers_use_tuned_tiles(tmp_path, monkeypatch):
-    """Records written by bench --tuned_out: the nearest sparsity for this device kind wins."""
+def test_layers_use_tuned_tiles(tmp_path):
+    """A measurement's tiles: the nearest sparsity for its device kind wins."""
     import json
 
     from taco_jax.kernels.sparse_linear.kernel_triton import BlockSizes
 
-    monkeypatch.setattr(layers, "TUNED_TILES", [])
     kind = layers._device()[1]
     rec = dict(device_kind=kind, kernel="triton", op="linear", dtype="float32", tokens=64,
                dims=[96, 64], block=16, sparse_ms=1.0)
@@ -203,19 +207,23 @@ def test_layers_use_tuned_tiles(tmp_path, monkeypatch):
                                                              num_stages=2)},
             {**rec, "device_kind": "other", "sparsity_pct": 75.0,
              "block_sizes": dict(block_t=128, num_warps=4, num_stages=2)}]
-    f = tmp_path / "tiles.json"
-    f.write_text(json.dumps(recs))
-    layers.load_tuned_tiles(str(f))
+    f = tmp_path / "dispatch.json"
+    f.write_text(json.dumps({"device_kind": kind, "tiles": recs,
+                             "break_even": {"linear": 0.0, "mlp": 0.0, "gpu_path": "triton"}}))
+    table = layers.DispatchTable.from_json(f)
     lin = pruned_linear(64, 96, 16, 0.75)
-    sp = SparseLinear.from_linear(lin, (16, 16), path="triton", interpret=True)
+    sp = SparseLinear.from_linear(lin, (16, 16), path="triton", interpret=True, table=table)
     assert sp.block_sizes == BlockSizes(32, 8, 3)
     assert_close(sp(_x((5, 64))), lin(_x((5, 64))), jnp.float32, True)
-    assert SparseLinear.from_linear(lin, (16, 16), path="tpu", interpret=True).block_sizes is None
+    assert SparseLinear.from_linear(lin, (16, 16), path="triton", interpret=True
+                                    ).block_sizes is None  # this device's table has no tiles
+    assert SparseLinear.from_linear(lin, (16, 16), path="tpu", interpret=True,
+                                    table=table).block_sizes is None
 
 
 def test_measured_table_is_loaded_for_its_device_kind(tmp_path, monkeypatch):
-    """A committed device-check file decides the path of its device kind only; an installed
-    table (load_break_even) still wins; its tiles are found by tuned_block_sizes."""
+    """A committed device-check file decides the path of its device kind only; a table passed
+    in wins over it; its tiles are found."""
     import json
 
     from taco_jax.kernels.sparse_linear.kernel_triton import BlockSizes
@@ -228,17 +236,17 @@ def test_measured_table_is_loaded_for_its_device_kind(tmp_path, monkeypatch):
                        sparsity_pct=90.0, block_sizes=dict(block_t=128, num_warps=8,
                                                            num_stages=4), sparse_ms=0.1)]}))
     monkeypatch.setattr(layers, "MEASURED_DIR", tmp_path)
-    monkeypatch.setattr(layers, "BREAK_EVEN", dict(layers.BREAK_EVEN))
-    layers.measured.cache_clear()
+    layers._measured_files.cache_clear()
     try:
         assert choose_path(0.5, "linear", "gpu", "Fake GPU 9") == "mosaic_gpu"
         assert choose_path(0.5, "mlp", "gpu", "Fake GPU 9") == "dense"
         assert choose_path(0.5, "linear", "gpu", "Other GPU") == "dense"  # defaults: 0.25
+        table = layers.DispatchTable.for_device("gpu", "Fake GPU 9")
+        assert table.tuned_block_sizes("triton", "linear", jnp.bfloat16, (256, 128), 64,
+                                       0.1) == BlockSizes(128, 8, 4)
         with pytest.raises(TypeError):
-            layers.measured("Fake GPU 9")["break_even"] = {}  # read-only
-        assert layers.tuned_block_sizes("triton", "linear", jnp.bfloat16, (256, 128), 64, 0.1,
-                                        device_kind="Fake GPU 9") == BlockSizes(128, 8, 4)
-        layers.BREAK_EVEN["Fake GPU 9"] = layers.BreakEven(linear=0.1, mlp=0.1)
-        assert choose_path(0.5, "linear", "gpu", "Fake GPU 9") == "dense"
+            table.tiles[0]["block"] = 32  # read-only records
+        other = layers.DispatchTable("Fake GPU 9", layers.BreakEven(linear=0.1, mlp=0.1))
+        assert choose_path(0.5, "linear", "gpu", "Fake GPU 9", other) == "dense"
     finally:
-        layers.measured.cache_clear()
+        layers._measured_files.cache_clear()

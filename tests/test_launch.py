@@ -44,11 +44,11 @@ def test_overrides_take_dotted_layer_names_from_the_command_line(tmp_path):
                f"--workdir={tmp_path / 'run'}")
     assert out.returncode != 0 and "config.prune.overrides has [('conv1',)]" in out.stderr
     from configs.taco.demo import get_config
-    from taco_jax.compress import run
+    from taco_jax.run import taco as taco_run
 
     c = get_config()
     c.prune.overrides = (("conv1", 0.0), ("layer1.0.conv1", ("2:4", 0.5)))
-    assert run.parse(c)[0].prune.overrides == {"conv1": 0.0, "layer1.0.conv1": ("2:4", 0.5)}
+    assert taco_run.parse(c)[0].prune.overrides == {"conv1": 0.0, "layer1.0.conv1": ("2:4", 0.5)}
 
 
 def test_unknown_task_class_is_named(tmp_path):
@@ -73,21 +73,21 @@ def test_workdir_of_another_config_is_refused_before_work(tmp_path):
 ])
 def test_bad_recovery_pool_is_named(field, value, message):
     from configs.taco.demo import get_config
-    from taco_jax.compress import run
+    from taco_jax.run import taco as taco_run
 
     c = get_config()
     c.pool.dataset = "taco_embedded"
     group, key = field.split(".")
     c[group][key] = value
     with pytest.raises(ValueError, match=re.escape(message)):
-        run.parse(c)
+        taco_run.parse(c)
 
 
 def test_retrieval_without_a_pool_is_refused():
     from configs.taco.demo import get_config
-    from taco_jax.compress import run
+    from taco_jax.run import taco as taco_run
 
     c = get_config()
     c.pool.retrieve = 100
     with pytest.raises(ValueError, match=re.escape("config.pool.retrieve=100 needs a pool")):
-        run.parse(c)
+        taco_run.parse(c)

@@ -7,7 +7,7 @@ import pytest
 from flax import nnx
 
 from taco_jax import models
-from taco_jax.compress import adapt, retrieval, taco
+from taco_jax.methods import adapt, retrieval, taco
 from taco_jax.prune import sequential
 from taco_jax.train import fit
 

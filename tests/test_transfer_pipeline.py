@@ -1,10 +1,12 @@
 """Task-oriented transfer end to end on a tiny teacher and the embedded data."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 from flax import nnx
 
-from taco_jax.compress import adapt, transfer
+from taco_jax.methods import adapt, transfer
 from taco_jax.train import fit
 
 
@@ -20,40 +22,40 @@ def _config(**kw):
 def test_transfer_report_sets_and_resume(tiny_task, tmp_path):
     model, data, pool = tiny_task
     pool = pool[:1500]
-    out = transfer.transfer(model, data, pool, _config(), stage_dir=tmp_path)
+    data = dataclasses.replace(data, unlabelled_images=pool)
+    out = transfer.compress(model, data, _config(), workdir=tmp_path)
     r = out.report
 
     teacher = adapt.restrict_head(nnx.clone(model), data.class_ids)
     assert r["dense"] == fit.evaluate(teacher, data.test_images, data.test_labels,
                                       data.preprocess)
     # The retrieved set: the asked size, distinct, never a copy of a labelled image.
-    ids = out.transfer_ids
+    ids = np.asarray(r["transfer"]["ids"])
     assert len(ids) == 60 == len(set(ids.tolist())) and ids.max() < len(pool)
     shots = {data.train_images[i].tobytes() for i in r["task"]["few_shot_ids"]}
     assert not any(pool[i].tobytes() in shots for i in ids)
     # Retrieval ranks by the teacher's embedding: the retrieved images are closer to the
     # labelled ones than a random pool sample is (mean best cosine similarity).
-    from taco_jax.compress import retrieval
+    from taco_jax.methods import retrieval
 
     q = retrieval.embed(teacher, data.train_images[r["task"]["few_shot_ids"]], data.preprocess)
     e = retrieval.embed(teacher, pool, data.preprocess)
     rand = np.random.default_rng(0).choice(len(pool), 60, replace=False)
     assert (q @ e[ids].T).max(0).mean() > (q @ e[rand].T).max(0).mean()
     # The random-pool baseline's subset: the same size, distinct, never a labelled image.
-    rids = out.random_ids
+    rids = np.asarray(r["transfer"]["random_ids"])
     assert len(rids) == 60 == len(set(rids.tolist())) and rids.max() < len(pool)
     assert not any(pool[i].tobytes() in shots for i in rids)
 
     assert r["cost"]["student"]["params"] < r["cost"]["teacher"]["params"] / 3
     assert r["compressed"]["n"] == len(data.test_labels)
     assert set(r["baselines"]) == {"few_shot_only", "task_agnostic", "random_pool"}
-    assert out.student.fc.kernel.value.shape == (8, 3)
+    assert out.model.fc.kernel.value.shape == (8, 3) and out.masks == {}
 
-    again = transfer.transfer(model, data, pool, _config(), stage_dir=tmp_path)  # all restored
+    again = transfer.compress(model, data, _config(), workdir=tmp_path)  # all restored
     assert again.report["compressed"] == r["compressed"]
     assert again.report["baselines"] == r["baselines"]
-    np.testing.assert_array_equal(again.transfer_ids, ids)
-    np.testing.assert_array_equal(again.random_ids, rids)
+    assert again.report["transfer"] == r["transfer"]
 
 
 def test_bad_configs_are_named():
@@ -71,7 +73,7 @@ def test_student_must_share_the_teachers_input_transform(tiny_task):
     model, data, pool = tiny_task
     cfg = _config(student="resnet18", student_overrides={}, baselines=())
     with pytest.raises(ValueError, match="must share a transform"):
-        transfer.transfer(model, data, pool[:200], cfg)
+        transfer.compress(model, dataclasses.replace(data, unlabelled_images=pool[:200]), cfg)
 
 
 def test_pool_subset_and_composition():
@@ -91,3 +93,9 @@ def test_pool_subset_and_composition():
     c = pool.composition(np.array([10, 30, 31, 99]), labels, names, task)
     assert c == {"images": 4, "task_class_fraction": 0.5,
                  "per_class": {"b": 1, "c": 2, "d": 1}}
+
+
+def test_compress_needs_a_pool(tiny_task):
+    model, data, _ = tiny_task
+    with pytest.raises(ValueError, match="unlabelled_images is None"):
+        transfer.compress(model, data, _config())

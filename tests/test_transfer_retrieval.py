@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from taco_jax.compress import retrieval
+from taco_jax.methods import retrieval
 
 
 def _brute_topk(q, p, k):

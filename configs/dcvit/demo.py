@@ -11,8 +11,11 @@ ViT for the five farm species, from a few hundred unlabeled task images.
 
 Variant keys: sweep (the latency/accuracy family and its frontier vs block dropping),
 attn_blocks, mlp_keep, drop_blocks, then_sparsity, shots, steps, block_outputs, seed, runlocal.
-The task and the generalist recipe are TACO's demo ones (``model=vit_mini``), so both methods
-start from the same generalist checkpoint (shipped under taco_jax/assets/generalist/).
+The task and the generalist recipe are TACO's demo ones (``model=vit_mini``; ``generalist.steps``
+0 = the model's default, 6,000 for vit_mini), so both methods start from the same generalist
+checkpoint (shipped under taco_jax/assets/generalist/). Every field can be overridden on the
+command line; ``taco_jax.run.dcvit.parse`` resolves the defaults that depend on other fields
+(``then_prune.recover_steps=0``: ``recover.steps``; ``generalist.steps=0``).
 """
 
 import ml_collections
@@ -95,7 +98,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.then_prune = ml_collections.ConfigDict()  # DC-ViT then TACO; sparsity 0 = off
     c.then_prune.pattern = "unstructured"
     c.then_prune.sparsity = v.get("then_sparsity", 0.0)
-    c.then_prune.recover_steps = c.recover.steps
+    c.then_prune.recover_steps = 0  # recovery after the prune; 0 = recover.steps
 
     c.sweep = ml_collections.ConfigDict()
     # DC-ViT models: (how many blocks lose attention, least sensitive first; the kept fraction of
@@ -112,7 +115,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if v.get("runlocal"):
         c.shots = 8
         c.recover.steps = 5
-        c.then_prune.recover_steps = 5
         c.sweep.dcvit = ((1, (0.5,)),)
         c.sweep.seeds = (0,)
         c.sweep.drop_blocks = (1,)

@@ -9,6 +9,13 @@ digits) to the five farm species of a camera trap, with 32 images per class.
 
 Variant keys: model, pattern, sparsity, shots, seed, pool (recover on the 15 other classes'
 images too, unlabelled), runlocal (a tiny smoke-test run).
+
+Configs are data: a variant only sets fields, and every field can be overridden on the command
+line (``--config.prune.sparsity=0.5``, ``--config.model=vit_mini``, ``--config.prune.pattern=2:4``)
+with the same effect as the variant key. Defaults that depend on other fields are written as
+such and resolved by ``taco_jax.run.taco.parse`` (what the launcher checks before any work):
+``schedule="auto"``, ``prune.allocation="auto"``, ``recover.steps`` as the whole recovery budget,
+the "stem" layer of ``prune.overrides``, ``generalist.steps=0`` (the model's default).
 """
 
 import ml_collections
@@ -16,7 +23,7 @@ import ml_collections
 from taco_jax.config_variants import parse_variant
 
 FARM_SPECIES = ("cat", "cow", "dog", "horse", "sheep")
-GRADUAL_LEVELS = (0.5, 0.75)  # intermediate sparsities below the target (notes/issue7.md)
+GRADUAL_LEVELS = (0.5, 0.75)  # intermediate sparsities below the target (BUILD_NOTES.md)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -33,9 +40,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.task.data_dir = ""  # "" = tfds's default data directory
 
     c.generalist = ml_collections.ConfigDict()  # trained once on all 20 classes, then cached
-    # A ViT (no convolutional prior) needs far longer on these 12k images: vit_mini reaches
-    # 82.6% test top-1 after 1,500 steps, 96.4% after 6,000 (BUILD_NOTES, session 7).
-    c.generalist.steps = 6000 if c.model == "vit_mini" else 1500
+    # 0 = the model's default (run.common.GENERALIST_STEPS): 6,000 for vit_mini, 1,500 for the
+    # others. A ViT (no convolutional prior) needs far longer on these 12k images: vit_mini
+    # reaches 82.6% test top-1 after 1,500 steps, 96.4% after 6,000 (BUILD_NOTES, session 7).
+    c.generalist.steps = 0
     c.generalist.batch_size = 128
     c.generalist.learning_rate = 2e-3
     c.generalist.weight_decay = 0.05
@@ -54,24 +62,31 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.probe_l2 = 0.0
     c.prune = ml_collections.ConfigDict()
     c.prune.method = "sparsegpt"
+    # "unstructured", "2:4" (any N:M), "block16x16", ...; an N:M pattern fixes its own level
+    # (1 - N/M in every layer), so it ignores sparsity and takes no schedule ("auto": none).
     c.prune.pattern = v.get("pattern", "unstructured")
-    c.prune.sparsity = v.get("sparsity", 0.9)
+    c.prune.sparsity = v.get("sparsity", 0.9)  # the target: the final step's total sparsity
     c.prune.blocksize = 128
     c.prune.percdamp = 0.01
     # Per-layer sparsities from each layer's measured error curve, meeting the same total
-    # non-zero budget (notes/issue7.md: before recovery 69% vs 30% for uniform at 90%).
+    # non-zero budget (BUILD_NOTES.md: before recovery 69% vs 30% for uniform at 90%).
     # "global": layer errors; "output": the model's KL with only that layer pruned (better
-    # before recovery, the same after it: BUILD_NOTES, session 5); "uniform".
-    c.prune.allocation = "global"
+    # before recovery, the same after it: BUILD_NOTES, session 5); "uniform". "auto": "global",
+    # or "uniform" for an N:M pattern (one fixed level in every layer: nothing to allocate; an
+    # N:M pattern refuses the per-layer allocations).
+    c.prune.allocation = "auto"
     # (layer name, sparsity or (pattern, sparsity)) pairs, e.g. on the command line
-    # --config.prune.overrides="(('conv1', 0.0), ('layer1.0.conv1', 0.5))". The 3x3x1 stem (9
-    # weights per filter, 144 in all) stays dense, as in the OBC/SparseGPT CNN recipes: at 50%
-    # alone it costs 54 points of task accuracy.
-    c.prune.overrides = (("conv1", 0.0),)
+    # --config.prune.overrides="(('stem', 0.0), ('layer1.0.conv1', 0.5))"; "stem" is the
+    # model's input layer, whatever its name (conv1 of a ResNet, patch_embed.proj of a ViT).
+    # The stem (resnet_mini's 3x3x1: 9 weights per filter, 144 in all) stays dense, as in the
+    # OBC/SparseGPT CNN recipes: at 50% alone it costs 54 points of task accuracy.
+    c.prune.overrides = (("stem", 0.0),)
     c.prune.targets = "self"
 
     c.recover = ml_collections.ConfigDict()
-    c.recover.steps = 400  # the budget: the schedule's steps come out of it (below)
+    # The whole recovery budget: the schedule's schedule_steps per level come out of it, the
+    # final step gets the rest (200 steps after 2 levels of 100 at 90%; 400 without a schedule).
+    c.recover.steps = 400
     c.recover.batch_size = 64
     c.recover.learning_rate = 1e-3
     c.recover.weight_decay = 0.0
@@ -94,14 +109,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # teacher's embedding (the transfer method's retrieval); 0 = the whole pool.
     c.pool.retrieve = 0
 
-    # Gradual pruning: these intermediate sparsities, each followed by schedule_steps of the
-    # same recovery, before the final prune to c.prune.sparsity (magnitude gets the same).
-    c.schedule = tuple(s for s in GRADUAL_LEVELS if s < c.prune.sparsity)
+    # Gradual pruning: intermediate sparsities, each followed by schedule_steps of the same
+    # recovery (out of the recover.steps budget), before the final prune to c.prune.sparsity
+    # (magnitude gets the same). "auto": the schedule_levels below the target sparsity, none for
+    # an N:M pattern; or an explicit increasing tuple below the target, e.g.
+    # --config.schedule="(0.5,)", or () for one-shot pruning.
+    c.schedule = ml_collections.FieldReference("auto", field_type=object)  # str or tuple
+    c.schedule_levels = GRADUAL_LEVELS
     c.schedule_steps = 100
-    if ":" in c.prune.pattern:  # N:M has one fixed level: one step, uniform
-        c.prune.allocation = "uniform"
-        c.schedule = ()
-    c.recover.steps -= len(c.schedule) * c.schedule_steps  # the final step's share
 
     c.calibration_views = 1  # the solver's calibration set: each few-shot image, + augmented views
     # Same data, schedule and recovery budget as TACO. "magnitude": magnitude pruning with
@@ -117,9 +132,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if v.get("runlocal"):
         c.generalist.steps = 60
         c.shots = 8
-        c.recover.steps = 20
+        c.recover.steps = 25  # 5 after the one schedule level, 20 for the final step
         c.baselines = ("magnitude",)
-        c.schedule = c.schedule[:1]
+        c.schedule_levels = GRADUAL_LEVELS[:1]
         c.schedule_steps = 5
         c.latency_batch = 8
     return c

@@ -2,7 +2,7 @@
 generalist, restricted to the five farm species, into a 9x smaller student, with 32 labelled
 images per class and 500 transfer images retrieved from a generic pool in which the task's
 classes are rare: the embedded train split with only 10% of each farm species' images kept
-(4.5% of the pool; notes/issue9.md: with all of them a random subset is already a third
+(4.5% of the pool; BUILD_NOTES.md: with all of them a random subset is already a third
 task images and retrieval has little to add).
 
   python -m launch.transfer --workdir=runs/transfer
@@ -10,6 +10,9 @@ task images and retrieval has little to add).
   python -m launch.transfer --config=configs/transfer/demo.py:runlocal --workdir=/tmp/smoke
 
 Variant keys: transfer_set (task, pool, random, retrieval), transfer_size, shots, seed, runlocal.
+Every field can be overridden on the command line (``--config.model=vit_mini`` changes the
+teacher, whose ``generalist.steps`` 0 = the model's default, resolved by
+``taco_jax.run.transfer.parse``).
 """
 
 import ml_collections
@@ -24,7 +27,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     taco = taco_demo.get_config("runlocal" if v.get("runlocal") else None)
     c = ml_collections.ConfigDict()
     c.model = taco.model  # the teacher: the TACO demo's shipped generalist
-    c.generalist = taco.generalist
+    c.generalist = taco.generalist  # its recipe; steps 0 = the model's default (60: runlocal)
     # The teacher is the shipped seed-0 generalist whatever the transfer seed (few-shot draw,
     # student init, random subset), so seeds compare students of one teacher.
     c.generalist.seed = 0

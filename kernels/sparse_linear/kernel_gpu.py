@@ -10,7 +10,8 @@ or 128 tokens, N = r <= 256, K = c). The epilogue casts,
 adds the bias (in the output dtype) in SMEM and TMA-stores the tile.
 
 Hopper (sm_90a) and bf16/f16 only (f32 inputs: use the Triton kernel). r, c in {16, 32, 64, 128}.
-Written for jax 0.10.x/0.11.x ``plgpu`` APIs; see notes/issue5.md for how it was verified.
+Written for jax 0.10.x/0.11.x ``plgpu`` APIs; verified by lowering and the CPU interpreter only
+until the device check (``bash kernels/device_check.sh``) runs it on a GPU.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""A generic unlabelled image pool drawn from a dataset split (DESIGN.md §5): which images are
+"""A generic unlabelled image pool drawn from a dataset split: which images are
 kept, and what a chosen set of them is made of. The transfer launcher distils on it; TACO's
 recovery may distil on it beside the few-shot set."""
 

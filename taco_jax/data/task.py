@@ -9,10 +9,14 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
+from taco_jax import distributed
 from taco_jax.data import source
 from taco_jax.train import augment as augment_lib
+from taco_jax.train import fit
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,22 +141,6 @@ class FewShot:
         return cls(task, d["split"], d["shots"], d["seed"], np.asarray(d["indices"], np.int64),
                    np.asarray(d["labels"], np.int32))
 
-    def calibration_batches(self, transform: Callable[[Sequence[np.ndarray]], jax.Array],
-                            batch_size: int, augment: str = "none", key: jax.Array | None = None,
-                            ) -> Iterator[tuple[jax.Array, np.ndarray]]:
-        """The sample once, in ``indices`` order: (model inputs (B, S, S, C), labels (B,)),
-        optionally augmented (``taco_jax.train.augment``: ``shift`` / ``shift_flip``) with
-        ``key`` (required then)."""
-        augment_lib.validate(augment)
-        if augment != "none" and key is None:
-            raise ValueError(f"augment={augment!r} needs a PRNG key")
-        split = self.task.split(self.split)
-        for k, (_, images) in enumerate(split.image_batches(self.indices, batch_size)):
-            x = transform(images)
-            if augment != "none":
-                x = augment_lib.augment(jax.random.fold_in(key, k), x, augment)
-            yield x, self.labels[k * batch_size:(k + 1) * batch_size]
-
 
 def few_shot_indices(labels: np.ndarray, shots: int, seed: int,
                      class_names: Sequence[str] | None = None) -> np.ndarray:
@@ -171,3 +159,56 @@ def few_shot_indices(labels: np.ndarray, shots: int, seed: int,
                              "shots")
         chosen.append(rng.choice(members, shots, replace=False))
     return np.sort(np.concatenate(chosen))
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskData:
+    """A task's arrays. ``class_ids`` (K,): the source classifier row of each task label, for
+    ``adapt="restrict"``."""
+
+    train_images: np.ndarray  # (N, H, W, C) uint8, the pool the few-shot sample is drawn from
+    train_labels: np.ndarray  # (N,) int in [0, K)
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    class_ids: np.ndarray | None  # None: the task's classes are not the model's (linear probe)
+    class_names: tuple[str, ...]
+    preprocess: Callable
+    mesh: jax.sharding.Mesh | None = None  # devices (of every process) to evaluate and prune on
+    # Task-agnostic images (M, H, W, C) uint8 the recovery also distils on (teacher logits only,
+    # ``recover.unlabelled_share`` of every batch); None: the few-shot set alone.
+    unlabelled_images: np.ndarray | None = None
+
+    def evaluate(self, model: nnx.Module) -> dict:
+        """Top-1/top-5 (%) of ``model`` on the task's test split (data parallel over
+        ``mesh``: each process takes its share of the test images)."""
+        return fit.evaluate(model, self.test_images, self.test_labels, self.preprocess,
+                            mesh=self.mesh)
+
+
+def calibration_batches(images: np.ndarray | Sequence[np.ndarray], preprocess: Callable,
+                        batch_size: int, *,
+                        views: int = 1, augment: str = "none", seed: int = 0,
+                        process_share: bool = False) -> list[jax.Array]:
+    """The one builder of calibration batches (the solver's Hessians, DC-ViT's block scores).
+
+    ``images`` (N, H, W, C) uint8 (or a sequence of images of any size that ``preprocess``
+    resizes) are preprocessed, then, with ``views`` > 1, followed by
+    ``views - 1`` augmented copies (``train.augment`` mode ``augment``, keys from ``seed``), so
+    the Hessians see the shifts and flips a recovery trains on; the N·views inputs are cut into
+    batches of ``batch_size`` (the last may be smaller). ``process_share``: each batch is this
+    process's share of it (``distributed.process_shard``; all of it in a single process).
+    """
+    if views < 1 or batch_size < 1:
+        raise ValueError(f"views and batch_size must be >= 1, got {views}, {batch_size}")
+    augment_lib.validate(augment)
+    if views > 1 and augment == "none":
+        raise ValueError(f"views={views} needs an augmentation to make the extra views; got "
+                         "augment='none'")
+    x = jnp.asarray(preprocess(jnp.asarray(images) if isinstance(images, np.ndarray)
+                               else images))
+    keys = jax.random.split(jax.random.key(seed), views - 1)
+    x = jnp.concatenate([x] + [augment_lib.augment(k, x, augment) for k in keys])
+    batches = [x[i:i + batch_size] for i in range(0, len(x), batch_size)]
+    if process_share:
+        batches = [b[distributed.process_shard(len(b))] for b in batches]
+    return batches

@@ -1,4 +1,4 @@
-"""Layer-wise second-order pruning (DESIGN.md §2): patterns, Hessians, the solver, sequential."""
+"""Layer-wise second-order pruning (BUILD_NOTES.md): patterns, Hessians, the solver, sequential."""
 
 from taco_jax.prune.allocate import allocate_sparsity, error_curves
 from taco_jax.prune.hessian import HessianState, collect_hessians, collect_paired

@@ -17,6 +17,7 @@ from flax import nnx
 
 from taco_jax.checkpoint import quiet_orbax
 from taco_jax.models.paths import dotted
+from taco_jax.prune.result import LayerStats
 from taco_jax.prune.shrink import shrink_pair
 
 
@@ -46,8 +47,6 @@ def save(directory: str, step: int, model: nnx.Module, result, config) -> None:
 
 def restore(directory: str, model: nnx.Module, result, config, pairs) -> int:
     """Load the latest checkpoint into ``model``/``result``; returns the groups already done."""
-    from taco_jax.prune.sequential import LayerStats
-
     with quiet_orbax(), _manager(directory) as mngr:
         step = mngr.latest_step()
         if step is None:

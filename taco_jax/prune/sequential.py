@@ -44,6 +44,7 @@ from taco_jax.prune.patterns import (
     parse_pattern,
     tiling_problem,
 )
+from taco_jax.prune.result import LayerStats, PruneResult
 from taco_jax.prune.shrink import ShrinkPair, infer_pairs, shrink_pair
 from taco_jax.prune.solver import METHODS, prune_layer
 from taco_jax.prune.targets import dense_target
@@ -98,30 +99,6 @@ class PruneConfig:
         if self.targets == "dense" and isinstance(parse_pattern(self.pattern), Structured):
             raise ValueError("targets='dense' is for unstructured, N:M and block patterns; "
                              f"structured pruning (pattern {self.pattern!r}) takes targets='self'")
-
-
-@dataclasses.dataclass
-class LayerStats:
-    name: str
-    shape: tuple[int, ...]
-    pattern: str
-    sparsity: float
-    rel_error: float
-    seconds: float
-    damp: float = 0.0
-    damp_tries: int = 1
-    hessian_seconds: float = 0.0  # this layer's share of its group's Hessian collection
-
-
-@dataclasses.dataclass
-class PruneResult:
-    """Keep-masks in each layer's own kernel layout, per-layer stats (forward order), and for
-    structured runs the kept input channels of each consumer."""
-
-    masks: dict[str, np.ndarray]
-    stats: list[LayerStats]
-    kept: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
-    sparsities: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 # ----------------------------------------------------------------------------- forward order

@@ -1,4 +1,4 @@
-"""The layer-wise second-order pruning solver (DESIGN.md §2).
+"""The layer-wise second-order pruning solver (BUILD_NOTES.md, Design).
 
 ``prune_layer(W, H, pattern, sparsity)`` prunes ``W`` (d_out, d_in) against the layer-wise Hessian
 ``H = 2XXᵀ/n`` (d_in, d_in) and returns ``(W_new, mask, stats)``; ``mask`` is True where a weight is

@@ -1,4 +1,4 @@
-"""Batched, jitted image augmentation for few-shot training (DESIGN.md §3)."""
+"""Batched, jitted image augmentation for few-shot training (BUILD_NOTES.md, Design)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """One supervised / distillation training loop for NNX classifiers, and batched evaluation.
 
 The same loop trains the embedded generalist, fine-tunes the dense few-shot baseline and recovers
-a pruned model by knowledge distillation from its dense teacher (DESIGN.md §3): the loss is
+a pruned model by knowledge distillation from its dense teacher: the loss is
 ``ce_weight · CE(labels) + kd_weight · T²·KL(teacher ‖ student)`` (plus, with ``features``, a
 normalized feature-distillation term against the teacher), and an optional ``constrain``
 function (e.g. re-applying pruning masks) runs inside the jitted step after every update, so

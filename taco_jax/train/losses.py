@@ -1,4 +1,4 @@
-"""Losses for training and recovery (DESIGN.md §3). Every loss is a batch mean."""
+"""Losses for training and recovery (BUILD_NOTES.md, Design). Every loss is a batch mean."""
 
 from __future__ import annotations
 

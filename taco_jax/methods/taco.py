@@ -1,0 +1,333 @@
+"""TACO: few-shot task-aware compression (BUILD_NOTES.md, Design).
+
+``compress(model, task_data, config)`` runs: few-shot sample → adapt (restrict the classifier to
+the task's classes, or linear-probe a new one on the few-shot images: the dense task teacher) →
+sequential second-order pruning on the task samples → recovery by knowledge distillation from
+the teacher, masks held exactly → evaluation; and, on the same data and budget, the baselines
+(magnitude pruning with the same schedule and recovery, its per-layer levels from TACO's
+allocation rule or the classical data-free ones; the dense teacher fine-tuned on the few-shot
+set).
+
+With a ``workdir`` every stage checkpoints its result (``stages.StageStore``; the solver also
+checkpoints after every layer group), so a rerun after preemption resumes where it stopped and
+gives the same final result.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import os
+import time
+from pathlib import Path
+
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from flax import nnx
+
+from taco_jax import distributed, export, stages
+from taco_jax.data.task import TaskData, calibration_batches, few_shot_indices
+from taco_jax.methods import adapt, retrieval
+from taco_jax.methods.result import CompressedModel
+from taco_jax.models.latency import model_latency
+from taco_jax.prune import sequential
+from taco_jax.prune.shrink import infer_pairs, shrink_pair
+from taco_jax.report import compression
+from taco_jax.train import batchnorm, fit
+
+# Magnitude pruning (no compensation, no data in the mask) with the same schedule and recovery,
+# name -> its per-layer levels: None = TACO's allocation rule (``prune.allocation``) applied to
+# magnitude pruning's own error curves on the task images (near TACO's levels at 90%
+# unstructured, far from them at 16x16 blocks: this isolates the solver's weights), "uniform" =
+# every layer at the target (SparseGPT's baseline), "magnitude" = one |w| threshold over all
+# layers (global magnitude pruning, GMP). The last two are data-free.
+MAGNITUDE_BASELINES = {"magnitude": None, "magnitude_uniform": "uniform",
+                       "magnitude_gmp": "magnitude"}
+BASELINES = (*MAGNITUDE_BASELINES, "dense_finetune")
+DEFAULT_BASELINES = ("magnitude", "magnitude_gmp", "dense_finetune")
+BASELINE_LABELS = {"magnitude": "magnitude, TACO's layer allocation",
+                   "magnitude_uniform": "magnitude, uniform layer levels",
+                   "magnitude_gmp": "global magnitude pruning (GMP)",
+                   "dense_finetune": "dense model fine-tuned on the few shots"}
+
+
+@dataclasses.dataclass(frozen=True)
+class TacoConfig:
+    """What to compress and how. ``prune.method`` is the solver ("sparsegpt" by default).
+
+    ``schedule``: gradual pruning, intermediate sparsities (increasing, below
+    ``prune.sparsity``); after each, ``schedule_steps`` steps of the same KD recovery, and the
+    next step is solved on the recovered model. The final step prunes to ``prune.sparsity``
+    and is recovered for ``recover.steps``. Magnitude gets the same schedule and budget.
+    ``reestimate_bn``: after each prune, set BatchNorm running statistics to those of the
+    few-shot images through the pruned model (``train.batchnorm``; both methods).
+    ``calibration_views``: views of each few-shot image in the solver's calibration set (the
+    image, then augmented copies: ``recover.augment``).
+    ``latency_batch``: batch size of the measured dense vs compressed latency (0: not measured).
+    The compressed model is timed as deployed, through ``export.with_sparse_kernels`` (the
+    report's ``latency_paths`` says which layers ran a sparse kernel on this device).
+    ``pool_retrieve``: with ``TaskData.unlabelled_images``, recover on only the N of them
+    nearest to the few-shot set in the teacher's embedding (``retrieval.nearest_pool``, the
+    transfer method's retrieval); 0 keeps them all.
+    ``adapt``: how the dense task teacher is made: "restrict" (the generalist's classifier rows
+    of ``TaskData.class_ids``) or "linear_probe" (a new classifier fit on the frozen features
+    of the few-shot images, L2 weight ``probe_l2``, 0 = chosen by cross-validation on them;
+    any task).
+    """
+
+    shots: int = 32
+    seed: int = 0
+    prune: sequential.PruneConfig = dataclasses.field(default_factory=sequential.PruneConfig)
+    recover: fit.FitConfig = dataclasses.field(default_factory=fit.FitConfig)
+    baselines: tuple[str, ...] = DEFAULT_BASELINES
+    calibration_batch: int = 64
+    schedule: tuple[float, ...] = ()
+    schedule_steps: int = 100
+    reestimate_bn: bool = True
+    latency_batch: int = 64
+    calibration_views: int = 1
+    pool_retrieve: int = 0
+    adapt: str = "restrict"
+    probe_l2: float = 0.0
+
+    def __post_init__(self):
+        if self.adapt not in adapt.ADAPTS:
+            raise ValueError(f"adapt must be one of {adapt.ADAPTS}, got {self.adapt!r}")
+        if self.probe_l2 < 0:
+            raise ValueError(f"probe_l2 must be > 0, or 0 to cross-validate it, got "
+                             f"{self.probe_l2}")
+        bad = [b for b in self.baselines if b not in BASELINES]
+        if bad:
+            raise ValueError(f"unknown baselines {bad}; allowed: {BASELINES}")
+        if self.shots < 1 or self.calibration_batch < 1:
+            raise ValueError(f"shots and calibration_batch must be >= 1, got {self.shots}, "
+                             f"{self.calibration_batch}")
+        levels = (*self.schedule, self.prune.sparsity)
+        if self.schedule and (any(b <= a for a, b in itertools.pairwise(levels))
+                              or self.schedule[0] <= 0):
+            raise ValueError(f"schedule {self.schedule} must increase from > 0 to below the "
+                             f"final sparsity {self.prune.sparsity}")
+        if self.schedule and self.schedule_steps < 1:
+            raise ValueError(f"schedule_steps must be >= 1, got {self.schedule_steps}")
+        if self.calibration_views < 1:
+            raise ValueError(f"calibration_views must be >= 1, got {self.calibration_views}")
+        if self.calibration_views > 1 and self.recover.augment == "none":
+            raise ValueError(f"calibration_views={self.calibration_views} needs an augmentation "
+                             "to make the views from (recover.augment is 'none')")
+        if self.latency_batch < 0 or self.pool_retrieve < 0:
+            raise ValueError("latency_batch and pool_retrieve must be >= 0, got "
+                             f"{self.latency_batch}, {self.pool_retrieve}")
+
+
+def _banner(name: str) -> float:
+    logging.info("=" * 20 + " %s " + "=" * 20, name)
+    return time.perf_counter()
+
+
+def _replay_cuts(model: nnx.Module, kept: dict[str, list[int]], config: TacoConfig) -> None:
+    """Apply a finished structured stage's channel cuts, so its checkpoint's shapes fit."""
+    pairs = {p.consumer: p for p in (config.prune.pairs or infer_pairs(model))}
+    for name, channels in kept.items():
+        shrink_pair(model, pairs[name], np.asarray(channels))
+
+
+def _layers_to_prune(model: nnx.Module, config: sequential.PruneConfig) -> list[str]:
+    """The solver's default layers minus those an override keeps dense (sparsity 0): they are
+    not pruned, so they take no part in the global allocation nor in the pruned-layer counts."""
+    def dense(spec) -> bool:
+        return (spec[1] if isinstance(spec, tuple) else spec) == 0
+
+    return [n for n in sequential.default_layers(model, config)
+            if not dense(config.overrides.get(n, config.sparsity))]
+
+
+def _calibration_batches(calib_x: np.ndarray, data: TaskData, config: TacoConfig) -> list:
+    """The solver's calibration batches: the few-shot images and ``calibration_views - 1``
+    copies under the recovery's augmentation; each batch this process's share."""
+    return calibration_batches(calib_x, data.preprocess, config.calibration_batch,
+                               views=config.calibration_views, augment=config.recover.augment,
+                               seed=config.seed, process_share=True)
+
+
+def _prune_and_recover(teacher, calib_x, calib_y, data, config, method, allocation, store,
+                       tag):
+    """Prune a copy of ``teacher`` (gradually if ``config.schedule``) with ``method`` at the
+    per-layer levels of ``allocation`` and recover it by KD; every step is a checkpointed stage.
+    Returns (student, masks, prune info, recovery info)."""
+    student = nnx.clone(teacher)
+    batches = _calibration_batches(calib_x, data, config)
+    levels = (*config.schedule, config.prune.sparsity)
+    history = []
+    for k, sparsity in enumerate(levels):
+        final = k == len(levels) - 1
+        step = "" if len(levels) == 1 else f"_{k + 1}"
+        prune_config = dataclasses.replace(  # magnitude ignores the data: its own targets
+            config.prune, method=method, sparsity=sparsity,
+            allocation=allocation,
+            targets="self" if method == "magnitude" else config.prune.targets)
+        recover_config = (config.recover if final else
+                          dataclasses.replace(config.recover, steps=config.schedule_steps))
+
+        def prune(prune_config=prune_config, step=step):
+            result = sequential.prune_model(student, batches, prune_config,
+                                            layers=_layers_to_prune(student, prune_config),
+                                            checkpoint_dir=_str(store.path(f"{tag}_prune{step}")),
+                                            mesh=data.mesh)
+            if config.reestimate_bn:
+                batchnorm.reestimate(student, calib_x, data.preprocess)
+                distributed.broadcast_model(student)  # every process ran it on its own
+            pruned = data.evaluate(student)
+            logging.info("%s after pruning to %.0f%%, before recovery: top-1 %.2f%%", tag,
+                         100 * prune_config.sparsity, pruned["top1"])
+            return result.masks, {"before_recovery": pruned,
+                                  "layers": [dataclasses.asdict(s) for s in result.stats],
+                                  "kept": {k: v.tolist() for k, v in result.kept.items()}}
+
+        name = f"{tag}_prune{step}"
+        if store.done(name):  # structured cuts change shapes: replay them before restoring
+            _replay_cuts(student, store.load(name)[1]["kept"], config)
+        level = "" if ":" in str(prune_config.pattern) else f" at {sparsity:.0%}"  # N:M: fixed
+        masks, pruned = store.run(name, f"{tag}: prune ({method}, {prune_config.pattern}"
+                               f"{level}, {prune_config.allocation} levels) on {len(calib_x)} "
+                               "task images", student, prune)
+
+        def recover(masks=masks, recover_config=recover_config, step=step):
+            fit.fit(student, calib_x, calib_y, recover_config, data.preprocess, teacher=teacher,
+                    constrain=lambda m: sequential.apply_masks(m, masks),
+                    unlabelled=data.unlabelled_images, desc=f"{tag} recover{step}")
+            distributed.broadcast_model(student)  # every process trained on its own
+            acc = data.evaluate(student)
+            logging.info("%s after recovery: top-1 %.2f%%", tag, acc["top1"])
+            return masks, {"accuracy": acc}
+
+        pool = ("" if data.unlabelled_images is None else
+                f" + {len(data.unlabelled_images)} unlabelled pool images")
+        _, recovered = store.run(f"{tag}_recover{step}",
+                              f"{tag}: recover {recover_config.steps} steps on {len(calib_x)} "
+                              f"task images{pool} (KD from the dense task teacher, masks fixed)",
+                              student, recover)
+        history.append({"sparsity": sparsity, "before_recovery": pruned["before_recovery"],
+                        "after_recovery": recovered["accuracy"],
+                        "prune_seconds": pruned["seconds"],
+                        "recover_seconds": recovered["seconds"]})
+    pruned = dict(pruned, seconds=sum(h["prune_seconds"] for h in history), steps=history)
+    recovered = dict(recovered, seconds=sum(h["recover_seconds"] for h in history))
+    return student, masks, pruned, recovered
+
+
+def _adapt(model, data, calib_x, calib_y, config) -> tuple[nnx.Module, dict, float]:
+    """The dense task teacher (a copy of ``model``), what was done, and its seconds."""
+    if config.adapt == "restrict":
+        start = _banner("adapt: restrict the classifier to the task's classes")
+        if data.class_ids is None:
+            raise ValueError("adapt='restrict' needs TaskData.class_ids (the model's classifier "
+                             "row of each task class); for classes the model does not have, "
+                             "use adapt='linear_probe'")
+        teacher = adapt.restrict_head(nnx.clone(model), data.class_ids)
+        return teacher, {"method": "restrict"}, time.perf_counter() - start
+    start = _banner(f"adapt: linear probe of a new {len(data.class_names)}-class head on "
+                    f"{len(calib_x)} few-shot images")
+    teacher, info = adapt.linear_probe(nnx.clone(model), calib_x, calib_y, len(data.class_names),
+                                       data.preprocess, l2=config.probe_l2 or None)
+    distributed.broadcast_model(teacher)
+    logging.info("linear probe: l2 %g%s, %d L-BFGS steps, objective %.4f, gradient norm %.1e, "
+                 "few-shot top-1 %.1f%%", info["l2"],
+                 " (cross-validated)" if "cv_loss" in info else "", info["steps"],
+                 info["objective"], info["grad_norm"], info["train_top1"])
+    return teacher, {"method": "linear_probe", **info}, time.perf_counter() - start
+
+
+def _str(path: Path | None) -> str | None:
+    return None if path is None else os.fspath(path)
+
+
+def compress(model: nnx.Module, data: TaskData, config: TacoConfig, *,
+             workdir: str | os.PathLike | None = None) -> CompressedModel:
+    """Compress a generalist ``model`` for the task ``data`` (the input model is not modified).
+
+    ``workdir``: where stage checkpoints go (``<workdir>/stages``); None keeps nothing.
+    """
+    store = stages.StageStore(None if workdir is None else Path(workdir) / "stages")
+    ids = few_shot_indices(data.train_labels, config.shots, config.seed)
+    calib_x, calib_y = data.train_images[ids], data.train_labels[ids]
+    logging.info("few-shot set: %d images (%d per class, seed %d)", len(ids), config.shots,
+                 config.seed)
+    teacher, adapt_info, seconds = _adapt(model, data, calib_x, calib_y, config)
+    dense = data.evaluate(teacher)
+    timings = {"adapt": seconds}
+    logging.info("dense task teacher: top-1 %.2f%% on %d test images", dense["top1"], dense["n"])
+    pool_ids = None
+    if data.unlabelled_images is not None and config.pool_retrieve:
+        pool_ids = retrieval.nearest_pool(teacher, calib_x, data.unlabelled_images,
+                                          config.pool_retrieve, data.preprocess)
+        logging.info("recovery pool: the %d of %d images nearest to the few-shot set",
+                     len(pool_ids), len(data.unlabelled_images))
+        data = dataclasses.replace(data, unlabelled_images=data.unlabelled_images[pool_ids])
+
+    student, masks, pruned, recovered = _prune_and_recover(
+        teacher, calib_x, calib_y, data, config, config.prune.method, config.prune.allocation,
+        store, "taco")
+    timings.update(taco_prune=pruned["seconds"], taco_recover=recovered["seconds"])
+    image_shape = tuple(data.test_images.shape[1:])
+    report = {
+        "task": {"classes": list(data.class_names),
+                 "source_class_ids": None if data.class_ids is None else data.class_ids.tolist(),
+                 "shots": config.shots, "few_shot_ids": ids.tolist(),
+                 "test_images": len(data.test_labels)},
+        "adapt": adapt_info,
+        "dense": dense,
+        "compressed": recovered["accuracy"],
+        "recovery_data": {"labelled": len(calib_x)} if data.unlabelled_images is None else {
+            "labelled": len(calib_x), "unlabelled": len(data.unlabelled_images),
+            "unlabelled_share": config.recover.unlabelled_share,
+            "pool_ids": None if pool_ids is None else pool_ids.tolist()},
+        "compressed_before_recovery": pruned["before_recovery"],
+        "schedule": pruned["steps"],
+        "sparsity": compression.summarize(student, masks),
+        "macs": {"dense": compression.macs(teacher, {}, image_shape)["dense"],
+                 "compressed": compression.macs(student, masks, image_shape)},
+        "layers": pruned["layers"],
+        "baselines": {},
+    }
+    for name, allocation in MAGNITUDE_BASELINES.items():
+        if name not in config.baselines:
+            continue
+        allocation = allocation or config.prune.allocation
+        mag_model, mag_masks, mag_pruned, mag = _prune_and_recover(
+            teacher, calib_x, calib_y, data, config, "magnitude", allocation, store, name)
+        report["baselines"][name] = {
+            "compressed": mag["accuracy"], "before_recovery": mag_pruned["before_recovery"],
+            "allocation": allocation, "schedule": mag_pruned["steps"],
+            "sparsity": compression.summarize(mag_model, mag_masks)}
+        timings.update({f"{name}_prune": mag_pruned["seconds"],
+                        f"{name}_recover": mag["seconds"]})
+    if "dense_finetune" in config.baselines:
+        tuned = nnx.clone(teacher)
+
+        budget = config.recover.steps + len(config.schedule) * config.schedule_steps
+
+        def finetune():  # the same total number of steps as the pruned models' recovery
+            fit.fit(tuned, calib_x, calib_y, dataclasses.replace(
+                config.recover, kd_weight=0.0, ce_weight=1.0, steps=budget), data.preprocess,
+                desc="dense finetune")
+            distributed.broadcast_model(tuned)
+            return None, {"accuracy": data.evaluate(tuned)}
+
+        _, info = store.run("dense_finetune", f"baseline: dense teacher fine-tuned on the "
+                         f"few-shot set, {budget} steps", tuned, finetune)
+        report["baselines"]["dense_finetune"] = info["accuracy"]
+        timings["dense_finetune"] = info["seconds"]
+    if config.latency_batch:
+        t = _banner(f"latency: dense vs compressed, batch {config.latency_batch}")
+        x = data.preprocess(jnp.asarray(data.test_images[:config.latency_batch]))
+        # The compressed model as it is deployed: pruned Linears on the block-sparse kernels
+        # where they beat dense on this device (on CPU, the masked dense matmul).
+        deployed = nnx.clone(student)
+        report["latency_paths"] = export.with_sparse_kernels(
+            deployed, export.block_shape_for(str(config.prune.pattern)))
+        report["latency_seconds"] = {"dense": model_latency(teacher, x),
+                                     "compressed": model_latency(deployed, x)}
+        timings["latency"] = time.perf_counter() - t
+    report["seconds"] = timings
+    return CompressedModel(model=student, masks=masks, report=report)

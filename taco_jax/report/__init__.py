@@ -1,0 +1,1 @@
+"""What a run reports about a compressed model: ``compression`` (sparsity and MACs)."""

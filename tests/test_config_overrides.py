@@ -1,0 +1,228 @@
+"""Configs are data: every leaf of every shipped config (and its documented variants) can be
+set on the command line, through ml_collections' own flag parser, and the launcher's preflight
+(the run module's ``parse``) accepts it; a field other defaults depend on (the target sparsity,
+the model, the pattern, the recovery budget) can be overridden and the run follows it, the same
+as the variant key that sets it. No parse loads data or trains (checked)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import ml_collections
+import pytest
+from absl import flags
+from ml_collections import config_flags
+
+from taco_jax.run import dcvit as dcvit_run
+from taco_jax.run import taco as taco_run
+from taco_jax.run import transfer as transfer_run
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Every shipped config file: its run module and the variants its docstrings and launchers show.
+CONFIGS = {
+    "configs/taco/demo.py": (taco_run, ["", "runlocal", "model=vit_mini", "pattern=2:4",
+                                        "sparsity=0.75", "pool", "model=vit_mini,pattern=2:4",
+                                        "shots=16,seed=1"]),
+    "configs/taco/vit.py": (taco_run, ["", "pattern=2:4"]),
+    "configs/dcvit/demo.py": (dcvit_run, ["", "runlocal", "sweep", "attn_blocks=1,mlp_keep=0.5",
+                                          "attn_blocks=2", "then_sparsity=0.5",
+                                          "runlocal,then_sparsity=0.5"]),
+    "configs/transfer/demo.py": (transfer_run, ["", "runlocal", "transfer_set=random",
+                                                "transfer_set=task"]),
+}
+CASES = [(path, variant) for path, (_, variants) in CONFIGS.items() for variant in variants]
+
+
+@pytest.fixture(autouse=True)
+def no_data_no_training(monkeypatch):
+    """``parse`` is the launcher's preflight: reading a dataset or training fails the test."""
+    from taco_jax import generalist
+    from taco_jax.data import source
+    from taco_jax.data.task import Task
+    from taco_jax.train import fit
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("parse loaded data or trained a model")
+
+    for owner, name in [(source, "read_split"), (source, "open_split"), (source, "builder"),
+                        (source, "class_names"), (Task, "load"), (fit, "fit"),
+                        (generalist, "load_or_train")]:
+        monkeypatch.setattr(owner, name, refuse)
+
+
+def load(spec: str, *overrides: str) -> ml_collections.ConfigDict:
+    """``--config=spec --config.a.b=v ...`` through a fresh absl flag set, as the launchers do."""
+    argv = ["prog", f"--config={ROOT / spec}", *overrides]
+    flag_values = flags.FlagValues()
+    config = config_flags.DEFINE_config_file("config", None, "config file", lock_config=True,
+                                             flag_values=flag_values, sys_argv=argv)
+    flag_values(argv)
+    return config.value
+
+
+def leaves(config: ml_collections.ConfigDict, prefix: str = ""):
+    for key, value in config.items():
+        if isinstance(value, ml_collections.ConfigDict):
+            yield from leaves(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def flag(path: str, value) -> str:
+    """``--config.path=VALUE`` as a person would type it."""
+    if isinstance(value, bool):
+        text = str(value).lower()
+    elif isinstance(value, str):
+        text = value
+    else:
+        text = repr(value)
+    return f"--config.{path}={text}"
+
+
+def spec(path: str, variant: str) -> str:
+    return f"{path}:{variant}" if variant else path
+
+
+@pytest.mark.parametrize("path, variant", CASES)
+def test_every_leaf_overridden_to_its_own_value_parses_the_same(path, variant):
+    run, _ = CONFIGS[path]
+    base = load(spec(path, variant))
+    expected = run.parse(base)
+    problems = []
+    for leaf, value in leaves(base):
+        arg = flag(leaf, value)
+        try:
+            config = load(spec(path, variant), arg)
+            if config.to_dict() != base.to_dict():
+                problems.append(f"{arg}: the flag changed the config")
+            elif run.parse(config) != expected:
+                problems.append(f"{arg}: parse resolved it differently")
+        except Exception as e:
+            problems.append(f"{arg}: {type(e).__name__}: {e}")
+    assert not problems, "\n".join(problems)
+    assert sum(1 for _ in leaves(base)) > 10
+
+
+# A variant key and the command-line override of the field it sets resolve to the same run.
+SAME_AS_VARIANT = [
+    ("configs/taco/demo.py", "model=vit_mini", ["--config.model=vit_mini"]),
+    ("configs/taco/demo.py", "pattern=2:4", ["--config.prune.pattern=2:4"]),
+    ("configs/taco/demo.py", "sparsity=0.75", ["--config.prune.sparsity=0.75"]),
+    ("configs/taco/demo.py", "sparsity=0.5", ["--config.prune.sparsity=0.5"]),
+    ("configs/taco/demo.py", "runlocal,sparsity=0.5", ["--config.prune.sparsity=0.5"]),
+    ("configs/taco/demo.py", "model=vit_mini,pattern=2:4",
+     ["--config.model=vit_mini", "--config.prune.pattern=2:4"]),
+    ("configs/taco/demo.py", "pool", ["--config.pool.dataset=taco_embedded"]),
+    ("configs/taco/demo.py", "shots=16,seed=1", ["--config.shots=16", "--config.seed=1"]),
+    ("configs/taco/vit.py", "", ["--config.model=vit_mini"]),
+    ("configs/dcvit/demo.py", "steps=50,then_sparsity=0.5",
+     ["--config.recover.steps=50", "--config.then_prune.sparsity=0.5"]),
+    ("configs/dcvit/demo.py", "attn_blocks=1,drop_blocks=2,seed=1",
+     ["--config.plan.attn_blocks=1", "--config.baseline_drop_blocks=2", "--config.seed=1"]),
+    ("configs/dcvit/demo.py", "sweep,block_outputs", ["--config.mode=sweep",
+                                                     "--config.block_outputs=true"]),
+    ("configs/transfer/demo.py", "transfer_set=random,transfer_size=300,shots=16,seed=1",
+     ["--config.transfer_set=random", "--config.transfer_size=300", "--config.shots=16",
+      "--config.seed=1"]),
+]
+
+
+@pytest.mark.parametrize("path, variant, overrides", SAME_AS_VARIANT)
+def test_override_resolves_like_the_variant_key(path, variant, overrides):
+    run, _ = CONFIGS[path]
+    base = ",".join(k for k in ("runlocal",) if k in variant.split(","))
+    assert run.parse(load(spec(path, base), *overrides)) == run.parse(load(spec(path, variant)))
+
+
+@pytest.mark.parametrize("variant, budget", [("", 400), ("runlocal", 25)])
+def test_lower_sparsity_drops_the_schedule_levels_at_or_above_it(variant, budget):
+    """The reported failure: ``configs/taco/demo.py:runlocal --config.prune.sparsity=0.5`` kept
+    the schedule (0.5,) computed for 0.9 and was refused."""
+    taco_config, _, _ = taco_run.parse(load(spec("configs/taco/demo.py", variant),
+                                            "--config.prune.sparsity=0.5"))
+    assert taco_config.prune.sparsity == 0.5
+    assert taco_config.schedule == ()  # no level >= 0.5
+    assert taco_config.recover.steps == budget  # the whole budget goes to the one step
+
+    taco_config, _, _ = taco_run.parse(load(spec("configs/taco/demo.py", variant),
+                                            "--config.prune.sparsity=0.8"))
+    assert taco_config.schedule == ((0.5, 0.75) if not variant else (0.5,))
+    assert all(s < 0.8 for s in taco_config.schedule)
+    assert (taco_config.recover.steps + len(taco_config.schedule) * taco_config.schedule_steps
+            == budget)
+
+
+def test_the_reported_command_line_parses():
+    taco_config, generalist, _ = taco_run.parse(load("configs/taco/demo.py:runlocal",
+                                                     "--config.prune.sparsity=0.5"))
+    assert (taco_config.prune.sparsity, taco_config.schedule) == (0.5, ())
+    assert generalist.steps == 60  # runlocal's, not the model's default
+
+
+def test_recovery_budget_and_explicit_schedule():
+    taco_config, _, _ = taco_run.parse(load("configs/taco/demo.py", "--config.recover.steps=1000",
+                                            "--config.schedule=(0.6,)",
+                                            "--config.schedule_steps=50"))
+    assert taco_config.schedule == (0.6,) and taco_config.recover.steps == 950
+    taco_config, _, _ = taco_run.parse(load("configs/taco/demo.py", "--config.schedule=()"))
+    assert taco_config.schedule == () and taco_config.recover.steps == 400
+    taco_config, _, _ = taco_run.parse(load("configs/taco/demo.py",
+                                            "--config.schedule_levels=(0.3,0.6,0.95)"))
+    assert taco_config.schedule == (0.3, 0.6)
+
+
+def test_model_and_pattern_overrides_follow_through():
+    taco_config, generalist, _ = taco_run.parse(load("configs/taco/demo.py",
+                                                     "--config.model=vit_mini",
+                                                     "--config.prune.pattern=2:4"))
+    assert generalist.steps == 6000  # vit_mini's default recipe: the shipped generalist
+    assert taco_config.prune.overrides == {"patch_embed.proj": 0.0}  # its stem stays dense
+    assert (taco_config.prune.allocation, taco_config.schedule) == ("uniform", ())
+    assert taco_config.recover.steps == 400
+    _, generalist, _ = taco_run.parse(load("configs/taco/demo.py",
+                                           "--config.generalist.steps=900"))
+    assert generalist.steps == 900
+    _, generalist, _, _ = transfer_run.parse(load("configs/transfer/demo.py",
+                                                  "--config.model=vit_mini"))
+    assert generalist.steps == 6000
+    settings = dcvit_run.parse(load("configs/dcvit/demo.py", "--config.recover.steps=50",
+                                    "--config.then_prune.sparsity=0.5"))
+    assert settings.dcvit.recover.steps == settings.dcvit.then_recover_steps == 50
+    settings = dcvit_run.parse(load("configs/dcvit/demo.py", "--config.then_prune.sparsity=0.5",
+                                    "--config.then_prune.recover_steps=30"))
+    assert (settings.dcvit.recover.steps, settings.dcvit.then_recover_steps) == (120, 30)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["--config.prune.pattern=2:4", "--config.schedule=(0.25,)"],
+     "config.schedule=(0.25,): an N:M pattern (2:4) has one fixed level"),
+    (["--config.prune.pattern=2:4", "--config.prune.allocation=global"],
+     "config.prune.allocation='global': an N:M pattern (2:4)"),
+    (["--config.schedule=(0.75,0.5)"], "config.schedule=(0.75, 0.5) must increase"),
+    (["--config.prune.sparsity=0.5", "--config.schedule=(0.5,)"],
+     "config.schedule=(0.5,) must increase from > 0 to below the target "
+     "config.prune.sparsity=0.5"),
+    (["--config.schedule=gradual"], "config.schedule='gradual'; expected 'auto'"),
+    (["--config.schedule_levels=(0.5,1.5)"], "config.schedule_levels has [1.5]"),
+    (["--config.recover.steps=200"], "config.recover.steps=200 is the whole recovery budget"),
+    (["--config.prune.overrides=(('conv9',0.0),)"], "config.prune.overrides names ['conv9']"),
+    (["--config.model=vit_mini", "--config.prune.overrides=(('conv1',0.0),)"],
+     "config.prune.overrides names ['conv1'], not layers of config.model='vit_mini'"),
+    (["--config.generalist.steps=-1"], "config.generalist.steps=-1"),
+])
+def test_bad_values_are_named(overrides, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        taco_run.parse(load("configs/taco/demo.py", *overrides))
+
+
+def test_dcvit_bad_then_recover_steps_is_named():
+    with pytest.raises(ValueError, match=re.escape("config.then_prune.recover_steps=-5")):
+        dcvit_run.parse(load("configs/dcvit/demo.py", "--config.then_prune.recover_steps=-5"))
+
+
+def test_cases_cover_every_shipped_config():
+    shipped = {str(p.relative_to(ROOT)) for p in (ROOT / "configs").glob("*/*.py")
+               if p.name != "__init__.py"}
+    assert shipped == set(CONFIGS)
