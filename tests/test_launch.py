@@ -91,3 +91,43 @@ def test_retrieval_without_a_pool_is_refused():
     c.pool.retrieve = 100
     with pytest.raises(ValueError, match=re.escape("config.pool.retrieve=100 needs a pool")):
         taco_run.parse(c)
+
+
+def _results(report):
+    """A report without what differs run to run (timings, latencies, the environment)."""
+    if isinstance(report, dict):
+        return {k: _results(v) for k, v in report.items()
+                if not any(t in k for t in ("seconds", "latency", "environment"))}
+    if isinstance(report, list):
+        return [_results(v) for v in report]
+    return report
+
+
+def test_runlocal_killed_mid_run_resumes_to_the_same_report(tmp_path):
+    """Kill-and-resume of the whole pipeline: SIGKILL the launcher once its first recovery stage
+    is saved, rerun the same command, and compare with a run never interrupted: every accuracy,
+    sparsity and layer statistic equal."""
+    import json
+    import time
+
+    args = ["launch.taco", "--config=configs/taco/demo.py:runlocal", "--config.latency_batch=0"]
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    out = _run(*args, f"--workdir={whole}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    proc = subprocess.Popen([sys.executable, "-m", *args, f"--workdir={killed}"], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    marker = killed / "stages" / "taco_recover_1" / "info.json"
+    deadline = time.monotonic() + 280
+    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    alive = proc.poll() is None
+    proc.kill()
+    proc.wait()
+    assert marker.exists() and alive, "the run ended before its first recovery stage was saved"
+    assert not (killed / "report.json").exists()
+    out = _run(*args, f"--workdir={killed}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    a, b = (json.loads((d / "report.json").read_text()) for d in (whole, killed))
+    assert _results(a["compressed"])["top1"] > 0
+    for key in ("dense", "compressed", "sparsity", "schedule", "baselines", "layers"):
+        assert _results(a[key]) == _results(b[key]), key
