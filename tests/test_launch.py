@@ -103,14 +103,23 @@ def _results(report):
     return report
 
 
+# Accuracy bounds of the small-scale run below (the shipped resnet_mini generalist, runlocal's
+# budget, 75% unstructured): measured over seeds 0/1/2 on 2026-12-04 (BUILD_NOTES.md, Current
+# results): teacher 96.2; TACO 94.2 / 94.1 / 92.9; magnitude with TACO's allocation 92.6 / 93.1 /
+# 91.3, so TACO leads by 1.6 / 1.0 / 1.6 points. The test runs seed 0.
+TEACHER_MIN, TACO_DROP_MAX, TACO_OVER_MAGNITUDE_MIN = 95.0, 5.0, 0.5
+
+
 def test_runlocal_killed_mid_run_resumes_to_the_same_report(tmp_path):
-    """Kill-and-resume of the whole pipeline: SIGKILL the launcher once its first recovery stage
-    is saved, rerun the same command, and compare with a run never interrupted: every accuracy,
-    sparsity and layer statistic equal."""
+    """The whole pipeline at a small scale whose teacher means something: accuracy bounds (TACO
+    above magnitude pruning at the same sparsity), and kill-and-resume: SIGKILL the launcher
+    once its first recovery stage is saved, rerun the same command, and compare with the run
+    never interrupted: every accuracy, sparsity and layer statistic equal."""
     import json
     import time
 
-    args = ["launch.taco", "--config=configs/taco/demo.py:runlocal", "--config.latency_batch=0"]
+    args = ["launch.taco", "--config=configs/taco/demo.py:runlocal", "--config.latency_batch=0",
+            "--config.generalist.steps=1500", "--config.prune.sparsity=0.75"]
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     out = _run(*args, f"--workdir={whole}")
     assert out.returncode == 0, out.stderr[-3000:]
@@ -128,6 +137,11 @@ def test_runlocal_killed_mid_run_resumes_to_the_same_report(tmp_path):
     out = _run(*args, f"--workdir={killed}")
     assert out.returncode == 0, out.stderr[-3000:]
     a, b = (json.loads((d / "report.json").read_text()) for d in (whole, killed))
-    assert _results(a["compressed"])["top1"] > 0
+    teacher, taco = a["dense"]["top1"], a["compressed"]["top1"]
+    magnitude = a["baselines"]["magnitude"]["compressed"]["top1"]
+    assert teacher >= TEACHER_MIN and "assets" in Path(a["generalist"]["path"]).parts  # shipped
+    assert 0.74 <= a["sparsity"]["pruned_layers"]["sparsity"] <= 0.76
+    assert taco >= teacher - TACO_DROP_MAX, (taco, teacher)
+    assert taco >= magnitude + TACO_OVER_MAGNITUDE_MIN, (taco, magnitude)
     for key in ("dense", "compressed", "sparsity", "schedule", "baselines", "layers"):
         assert _results(a[key]) == _results(b[key]), key
