@@ -8,9 +8,9 @@ Three kinds of source, one interface (``Split``):
 * a prepared tfds dataset in **tfrecord** format (tfds's default, e.g. most ``imagenet2012``
   preparations): read sequentially with ``builder.as_dataset``, which needs TensorFlow
   (``pip install 'taco-jax[images]'``).
-* a local image folder ``<data_dir>/<split>/<class>/<image>.{jpg,jpeg,png}`` through
-  ``tfds.folder_dataset.ImageFolder`` (dataset name ``image_folder``); tfds lists it with
-  ``tf.io.gfile``, so it needs TensorFlow too.
+* a local image folder (dataset name ``image_folder``, ``data_dir`` its root), flat
+  ``<root>/<class>/<image>`` (a seeded held-out split is made) or
+  ``<root>/<split>/<class>/<image>``, read with Pillow (``data.folder``): no TensorFlow.
 
 Nothing is ever downloaded: every dataset but the embedded default must already be prepared.
 """
@@ -20,14 +20,14 @@ from __future__ import annotations
 import concurrent.futures
 import functools
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
 
-from taco_jax.data import embedded
+from taco_jax.data import embedded, folder
 
 EMBEDDED = "taco_embedded"
 IMAGE_FOLDER = "image_folder"
@@ -48,22 +48,24 @@ def _needs_tensorflow(what: str) -> None:
             "`pip install 'taco-jax[images]'` (tensorflow-cpu)") from None
 
 
+def _folder_root(data_dir: str | None) -> str:
+    if data_dir is None:
+        raise ValueError("dataset 'image_folder' needs data_dir=<root>, the folder that holds "
+                         "<class>/<image> or <split>/<class>/<image> files")
+    return data_dir
+
+
 def builder(name: str, data_dir: str | None = None) -> tfds.core.DatasetBuilder:
-    """The tfds builder of a prepared dataset (preparing ``taco_embedded`` if needed), or an
-    ``ImageFolder`` over ``data_dir`` for ``name == 'image_folder'``."""
+    """The tfds builder of a prepared dataset (preparing ``taco_embedded`` if needed)."""
     _check_data_dir(data_dir)
+    if name == IMAGE_FOLDER:
+        raise ValueError("an image folder has no tfds builder: it is read by data.folder")
     if name == EMBEDDED:
         b = embedded.TacoEmbedded(data_dir=data_dir, file_format="array_record")
         if not b.is_prepared():
             logging.info("Preparing the embedded dataset under %s (once).", b.data_dir)
             b.download_and_prepare()
         return b
-    if name == IMAGE_FOLDER:
-        if data_dir is None:
-            raise ValueError("dataset 'image_folder' needs data_dir=<root>, the folder that holds "
-                             "<split>/<class>/<image> files")
-        _needs_tensorflow(f"reading the image folder {data_dir!r} (tfds ImageFolder)")
-        return tfds.folder_dataset.ImageFolder(data_dir)
     try:
         b = tfds.builder(name, data_dir=data_dir)
     except tfds.core.registered.DatasetNotFoundError as e:
@@ -78,6 +80,8 @@ def builder(name: str, data_dir: str | None = None) -> tfds.core.DatasetBuilder:
 
 def class_names(name: str, data_dir: str | None = None, label_key: str = "label") -> list[str]:
     """The dataset's class names, in label-id order."""
+    if name == IMAGE_FOLDER:
+        return list(folder.scan(_folder_root(data_dir)).classes)
     return list(builder(name, data_dir).info.features[label_key].names)
 
 
@@ -156,17 +160,11 @@ class Split:
 
         Random-access sources read each chunk on demand; streamed ones make one pass. The next
         chunk is read and decoded in a background thread while the caller uses this one."""
+        if self.random_access:
+            yield from _prefetched_batches(self.images, indices, batch_size)
+            return
         indices = np.asarray(indices, np.int64)
         chunks = [indices[i:i + batch_size] for i in range(0, len(indices), batch_size)]
-        if self.random_access:
-            with concurrent.futures.ThreadPoolExecutor(1) as pool:
-                pending = pool.submit(self.images, chunks[0]) if chunks else None
-                for k, chunk in enumerate(chunks):
-                    images = pending.result()
-                    if k + 1 < len(chunks):
-                        pending = pool.submit(self.images, chunks[k + 1])
-                    yield chunk, images
-            return
         position = {int(i): k for k, i in enumerate(indices)}
         buffer: dict[int, object] = {}
         next_chunk = 0
@@ -179,9 +177,60 @@ class Split:
                 next_chunk += 1
 
 
+def _prefetched_batches(images: Callable[[Sequence[int]], list[np.ndarray]],
+                        indices: Sequence[int], batch_size: int
+                        ) -> Iterator[tuple[np.ndarray, list[np.ndarray]]]:
+    """(indices chunk, ``images(chunk)``) in chunks of ``batch_size``; the next chunk is read and
+    decoded in a background thread while the caller uses this one."""
+    indices = np.asarray(indices, np.int64)
+    chunks = [indices[i:i + batch_size] for i in range(0, len(indices), batch_size)]
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(images, chunks[0]) if chunks else None
+        for k, chunk in enumerate(chunks):
+            decoded = pending.result()
+            if k + 1 < len(chunks):
+                pending = pool.submit(images, chunks[k + 1])
+            yield chunk, decoded
+
+
+class FolderSplit:
+    """One split of a local image folder (``data.folder``), with ``Split``'s interface."""
+
+    random_access = True
+
+    def __init__(self, root: str, split: str):
+        data = folder.scan(root)
+        if split not in data.splits:
+            raise ValueError(f"image folder {root!r} has no split {split!r}; it has "
+                             f"{sorted(data.splits)}")
+        self.dataset, self.split = IMAGE_FOLDER, split
+        self.files, self._labels = data.splits[split]
+        self.num_examples = len(self.files)
+
+    def labels(self) -> np.ndarray:
+        """(N,) int64 label of every example, in the split's fixed (sorted path) order."""
+        return self._labels
+
+    def images(self, indices: Sequence[int]) -> list[np.ndarray]:
+        """Decoded RGB images (H, W, 3) uint8 of ``indices`` (sizes may differ)."""
+        indices = [int(i) for i in indices]
+        if indices and not (min(indices) >= 0 and max(indices) < self.num_examples):
+            raise IndexError(f"example index out of range [0, {self.num_examples}) in the "
+                             f"image folder's {self.split!r} split")
+        with concurrent.futures.ThreadPoolExecutor(_DECODE_THREADS) as pool:
+            return list(pool.map(folder.decode, [self.files[i] for i in indices]))
+
+    def image_batches(self, indices: Sequence[int], batch_size: int) -> Iterator[
+            tuple[np.ndarray, list[np.ndarray]]]:
+        """(indices chunk, decoded images) in chunks of ``batch_size``, in ``indices`` order."""
+        yield from _prefetched_batches(self.images, indices, batch_size)
+
+
 @functools.lru_cache(maxsize=16)
-def open_split(dataset: str, split: str, data_dir: str | None = None) -> Split:
-    """A cached ``Split`` (its labels are read once per process)."""
+def open_split(dataset: str, split: str, data_dir: str | None = None) -> Split | FolderSplit:
+    """A cached split (its labels are read once per process)."""
+    if dataset == IMAGE_FOLDER:
+        return FolderSplit(_folder_root(data_dir), split)
     return Split(dataset, split, data_dir)
 
 

@@ -25,7 +25,8 @@ class Task:
 
     Attributes:
       dataset: tfds name of a prepared dataset (``taco_embedded`` for the embedded default,
-        ``image_folder`` for a local ``<data_dir>/<split>/<class>/<image>`` folder).
+        ``image_folder`` for a local image folder: ``<data_dir>/<class>/<image>`` or
+        ``<data_dir>/<split>/<class>/<image>``, read with Pillow; see ``data.folder``).
       classes: class names or ids of the subset, in the order of the task's labels; empty means
         every class of the dataset. Task label ``i`` is source class (= classifier row)
         ``source_class_ids()[i]``.
@@ -65,7 +66,7 @@ class Task:
         names = source.class_names(self.dataset, self.data_dir)
         return [names[i] for i in self.source_class_ids()]
 
-    def split(self, split: str) -> source.Split:
+    def split(self, split: str) -> source.Split | source.FolderSplit:
         return source.open_split(self.dataset, split, self.data_dir)
 
     def examples(self, split: str) -> tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,111 @@
+"""A local image folder read with Pillow: both layouts, the held-out split made for a flat
+folder, every image mode converted to RGB, and bad folders and files named in the error."""
+
+import sys
+
+import numpy as np
+import PIL.Image
+import pytest
+
+from taco_jax.data import folder, source
+from taco_jax.data.task import Task
+
+COUNTS = {"bee": 10, "cow": 5, "elk": 2, "owl": 1}
+
+
+def _save(path, image, mode="RGB"):
+    """Write ``image`` (H, W, 3) uint8 in ``mode``; returns the RGB array Pillow reads back."""
+    im = PIL.Image.fromarray(image).convert(mode)
+    im.save(path)
+    with PIL.Image.open(path) as back:
+        return np.asarray(back.convert("RGB"))
+
+
+@pytest.fixture
+def flat(tmp_path):
+    """root/<class>/<i>.<ext>: sizes, modes and formats differ; a stray text file and a hidden
+    file are not images."""
+    rng = np.random.default_rng(0)
+    modes = [("RGB", "png"), ("L", "png"), ("RGBA", "png"), ("P", "png"), ("RGB", "bmp"),
+             ("CMYK", "jpg")]
+    written = {}
+    for c, n in COUNTS.items():
+        (tmp_path / c).mkdir()
+        for i in range(n):
+            mode, ext = modes[i % len(modes)]
+            image = rng.integers(0, 256, (12 + i, 9 + 2 * i, 3), dtype=np.uint8)
+            written[f"{c}/{i:02d}.{ext}"] = _save(tmp_path / c / f"{i:02d}.{ext}", image, mode)
+    (tmp_path / "bee" / "notes.txt").write_text("not an image")
+    (tmp_path / "bee" / ".hidden.png").write_bytes(b"")
+    return tmp_path, written
+
+
+def test_flat_folder_gets_a_seeded_stratified_held_out_split(flat, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorflow", None)  # no TensorFlow needed
+    root, written = flat
+    folder.scan.cache_clear()
+    data = folder.scan(str(root))
+    assert data.classes == ("bee", "cow", "elk", "owl") and data.held_out_made
+    train, test = data.splits["train"], data.splits["test"]
+    # 20% of each class held out, at least one when a class has two images, none from one.
+    np.testing.assert_array_equal(np.bincount(test[1], minlength=4), [2, 1, 1, 0])
+    np.testing.assert_array_equal(np.bincount(train[1], minlength=4), [8, 4, 1, 1])
+    rel = {str(p.relative_to(root)) for p in train[0] + test[0]}
+    assert rel == set(written) and len(rel) == len(train[0]) + len(test[0])  # disjoint, complete
+    for files, labels in (train, test):  # labels are the files' class folders
+        assert [p.parent.name for p in files] == [data.classes[k] for k in labels]
+    manifest = data.manifest()
+    assert manifest["held_out"] == {"fraction": 0.2, "seed": 0}
+    folder.scan.cache_clear()
+    assert folder.scan(str(root)).manifest() == manifest  # the same split on every scan
+
+    task = Task(source.IMAGE_FOLDER, ("cow", "bee"), str(root))
+    keep, labels = task.examples("train")
+    np.testing.assert_array_equal(np.bincount(labels), [4, 8])
+    images = task.split("train").images(keep)
+    for k, image in zip(keep, images, strict=True):
+        want = written[str(train[0][k].relative_to(root))]
+        assert image.dtype == np.uint8 and image.shape == want.shape and image.shape[2] == 3
+        np.testing.assert_array_equal(image, want)
+    batches = list(task.split("train").image_batches(keep, 5))
+    assert [len(b[1]) for b in batches] == [5, 5, 2]
+    np.testing.assert_array_equal(batches[1][1][0], images[5])
+    np.testing.assert_array_equal(np.bincount(task.few_shot(2, seed=1).labels), [2, 2])
+    with pytest.raises(ValueError, match=r"has no split 'val'; it has \['test', 'train'\]"):
+        task.split("val")
+
+
+def test_split_folders_with_another_split_name(tmp_path):
+    for split, n in (("train", 3), ("val", 2)):
+        for c in ("a", "b"):
+            (tmp_path / split / c).mkdir(parents=True)
+            for i in range(n):
+                PIL.Image.new("L", (5, 4), color=i * 40).save(tmp_path / split / c / f"{i}.png")
+    folder.scan.cache_clear()
+    data = folder.scan(str(tmp_path))
+    assert not data.held_out_made and sorted(data.splits) == ["train", "val"]
+    task = Task(source.IMAGE_FOLDER, (), str(tmp_path), test_split="val")
+    x, y = task.load("val")
+    assert x.shape == (4, 4, 5, 3) and y.tolist() == [0, 0, 1, 1]
+    np.testing.assert_array_equal(x[1], np.full((4, 5, 3), 40, np.uint8))
+
+
+def test_bad_folders_and_files_are_named(tmp_path):
+    folder.scan.cache_clear()
+    with pytest.raises(FileNotFoundError, match="image folder '/no/such/root' does not exist"):
+        folder.scan("/no/such/root")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="holds no class folders"):
+        folder.scan(str(tmp_path / "empty"))
+    (tmp_path / "r" / "cat").mkdir(parents=True)
+    (tmp_path / "r" / "dog").mkdir()
+    PIL.Image.new("RGB", (3, 3)).save(tmp_path / "r" / "cat" / "0.png")
+    with pytest.raises(ValueError, match=r"class folder '.*r/dog' holds no images"):
+        folder.scan(str(tmp_path / "r"))
+    (tmp_path / "r" / "dog" / "0.png").write_bytes(b"")  # a 0-byte image
+    (tmp_path / "r" / "dog" / "1.png").write_bytes(b"")
+    split = source.open_split(source.IMAGE_FOLDER, "train", str(tmp_path / "r"))
+    with pytest.raises(ValueError, match=r"cannot read image '.*r/dog/[01]\.png'"):
+        split.images(range(split.num_examples))
+    with pytest.raises(ValueError, match="needs data_dir"):
+        Task(source.IMAGE_FOLDER, ("cat",)).source_class_ids()
