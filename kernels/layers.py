@@ -99,11 +99,9 @@ class DispatchTable:
 
     @classmethod
     def for_device(cls, platform: str, device_kind: str) -> DispatchTable:
-        """The committed measurement of this device kind, else the platform's defaults."""
-        measured = _measured_files().get(device_kind)
-        if measured is not None:
-            return cls.from_json(measured)
-        return cls(device_kind, DEFAULT_BREAK_EVEN.get(platform, DEFAULT_BREAK_EVEN["cpu"]))
+        """The committed measurement of this device kind, else the platform's defaults (read
+        once per process; every layer built after shares it)."""
+        return _device_table(platform, device_kind)
 
     def tuned_block_sizes(self, path: str, op: str, dtype: Any, dims: tuple[int, int],
                           block: int, block_density: float) -> Any:
@@ -133,6 +131,15 @@ def _measured_files() -> types.MappingProxyType:
     for path in sorted(MEASURED_DIR.glob("*.json")):
         files[json.loads(path.read_text()).get("device_kind")] = path
     return types.MappingProxyType(files)
+
+
+@functools.cache
+def _device_table(platform: str, device_kind: str) -> DispatchTable:
+    measured = _measured_files().get(device_kind)
+    if measured is not None:
+        return DispatchTable.from_json(measured)
+    return DispatchTable(device_kind,
+                         DEFAULT_BREAK_EVEN.get(platform, DEFAULT_BREAK_EVEN["cpu"]))
 
 
 def _device() -> tuple[str, str]:

@@ -237,6 +237,7 @@ def test_measured_table_is_loaded_for_its_device_kind(tmp_path, monkeypatch):
                                                            num_stages=4), sparse_ms=0.1)]}))
     monkeypatch.setattr(layers, "MEASURED_DIR", tmp_path)
     layers._measured_files.cache_clear()
+    layers._device_table.cache_clear()
     try:
         assert choose_path(0.5, "linear", "gpu", "Fake GPU 9") == "mosaic_gpu"
         assert choose_path(0.5, "mlp", "gpu", "Fake GPU 9") == "dense"
@@ -250,3 +251,4 @@ def test_measured_table_is_loaded_for_its_device_kind(tmp_path, monkeypatch):
         assert choose_path(0.5, "linear", "gpu", "Fake GPU 9", other) == "dense"
     finally:
         layers._measured_files.cache_clear()
+        layers._device_table.cache_clear()

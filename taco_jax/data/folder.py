@@ -33,6 +33,15 @@ def _images_in(folder: Path) -> list[Path]:
                   and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
+def _class_images(folder: Path, hint: str = "") -> list[Path]:
+    """The images of a class folder; ValueError naming it when it holds none."""
+    found = _images_in(folder)
+    if not found:
+        raise ValueError(f"class folder {str(folder)!r} holds no images (suffixes "
+                         f"{sorted(IMAGE_SUFFIXES)}){hint}")
+    return found
+
+
 def _class_dirs(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
@@ -87,22 +96,13 @@ def scan(root: str) -> FolderDataset:
         for split, dirs in nested.items():
             paths, labels = [], []
             for d in dirs:
-                found = _images_in(d)
-                if not found:
-                    raise ValueError(f"class folder {str(d)!r} holds no images (suffixes "
-                                     f"{sorted(IMAGE_SUFFIXES)})")
+                found = _class_images(d)
                 paths += found
                 labels += [classes.index(d.name)] * len(found)
             splits[split] = (tuple(paths), np.asarray(labels, np.int64))
         return FolderDataset(path, tuple(classes), splits, held_out_made=False)
-    files = []
-    for d in top:
-        found = _images_in(d)
-        if not found:
-            raise ValueError(f"class folder {str(d)!r} holds no images (suffixes "
-                             f"{sorted(IMAGE_SUFFIXES)}); a folder of class folders must hold "
-                             "images, a folder of split folders only class folders")
-        files.append(found)
+    files = [_class_images(d, "; a folder of class folders must hold images, a folder of "
+                              "split folders only class folders") for d in top]
     return FolderDataset(path, tuple(d.name for d in top), _held_out(files), held_out_made=True)
 
 

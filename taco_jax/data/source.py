@@ -85,12 +85,26 @@ def class_names(name: str, data_dir: str | None = None, label_key: str = "label"
     return list(builder(name, data_dir).info.features[label_key].names)
 
 
+def _decode_threaded(decode: Callable[[object], np.ndarray], items: Sequence
+                     ) -> list[np.ndarray]:
+    """``decode`` of every item, in threads (PIL releases the GIL), in order."""
+    with concurrent.futures.ThreadPoolExecutor(_DECODE_THREADS) as pool:
+        return list(pool.map(decode, items))
+
+
 def _decode_all(feature: tfds.features.FeatureConnector, encoded: Sequence) -> list[np.ndarray]:
-    """Decode image bytes with PIL (tfds's NumPy path) in threads; PIL releases the GIL."""
+    """Decode image bytes with PIL (tfds's NumPy path) in threads."""
     if not isinstance(feature, tfds.features.Image):
         return [np.asarray(e) for e in encoded]
-    with concurrent.futures.ThreadPoolExecutor(_DECODE_THREADS) as pool:
-        return list(pool.map(feature.decode_example_np, encoded))
+    return _decode_threaded(feature.decode_example_np, encoded)
+
+
+def _checked_indices(indices: Sequence[int], n: int, where: str) -> list[int]:
+    """``indices`` as ints, each in [0, n); IndexError naming ``where`` otherwise."""
+    indices = [int(i) for i in indices]
+    if indices and not (min(indices) >= 0 and max(indices) < n):
+        raise IndexError(f"example index out of range [0, {n}) in {where}")
+    return indices
 
 
 class Split:
@@ -140,10 +154,8 @@ class Split:
 
     def encoded(self, indices: Sequence[int]) -> list:
         """The stored (undecoded) images of ``indices``, in that order."""
-        indices = [int(i) for i in indices]
-        if indices and not (min(indices) >= 0 and max(indices) < self.num_examples):
-            raise IndexError(f"example index out of range [0, {self.num_examples}) in "
-                             f"{self.dataset!r}/{self.split!r}")
+        indices = _checked_indices(indices, self.num_examples,
+                                   f"{self.dataset!r}/{self.split!r}")
         if self.random_access:
             return [r[self.image_key] for r in self._data_source().__getitems__(indices)]
         wanted = set(indices)
@@ -213,12 +225,9 @@ class FolderSplit:
 
     def images(self, indices: Sequence[int]) -> list[np.ndarray]:
         """Decoded RGB images (H, W, 3) uint8 of ``indices`` (sizes may differ)."""
-        indices = [int(i) for i in indices]
-        if indices and not (min(indices) >= 0 and max(indices) < self.num_examples):
-            raise IndexError(f"example index out of range [0, {self.num_examples}) in the "
-                             f"image folder's {self.split!r} split")
-        with concurrent.futures.ThreadPoolExecutor(_DECODE_THREADS) as pool:
-            return list(pool.map(folder.decode, [self.files[i] for i in indices]))
+        indices = _checked_indices(indices, self.num_examples,
+                                   f"the image folder's {self.split!r} split")
+        return _decode_threaded(folder.decode, [self.files[i] for i in indices])
 
     def image_batches(self, indices: Sequence[int], batch_size: int) -> Iterator[
             tuple[np.ndarray, list[np.ndarray]]]:

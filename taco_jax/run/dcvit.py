@@ -103,7 +103,7 @@ def parse(config: ml_collections.ConfigDict) -> Settings:
     if config.latency.batch < 1 or config.latency.repeats < 1:
         raise ValueError(f"config.latency needs batch, repeats >= 1, got "
                          f"{config.latency.to_dict()}")
-    recover = fit.FitConfig(seed=config.seed, **config.recover.to_dict())
+    recover = common.fit_config(config.recover, config.seed)
     then_recover_steps = config.then_prune.recover_steps
     if then_recover_steps < 0:
         raise ValueError(f"config.then_prune.recover_steps={then_recover_steps}; expected >= 1, "
