@@ -17,6 +17,7 @@ from taco_jax import distributed
 from taco_jax.convert import convert_state_dict, load_state_dict, save_checkpoint
 from taco_jax.convert.convert import NAMINGS
 from taco_jax.convert.state_dict import SUFFIXES
+from taco_jax.data import subtasks
 from taco_jax.models import PRESETS, names
 
 FLAGS = flags.FLAGS
@@ -33,6 +34,23 @@ flags.DEFINE_integer("num_classes", None, "Only for checkpoints without a classi
                      "the new, zero-initialized one (otherwise read from --src).", lower_bound=1)
 flags.DEFINE_integer("img_size", None, "Input resolution to build for; ViT position embeddings "
                      "are resized to it (default: the arch's own).", lower_bound=1)
+flags.DEFINE_string("labels", None, "The class name of each classifier row, stored with the "
+                    "model so that a run restricts the classifier to a task's classes by name: "
+                    "'imagenet1k' (the 1,000 ImageNet wnids in the standard order, as tfds "
+                    "imagenet2012 and ImageNet-layout folders name them) or a text file with "
+                    "one name per line. Unset: a run fits a linear probe for its task.")
+
+IMAGENET1K = "imagenet1k"
+
+
+def read_labels(value: str) -> list[str]:
+    """``--labels``: the ImageNet-1k wnids, or the non-empty lines of a text file."""
+    if value == IMAGENET1K:
+        return list(subtasks.imagenet_wnids())
+    path = Path(value).expanduser()
+    if not path.is_file():
+        raise app.UsageError(f"--labels={value!r}: not {IMAGENET1K!r} and no such file")
+    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
 
 
 @flags.validator("src", "--src must name an existing file with a known suffix")
@@ -59,15 +77,21 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     overrides = {} if FLAGS.img_size is None else {"img_size": FLAGS.img_size}
+    labels = None if FLAGS.labels is None else read_labels(FLAGS.labels)
     sd = load_state_dict(FLAGS.src)
     logging.info("read %d tensors from %s", len(sd), FLAGS.src)
     model, spec = convert_state_dict(sd, FLAGS.arch, naming=FLAGS.naming,
                                      preprocess=FLAGS.preprocess, num_classes=FLAGS.num_classes,
                                      **overrides)
+    if labels is not None and len(labels) != spec.num_classes:
+        raise app.UsageError(f"--labels={FLAGS.labels!r} has {len(labels)} names; the "
+                             f"checkpoint's classifier has {spec.num_classes} rows")
     out = save_checkpoint(model, spec, FLAGS.out,
-                          source={"file": str(Path(FLAGS.src).absolute()), "naming": FLAGS.naming})
+                          source={"file": str(Path(FLAGS.src).absolute()), "naming": FLAGS.naming},
+                          labels=labels)
     logging.info("wrote %s (%s, %d classes)", out, spec.arch, spec.num_classes)
-    print(f"wrote {out}: {spec.arch}, {spec.num_classes} classes, preprocess {model.preprocess}")
+    print(f"wrote {out}: {spec.arch}, {spec.num_classes} classes"
+          f"{'' if labels is None else ' (labelled)'}, preprocess {model.preprocess}")
 
 
 if __name__ == "__main__":

@@ -107,16 +107,16 @@ def test_every_leaf_overridden_to_its_own_value_parses_the_same(path, variant):
 
 # A variant key and the command-line override of the field it sets resolve to the same run.
 SAME_AS_VARIANT = [
-    ("configs/taco/demo.py", "model=vit_mini", ["--config.model=vit_mini"]),
+    ("configs/taco/demo.py", "model=vit_mini", ["--config.model.name=vit_mini"]),
     ("configs/taco/demo.py", "pattern=2:4", ["--config.prune.pattern=2:4"]),
     ("configs/taco/demo.py", "sparsity=0.75", ["--config.prune.sparsity=0.75"]),
     ("configs/taco/demo.py", "sparsity=0.5", ["--config.prune.sparsity=0.5"]),
     ("configs/taco/demo.py", "runlocal,sparsity=0.5", ["--config.prune.sparsity=0.5"]),
     ("configs/taco/demo.py", "model=vit_mini,pattern=2:4",
-     ["--config.model=vit_mini", "--config.prune.pattern=2:4"]),
+     ["--config.model.name=vit_mini", "--config.prune.pattern=2:4"]),
     ("configs/taco/demo.py", "pool", ["--config.pool.dataset=taco_embedded"]),
     ("configs/taco/demo.py", "shots=16,seed=1", ["--config.shots=16", "--config.seed=1"]),
-    ("configs/taco/vit.py", "", ["--config.model=vit_mini"]),
+    ("configs/taco/vit.py", "", ["--config.model.name=vit_mini"]),
     ("configs/dcvit/demo.py", "steps=50,then_sparsity=0.5",
      ["--config.recover.steps=50", "--config.then_prune.sparsity=0.5"]),
     ("configs/dcvit/demo.py", "attn_blocks=1,drop_blocks=2,seed=1",
@@ -140,13 +140,13 @@ def test_override_resolves_like_the_variant_key(path, variant, overrides):
 def test_lower_sparsity_drops_the_schedule_levels_at_or_above_it(variant, budget):
     """The reported failure: ``configs/taco/demo.py:runlocal --config.prune.sparsity=0.5`` kept
     the schedule (0.5,) computed for 0.9 and was refused."""
-    taco_config, _, _ = taco_run.parse(load(spec("configs/taco/demo.py", variant),
+    taco_config, _ = taco_run.parse(load(spec("configs/taco/demo.py", variant),
                                             "--config.prune.sparsity=0.5"))
     assert taco_config.prune.sparsity == 0.5
     assert taco_config.schedule == ()  # no level >= 0.5
     assert taco_config.recover.steps == budget  # the whole budget goes to the one step
 
-    taco_config, _, _ = taco_run.parse(load(spec("configs/taco/demo.py", variant),
+    taco_config, _ = taco_run.parse(load(spec("configs/taco/demo.py", variant),
                                             "--config.prune.sparsity=0.8"))
     assert taco_config.schedule == ((0.5, 0.75) if not variant else (0.5,))
     assert all(s < 0.8 for s in taco_config.schedule)
@@ -155,38 +155,38 @@ def test_lower_sparsity_drops_the_schedule_levels_at_or_above_it(variant, budget
 
 
 def test_the_reported_command_line_parses():
-    taco_config, generalist, _ = taco_run.parse(load("configs/taco/demo.py:runlocal",
+    taco_config, src = taco_run.parse(load("configs/taco/demo.py:runlocal",
                                                      "--config.prune.sparsity=0.5"))
     assert (taco_config.prune.sparsity, taco_config.schedule) == (0.5, ())
-    assert generalist.steps == 60  # runlocal's, not the model's default
+    assert src.generalist.steps == 60  # runlocal's, not the model's default
 
 
 def test_recovery_budget_and_explicit_schedule():
-    taco_config, _, _ = taco_run.parse(load("configs/taco/demo.py", "--config.recover.steps=1000",
+    taco_config, _ = taco_run.parse(load("configs/taco/demo.py", "--config.recover.steps=1000",
                                             "--config.schedule=(0.6,)",
                                             "--config.schedule_steps=50"))
     assert taco_config.schedule == (0.6,) and taco_config.recover.steps == 950
-    taco_config, _, _ = taco_run.parse(load("configs/taco/demo.py", "--config.schedule=()"))
+    taco_config, _ = taco_run.parse(load("configs/taco/demo.py", "--config.schedule=()"))
     assert taco_config.schedule == () and taco_config.recover.steps == 400
-    taco_config, _, _ = taco_run.parse(load("configs/taco/demo.py",
+    taco_config, _ = taco_run.parse(load("configs/taco/demo.py",
                                             "--config.schedule_levels=(0.3,0.6,0.95)"))
     assert taco_config.schedule == (0.3, 0.6)
 
 
 def test_model_and_pattern_overrides_follow_through():
-    taco_config, generalist, _ = taco_run.parse(load("configs/taco/demo.py",
-                                                     "--config.model=vit_mini",
+    taco_config, src = taco_run.parse(load("configs/taco/demo.py",
+                                                     "--config.model.name=vit_mini",
                                                      "--config.prune.pattern=2:4"))
-    assert generalist.steps == 6000  # vit_mini's default recipe: the shipped generalist
+    assert src.generalist.steps == 6000  # vit_mini's default recipe: the shipped generalist
     assert taco_config.prune.overrides == {"patch_embed.proj": 0.0}  # its stem stays dense
     assert (taco_config.prune.allocation, taco_config.schedule) == ("uniform", ())
     assert taco_config.recover.steps == 400
-    _, generalist, _ = taco_run.parse(load("configs/taco/demo.py",
+    _, src = taco_run.parse(load("configs/taco/demo.py",
                                            "--config.generalist.steps=900"))
-    assert generalist.steps == 900
-    _, generalist, _, _ = transfer_run.parse(load("configs/transfer/demo.py",
-                                                  "--config.model=vit_mini"))
-    assert generalist.steps == 6000
+    assert src.generalist.steps == 900
+    _, src, _ = transfer_run.parse(load("configs/transfer/demo.py",
+                                                  "--config.model.name=vit_mini"))
+    assert src.generalist.steps == 6000
     settings = dcvit_run.parse(load("configs/dcvit/demo.py", "--config.recover.steps=50",
                                     "--config.then_prune.sparsity=0.5"))
     assert settings.dcvit.recover.steps == settings.dcvit.then_recover_steps == 50
@@ -208,8 +208,8 @@ def test_model_and_pattern_overrides_follow_through():
     (["--config.schedule_levels=(0.5,1.5)"], "config.schedule_levels has [1.5]"),
     (["--config.recover.steps=200"], "config.recover.steps=200 is the whole recovery budget"),
     (["--config.prune.overrides=(('conv9',0.0),)"], "config.prune.overrides names ['conv9']"),
-    (["--config.model=vit_mini", "--config.prune.overrides=(('conv1',0.0),)"],
-     "config.prune.overrides names ['conv1'], not layers of config.model='vit_mini'"),
+    (["--config.model.name=vit_mini", "--config.prune.overrides=(('conv1',0.0),)"],
+     "config.prune.overrides names ['conv1'], not layers of the model 'vit_mini'"),
     (["--config.generalist.steps=-1"], "config.generalist.steps=-1"),
 ])
 def test_bad_values_are_named(overrides, message):

@@ -6,7 +6,7 @@ import sys
 
 import numpy as np
 import pytest
-from absl import flags
+from absl import app, flags
 from absl.testing import flagsaver
 from flax import nnx
 
@@ -15,6 +15,7 @@ from taco_jax.convert import (
     convert_state_dict,
     load_checkpoint,
     load_state_dict,
+    read_meta,
     read_safetensors,
     resize_pos_embed,
     save_checkpoint,
@@ -214,3 +215,16 @@ def test_cli_rejects_bad_flags_before_any_work(tmp_path):
     assert res.returncode != 0
     assert "--arch=vit_huge" in res.stderr and "vit_mini" in res.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_cli_stores_labels_from_a_file_or_imagenet1k(tmp_path, cli):
+    st = pytest.importorskip("safetensors.numpy")
+    st.save_file(_random_state_dict("vit_mini", num_classes=3), tmp_path / "w.safetensors")
+    (tmp_path / "labels.txt").write_text("ash\n\nbirch\ncedar\n")
+    cli(f"--src={tmp_path / 'w.safetensors'}", "--arch=vit_mini", f"--out={tmp_path / 'out'}",
+        f"--labels={tmp_path / 'labels.txt'}")
+    assert read_meta(tmp_path / "out")["labels"] == ["ash", "birch", "cedar"]
+    with pytest.raises(app.UsageError, match="has 1000 names; the checkpoint's classifier has 3"):
+        cli(f"--src={tmp_path / 'w.safetensors'}", "--arch=vit_mini",
+            f"--out={tmp_path / 'out2'}", "--labels=imagenet1k")
+    assert not (tmp_path / "out2").exists()

@@ -7,7 +7,7 @@ from taco_jax.data import subtasks
 
 
 def test_shipped_lists_match_known_figures_and_tfds_labels():
-    wnids = make.tfds_imagenet_wnids()
+    wnids = subtasks.imagenet_wnids()
     assert len(wnids) == 1000 and wnids[0] == "n01440764"
     dogs = subtasks.imagenet_subtask_info("dogs")
     assert dogs["class_ids"] == list(range(151, 269))  # the 118 breeds of ImageNet-1k

@@ -43,8 +43,8 @@ def test_bad_config_fails_before_work_and_writes_nothing(tmp_path):
     ("", "plan.mlp_keep", (0.5,) * 5, "config.plan has (0, (0.5, 0.5, 0.5, 0.5, 0.5)): 5 MLP "
      "fractions for 4 blocks"),
     ("drop_blocks=4", None, None, "config.baseline_drop_blocks has [4]; expected block counts "
-     "in [1, 3]"),
-    ("", "model", "resnet_mini", "'resnet_mini' is not a ViT/DeiT"),
+     "in [0, 3]"),
+    ("", "model.name", "resnet_mini", "'resnet_mini' is a resnet_mini, not a ViT/DeiT"),
     ("", "mode", "fast", "config.mode='fast'"),
     ("", "sweep.targets", (0.25, 1.5), "config.sweep.targets has [1.5]"),
     ("", "recover.ce_weight", 1.0, "recover.ce_weight must be 0"),

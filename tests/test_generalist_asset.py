@@ -20,10 +20,10 @@ from taco_jax.train import fit
 ])
 def test_shipped_generalist_matches_its_recorded_accuracy(tmp_path, config_module, arch, floor):
     config = importlib.import_module(config_module).get_config()
-    assert config.model == arch
-    generalist_config, _ = common.parse_source(config)
+    assert config.model.name == arch
+    src = common.parse_source(config)
     # An empty cache dir: the model must come from the package, not be trained here.
-    model, info = generalist.load_or_train(config.model, generalist_config,
+    model, info = generalist.load_or_train(src.model.arch, src.generalist,
                                            cache_dir=tmp_path)
     assert Path(info["path"]).is_relative_to(generalist.SHIPPED_DIR), info["path"]
     assert not any(tmp_path.iterdir())

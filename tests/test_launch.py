@@ -26,7 +26,7 @@ def test_help_lists_every_flag_with_a_sentence(module):
 
 
 @pytest.mark.parametrize("variant, message", [
-    ("model=resnet9000", "config.model='resnet9000' is not a known model; valid: "),
+    ("model=resnet9000", "config.model.name='resnet9000' is not a known model; valid: "),
     ("sparsity=1.5", "1.5"),
     ("pattern=3:2", "N:M needs 0 < N < M, got N=3, M=2"),
     ("colour=blue", "unknown config variant key 'colour'"),
@@ -67,7 +67,7 @@ def test_workdir_of_another_config_is_refused_before_work(tmp_path):
 
 
 @pytest.mark.parametrize("field, value, message", [
-    ("pool.dataset", "imagenet", "config.pool.dataset='imagenet': this launcher runs on"),
+    ("pool.dataset", "imagenet", "config.pool (dataset='imagenet', data_dir=''): unknown"),
     ("pool.task_class_fraction", 1.5, "task_class_fraction must be in [0, 1]"),
     ("recover.unlabelled_share", 1.0, "unlabelled_share must be in (0, 1)"),
 ])

@@ -67,6 +67,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.seed = base.seed
     c.cache_dir = base.cache_dir
     c.task = base.task
+    # The dense task teacher's classifier: "auto" restricts the model's to the task's classes
+    # when its labels name them all, else fits a linear probe on the labelled few-shot images
+    # ("restrict", "linear_probe": configs/taco/demo.py).
+    c.adapt = "auto"
     c.generalist = base.generalist
 
     c.shots = v.get("shots", 64)  # unlabeled images per class: 320 for the 5 farm species
@@ -93,7 +97,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.plan = ml_collections.ConfigDict()
     c.plan.attn_blocks = v.get("attn_blocks", 0)
     c.plan.mlp_keep = (v.get("mlp_keep", 0.375),) * DEPTH  # the same fraction in every block
-    c.baseline_drop_blocks = v.get("drop_blocks", 1)  # same-budget block-dropping baseline
+    # The same-budget few-shot block-dropping baseline: blocks dropped (0 = no baseline).
+    c.baseline_drop_blocks = v.get("drop_blocks", 1)
 
     c.then_prune = ml_collections.ConfigDict()  # DC-ViT then TACO; sparsity 0 = off
     c.then_prune.pattern = "unstructured"

@@ -7,11 +7,18 @@ digits) to the five farm species of a camera trap, with 32 images per class.
 
   python -m launch.taco --config=configs/taco/demo.py:pool --workdir=runs/pool   # + a pool
 
+Your own model and images (a converted checkpoint; a folder of <class>/<image> files):
+
+  python -m launch.taco --config.model.checkpoint=ckpt/resnet50 \
+      --config.task.dataset=image_folder --config.task.data_dir=~/my_task \
+      --config.task.classes='()' --workdir=runs/mine
+
 Variant keys: model, pattern, sparsity, shots, seed, pool (recover on the 15 other classes'
 images too, unlabelled), runlocal (a tiny smoke-test run).
 
 Configs are data: a variant only sets fields, and every field can be overridden on the command
-line (``--config.prune.sparsity=0.5``, ``--config.model=vit_mini``, ``--config.prune.pattern=2:4``)
+line (``--config.prune.sparsity=0.5``, ``--config.model.name=vit_mini``,
+``--config.prune.pattern=2:4``)
 with the same effect as the variant key. Defaults that depend on other fields are written as
 such and resolved by ``taco_jax.run.taco.parse`` (what the launcher checks before any work):
 ``schedule="auto"``, ``prune.allocation="auto"``, ``recover.steps`` as the whole recovery budget,
@@ -30,14 +37,34 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     v = parse_variant(arg, {"model": str, "pattern": str, "sparsity": float, "shots": int,
                             "seed": int, "pool": bool, "runlocal": bool})
     c = ml_collections.ConfigDict()
-    c.model = v.get("model", "resnet_mini")
+    c.model = ml_collections.ConfigDict()
+    # A converted model directory (python -m launch.convert --out=DIR): its weights, eval
+    # recipe (size, resize, crop, interpolation, mean/std: applied to every image of the run)
+    # and, when converted with --labels, its class names. "" = the embedded generalist `name`.
+    c.model.checkpoint = ""
+    # The embedded generalist (trained once on the 20 embedded classes, then cached; the
+    # demo's resnet_mini and vit_mini ship with the package), used when checkpoint is "".
+    c.model.name = v.get("model", "resnet_mini")
     c.seed = v.get("seed", 0)
     c.cache_dir = ""  # "" = $TACO_JAX_CACHE or ~/.cache/taco_jax
 
     c.task = ml_collections.ConfigDict()
+    # "taco_embedded" (the embedded default), a prepared tfds dataset (name, with data_dir its
+    # tfds data directory), or "image_folder": data_dir/<class>/<image> (a seeded, stratified
+    # 80/20 train/test split is made and listed in the workdir) or
+    # data_dir/<split>/<class>/<image>. Images of any size and mode go through the model's
+    # eval recipe (resize, center crop, channels).
     c.task.dataset = "taco_embedded"
-    c.task.classes = FARM_SPECIES
     c.task.data_dir = ""  # "" = tfds's default data directory
+    c.task.classes = FARM_SPECIES  # class names (or label ids) in task-label order; () = all
+    # A built-in ImageNet-1k subtask (taco_jax/data/imagenet_subtasks.json: dogs, birds, ...)
+    # instead of classes: label ids of tfds imagenet2012, wnids of an ImageNet-layout folder.
+    c.task.subtask = ""
+    c.task.train_split = "train"
+    c.task.test_split = "test"
+    # Read at most this many train images per class (seeded; 0 = all): the few-shot sample is
+    # drawn from them. Caps memory on large train splits (an ImageNet class has 1,300).
+    c.task.train_per_class = 0
 
     c.generalist = ml_collections.ConfigDict()  # trained once on all 20 classes, then cached
     # 0 = the model's default (run.common.GENERALIST_STEPS): 6,000 for vit_mini, 1,500 for the
@@ -54,11 +81,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.generalist.seed = 0
 
     c.shots = v.get("shots", 32)
-    # The dense task teacher: "restrict" keeps the generalist's rows of the task's classes;
+    # The dense task teacher: "restrict" keeps the model's classifier rows of the task's
+    # classes (matched by name: the embedded generalist's classes, a checkpoint's labels);
     # "linear_probe" fits a new head on the few-shot images' frozen features (L2 weight
     # probe_l2; 0 = chosen by 5-fold cross-validation on them), for tasks whose classes the
-    # model was not trained on.
-    c.adapt = "restrict"
+    # model was not trained on; "auto": restrict when the model's labels name every task
+    # class, else probe (the log and report["adapt"] say which ran).
+    c.adapt = "auto"
     c.probe_l2 = 0.0
     c.prune = ml_collections.ConfigDict()
     c.prune.method = "sparsegpt"

@@ -10,7 +10,7 @@ task images and retrieval has little to add).
   python -m launch.transfer --config=configs/transfer/demo.py:runlocal --workdir=/tmp/smoke
 
 Variant keys: transfer_set (task, pool, random, retrieval), transfer_size, shots, seed, runlocal.
-Every field can be overridden on the command line (``--config.model=vit_mini`` changes the
+Every field can be overridden on the command line (``--config.model.name=vit_mini`` changes the
 teacher, whose ``generalist.steps`` 0 = the model's default, resolved by
 ``taco_jax.run.transfer.parse``).
 """
@@ -32,6 +32,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # student init, random subset), so seeds compare students of one teacher.
     c.generalist.seed = 0
     c.task = taco.task
+    # The dense task teacher's classifier: "auto" restricts the model's to the task's classes
+    # when its labels name them all, else fits a linear probe on the labelled few-shot images
+    # ("restrict", "linear_probe": configs/taco/demo.py).
+    c.adapt = "auto"
     c.seed = v.get("seed", 0)
     c.cache_dir = ""
     c.shots = v.get("shots", 32)

@@ -2,7 +2,8 @@
 
 Layout of a checkpoint directory::
 
-    model.json   {"format": 1, "arch", "num_classes", "overrides", "preprocess", "source"}
+    model.json   {"format": 1, "arch", "num_classes", "overrides", "preprocess", "source",
+                  "labels" (optional: the class name of each classifier row)}
     state/       orbax StandardCheckpointer: params and BatchNorm statistics (nnx state)
 
 Writing goes to a hidden temporary directory beside the target, renamed into place at the end,
@@ -15,6 +16,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +31,13 @@ FORMAT = 1
 
 
 def save_checkpoint(model: nnx.Module, spec: ModelSpec, directory: str | Path, *,
-                    source: dict[str, Any] | None = None) -> Path:
-    """Write ``model`` (params + BatchNorm stats) and how to rebuild it to a new ``directory``."""
+                    source: dict[str, Any] | None = None,
+                    labels: Sequence[str] | None = None) -> Path:
+    """Write ``model`` (params + BatchNorm stats) and how to rebuild it to a new ``directory``;
+    ``labels``: the class name of each classifier row (lets a run restrict the classifier to
+    a task's classes by name)."""
+    if labels is not None and len(labels) != spec.num_classes:
+        raise ValueError(f"{len(labels)} labels for a {spec.num_classes}-class model")
     directory = Path(directory).absolute()
     if directory.exists():
         raise FileExistsError(f"{directory} already exists; choose a new output directory")
@@ -40,6 +47,8 @@ def save_checkpoint(model: nnx.Module, spec: ModelSpec, directory: str | Path, *
         meta = {"format": FORMAT, "arch": spec.arch, "num_classes": spec.num_classes,
                 "overrides": spec.overrides, "preprocess": model.preprocess.to_dict(),
                 "source": source or {}}
+        if labels is not None:
+            meta["labels"] = [str(name) for name in labels]
         (tmp / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
         save_state(tmp / "state", model)
         os.rename(tmp, directory)
@@ -49,17 +58,33 @@ def save_checkpoint(model: nnx.Module, spec: ModelSpec, directory: str | Path, *
     return directory
 
 
+def read_meta(directory: str | Path) -> dict[str, Any]:
+    """The ``model.json`` of a checkpoint directory (no weights read): arch, num_classes,
+    overrides, preprocess, source and, when saved, labels. Errors name the directory."""
+    directory = Path(directory).expanduser().absolute()
+    meta_file = directory / "model.json"
+    if not meta_file.is_file():
+        raise FileNotFoundError(f"{directory} is not a taco-jax model checkpoint (no "
+                                "model.json; make one with python -m launch.convert)")
+    try:
+        meta = json.loads(meta_file.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{meta_file} is not valid JSON: {e}") from None
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{meta_file}: format {meta.get('format')!r}, expected {FORMAT}")
+    missing = [k for k in ("arch", "num_classes", "overrides", "preprocess") if k not in meta]
+    if missing:
+        raise ValueError(f"{meta_file} lacks {missing}")
+    if not (directory / "state").is_dir():
+        raise FileNotFoundError(f"{directory} has model.json but no state/ (the weights)")
+    return meta
+
+
 def load_checkpoint(directory: str | Path) -> tuple[nnx.Module, ModelSpec]:
     """Rebuild the model saved by ``save_checkpoint`` (restored against its abstract shape),
     in eval mode."""
-    directory = Path(directory).absolute()
-    meta_file = directory / "model.json"
-    if not meta_file.is_file():
-        raise FileNotFoundError(f"{directory} is not a taco-jax model checkpoint "
-                                "(no model.json)")
-    meta = json.loads(meta_file.read_text())
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{meta_file}: format {meta.get('format')!r}, expected {FORMAT}")
+    directory = Path(directory).expanduser().absolute()
+    meta = read_meta(directory)
     spec = ModelSpec(meta["arch"], meta["num_classes"], meta["overrides"])
     model = nnx.eval_shape(lambda: create(spec.arch, num_classes=spec.num_classes,
                                           **spec.overrides))

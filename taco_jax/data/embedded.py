@@ -26,6 +26,7 @@ ANIMALS = ("bear", "bird", "cat", "cow", "dog", "elephant", "giraffe", "horse", 
 DIGITS = tuple(f"digit_{d}" for d in range(10))
 CLASS_NAMES = ANIMALS + DIGITS
 IMAGE_SHAPE = (28, 28, 1)
+SPLITS = ("train", "test")
 # Held-out fraction of each class that forms the `test` split (the rest is `train`).
 TEST_FRACTION = 0.2
 _SPLIT_SEED = 20261122
@@ -100,7 +101,7 @@ def load_generalist_arrays() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def split_indices(labels: np.ndarray, split: str) -> np.ndarray:
     """Deterministic, class-stratified train/test split: the indices of ``split``, sorted."""
-    if split not in ("train", "test"):
+    if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; the embedded dataset has 'train' and 'test'")
     rng = np.random.default_rng(_SPLIT_SEED)
     chosen = []
@@ -133,7 +134,7 @@ class TacoEmbedded(tfds.core.GeneratorBasedBuilder):
 
     def _split_generators(self, dl_manager):
         del dl_manager  # nothing to download: the images ship inside installed packages
-        return {split: self._generate_examples(split) for split in ("train", "test")}
+        return {split: self._generate_examples(split) for split in SPLITS}
 
     def _generate_examples(self, split: str):
         images, labels, ids = load_generalist_arrays()

@@ -28,6 +28,8 @@ from pathlib import Path
 
 from absl import app, flags
 
+from taco_jax.data import subtasks
+
 # name -> (root synset, what it is). Roots are WordNet synsets; counts are checked in tests.
 ROOTS: dict[str, tuple[str, str]] = {
     "dogs": ("n02084071", "dog, domestic dog (the 118 breeds, ids 151-268)"),
@@ -47,13 +49,6 @@ ROOTS: dict[str, tuple[str, str]] = {
 }
 
 OUT = Path(__file__).with_name("imagenet_subtasks.json")
-
-
-def tfds_imagenet_wnids() -> list[str]:
-    """The 1,000 ImageNet-1k wnids in tfds ``imagenet2012`` label order."""
-    from tensorflow_datasets.datasets.imagenet2012 import imagenet_common
-
-    return Path(imagenet_common.label_names_file()).read_text().split()
 
 
 def parse_is_a(lines: Iterable[str]) -> dict[str, set[str]]:
@@ -108,7 +103,7 @@ def main(argv: Sequence[str]) -> None:
     children = parse_is_a(Path(f.is_a).read_text().splitlines())
     names = dict(line.split("\t", 1) for line in Path(f.words).read_text().splitlines()
                  if line.strip())
-    tasks = derive(children, names, tfds_imagenet_wnids())
+    tasks = derive(children, names, subtasks.imagenet_wnids())
     doc = {"source": "WordNet 3.0 is-a hierarchy of ImageNet (wordnet.is_a.txt, words.txt); "
                      "class ids are tfds imagenet2012 label ids",
            "made_by": "python -m taco_jax.data.make_imagenet_subtasks", "tasks": tasks}

@@ -134,6 +134,36 @@ def resize_center_crop(padded: np.ndarray, sizes: np.ndarray, p: Preprocess) -> 
     return _resample(padded, row_start, row_w, col_start, col_w)
 
 
+def match_channels(images: np.ndarray, channels: int) -> np.ndarray:
+    """(..., C) uint8 images with ``channels`` channels: grey (C = 1) repeated to RGB, RGB to
+    grey by PIL's ``convert("L")`` luminance (299 R + 587 G + 114 B) / 1000; ValueError for
+    any other pair."""
+    have = images.shape[-1]
+    if have == channels:
+        return images
+    if have == 1 and channels == 3:
+        return np.repeat(images, 3, axis=-1)
+    if have == 3 and channels == 1:
+        luma = images.astype(np.int32) @ np.array([299, 587, 114], np.int32)
+        return ((luma + 500) // 1000).astype(np.uint8)[..., None]
+    raise ValueError(f"images have {have} channels; the model takes {channels} (only grey <-> "
+                     "RGB is converted)")
+
+
+def to_input_size(images: Sequence[np.ndarray], p: Preprocess) -> np.ndarray:
+    """Decoded uint8 images (a list of (H, W, C), any sizes) -> (B, S, S, C') uint8: ``p``'s
+    resize + center crop (its eval transform before scaling and normalising), rounded back to
+    uint8 as PIL's resize of a uint8 image is, with C' = ``p``'s channels
+    (``match_channels``). What a run stores of a task's images; ``for_model`` then normalises."""
+    channels = len(p.mean)
+    if all(im.shape[:2] == (p.input_size,) * 2 for im in images) and (
+            p.resize_size == p.input_size):
+        return match_channels(np.stack(images), channels)
+    padded, sizes = pad_batch(images)
+    resized = np.asarray(resize_center_crop(padded, sizes, p))
+    return match_channels(np.round(resized).astype(np.uint8), channels)
+
+
 def eval_transform(p: Preprocess) -> Callable[[Sequence[np.ndarray]], jax.Array]:
     """Decoded uint8 images (a list of (H, W, C), any sizes) -> normalized model input
     (B, S, S, C) float32, exactly the checkpoint's eval recipe ``p``. Images already at the

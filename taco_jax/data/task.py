@@ -12,9 +12,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from tqdm.auto import tqdm
 
 from taco_jax import distributed
+from taco_jax.data import preprocess as preprocess_lib
 from taco_jax.data import source
+from taco_jax.models.preprocess import Preprocess
 from taco_jax.train import augment as augment_lib
 from taco_jax.train import fit
 
@@ -88,6 +91,30 @@ class Task:
             raise ValueError(f"{self.dataset!r}/{split!r} images differ in size; use "
                              "eval_batches / calibration_batches with a model's eval transform")
         return np.stack(images) if images else np.zeros((0, 0, 0, 0), np.uint8), labels
+
+    def load_resized(self, split: str, recipe: Preprocess, *, per_class: int = 0,
+                     seed: int = 0, batch_size: int = 128) -> tuple[np.ndarray, np.ndarray]:
+        """The task's examples of a split as a model sees them: images of any size and mode
+        through ``recipe``'s resize + center crop (``preprocess.to_input_size``), (N, S, S, C)
+        uint8 with S = ``recipe.input_size`` and C its channels, and task labels (N,) int32, in
+        read order. ``per_class`` > 0 keeps a seeded ``per_class`` of each class's examples
+        (all of a smaller class): a cap on memory for large train splits."""
+        keep, labels = self.examples(split)
+        if per_class > 0:
+            rng = np.random.default_rng(seed)
+            chosen = [rng.choice(members, min(per_class, len(members)), replace=False)
+                      for members in (np.flatnonzero(labels == c) for c in np.unique(labels))]
+            chosen = np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, np.int64)
+            keep, labels = keep[chosen], labels[chosen]
+        size, channels = recipe.input_size, len(recipe.mean)
+        out = np.zeros((len(keep), size, size, channels), np.uint8)
+        batches = self.split(split).image_batches(keep, batch_size)
+        for k, (_, images) in enumerate(tqdm(batches, total=-(-len(keep) // batch_size),
+                                             desc=f"read {split}", unit="batch", leave=False,
+                                             mininterval=2.0)):
+            out[k * batch_size:k * batch_size + len(images)] = preprocess_lib.to_input_size(
+                images, recipe)
+        return out, labels
 
     def few_shot(self, shots: int, seed: int, split: str | None = None) -> FewShot:
         """``shots`` training examples per task class, seeded and deterministic."""

@@ -2,23 +2,70 @@
 
 Two ways: ``restrict_head`` keeps only the task's rows of the classifier (the
 task's classes are among the generalist's; no training), and ``linear_probe`` fits a new
-classifier on the frozen features of the few labelled task images (any task).
+classifier on the frozen features of the few labelled task images (any task). ``task_teacher``
+is the one entry every method uses: "auto" restricts when the task data names the model's rows
+of its classes (``TaskData.class_ids``), and probes otherwise.
 """
 
 from __future__ import annotations
 
 import functools
+import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from absl import logging
 from flax import nnx
 
+from taco_jax import distributed
 from taco_jax.models import get_layer, set_layer
 from taco_jax.train import fit
 
-ADAPTS = ("restrict", "linear_probe")
+ADAPTS = ("auto", "restrict", "linear_probe")
+
+
+def resolve(how: str, class_ids: np.ndarray | None) -> str:
+    """``how`` ("auto", "restrict" or "linear_probe") as the one that runs: "auto" restricts
+    when ``class_ids`` (the model's classifier row of each task class) is known, else probes.
+    ValueError for an unknown ``how`` or "restrict" without ``class_ids``."""
+    if how not in ADAPTS:
+        raise ValueError(f"adapt must be one of {ADAPTS}, got {how!r}")
+    if how == "auto":
+        return "linear_probe" if class_ids is None else "restrict"
+    if how == "restrict" and class_ids is None:
+        raise ValueError("adapt='restrict' needs TaskData.class_ids (the model's classifier "
+                         "row of each task class); for classes the model does not have, "
+                         "use adapt='linear_probe' (or 'auto')")
+    return how
+
+
+def task_teacher(model: nnx.Module, class_ids: np.ndarray | None, images: np.ndarray,
+                 labels: np.ndarray, num_classes: int, preprocess: fit.Preprocess, *,
+                 how: str = "auto", l2: float | None = None) -> tuple[nnx.Module, dict]:
+    """The dense task teacher: a copy of ``model`` with a ``num_classes``-way classifier, made
+    as ``resolve(how, class_ids)`` says: the model's rows ``class_ids`` (K,), or a linear probe
+    on the labelled few-shot ``images`` (N, H, W, C) uint8 / ``labels`` (N,). ``model`` is not
+    modified. Returns (teacher, info: "method", "seconds", the probe's fit for a probe)."""
+    method = resolve(how, class_ids)
+    start = time.perf_counter()
+    if method == "restrict":
+        logging.info("adapt: restrict the classifier to the task's %d classes (rows %s)",
+                     len(class_ids), np.asarray(class_ids).tolist())
+        teacher = restrict_head(nnx.clone(model), class_ids)
+        return teacher, {"method": method, "seconds": time.perf_counter() - start}
+    logging.info("adapt: linear probe of a new %d-class head on %d few-shot images%s",
+                 num_classes, len(images), "" if how != "auto" else
+                 " (the model's classes do not name the task's)")
+    teacher, info = linear_probe(nnx.clone(model), images, labels, num_classes, preprocess,
+                                 l2=l2)
+    distributed.broadcast_model(teacher)
+    logging.info("linear probe: l2 %g%s, %d L-BFGS steps, objective %.4f, gradient norm %.1e, "
+                 "few-shot top-1 %.1f%%", info["l2"],
+                 " (cross-validated)" if "cv_loss" in info else "", info["steps"],
+                 info["objective"], info["grad_norm"], info["train_top1"])
+    return teacher, {"method": method, **info, "seconds": time.perf_counter() - start}
 
 
 def restrict_head(model: nnx.Module, class_ids: np.ndarray) -> nnx.Module:

@@ -288,7 +288,9 @@ class DcvitConfig:
     pruning of what remains, recovered for ``then_recover_steps`` (None: off).
     ``baseline_drop_blocks``: the same-budget few-shot block-dropping baseline (0: none).
     ``latency_batch`` / ``latency_repeats``: the paired dense vs compressed timing (batch 0:
-    not timed).
+    not timed). ``adapt``: how the dense task teacher's classifier is made
+    (``adapt.task_teacher``: "auto" restricts when ``TaskData.class_ids`` is known, else fits a
+    linear probe on the few-shot images, the only place their labels are used).
     """
 
     shots: int = 64
@@ -305,8 +307,11 @@ class DcvitConfig:
     baseline_drop_blocks: int = 1
     latency_batch: int = 64
     latency_repeats: int = 20
+    adapt: str = "auto"
 
     def __post_init__(self):
+        if self.adapt not in adapt.ADAPTS:
+            raise ValueError(f"adapt must be one of {adapt.ADAPTS}, got {self.adapt!r}")
         if self.shots < 1 or self.calibration_batch < 1:
             raise ValueError(f"shots and calibration_batch must be >= 1, got {self.shots}, "
                              f"{self.calibration_batch}")
@@ -361,16 +366,15 @@ class Prepared:
 
 
 def prepare(model: VisionTransformer, data: TaskData, config: DcvitConfig) -> Prepared:
-    """Restrict ``model``'s classifier to the task (the teacher; ``model`` is not modified),
-    draw the few-shot images, evaluate the teacher and rank its blocks by ``block_scores``."""
+    """Adapt ``model``'s classifier to the task (the teacher, ``adapt.task_teacher``; ``model``
+    is not modified), draw the few-shot images, evaluate the teacher and rank its blocks by
+    ``block_scores``."""
     _check_vit(model)
-    if data.class_ids is None:
-        raise ValueError("DC-ViT restricts the model's classifier to the task's classes: "
-                         "TaskData.class_ids must name the model's rows of the task's classes")
-    teacher = adapt.restrict_head(nnx.clone(model), data.class_ids)
-    teacher.eval()
     ids = few_shot_indices(data.train_labels, config.shots, config.seed)
     images = data.train_images[ids]
+    teacher, _ = adapt.task_teacher(model, data.class_ids, images, data.train_labels[ids],
+                                    len(data.class_names), data.preprocess, how=config.adapt)
+    teacher.eval()
     logging.info("unlabeled few-shot set: %d images (%d per class)", len(ids), config.shots)
     dense = data.evaluate(teacher)
     logging.info("dense task teacher: top-1 %.2f%% on %d test images", dense["top1"], dense["n"])

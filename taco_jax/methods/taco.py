@@ -70,10 +70,11 @@ class TacoConfig:
     ``pool_retrieve``: with ``TaskData.unlabelled_images``, recover on only the N of them
     nearest to the few-shot set in the teacher's embedding (``retrieval.nearest_pool``, the
     transfer method's retrieval); 0 keeps them all.
-    ``adapt``: how the dense task teacher is made: "restrict" (the generalist's classifier rows
-    of ``TaskData.class_ids``) or "linear_probe" (a new classifier fit on the frozen features
-    of the few-shot images, L2 weight ``probe_l2``, 0 = chosen by cross-validation on them;
-    any task).
+    ``adapt``: how the dense task teacher is made (``adapt.task_teacher``): "restrict" (the
+    generalist's classifier rows of ``TaskData.class_ids``), "linear_probe" (a new classifier
+    fit on the frozen features of the few-shot images, L2 weight ``probe_l2``, 0 = chosen by
+    cross-validation on them; any task), or "auto": restrict when ``TaskData.class_ids`` is
+    known, else probe.
     """
 
     shots: int = 32
@@ -88,7 +89,7 @@ class TacoConfig:
     latency_batch: int = 64
     calibration_views: int = 1
     pool_retrieve: int = 0
-    adapt: str = "restrict"
+    adapt: str = "auto"
     probe_l2: float = 0.0
 
     def __post_init__(self):
@@ -216,28 +217,6 @@ def _prune_and_recover(teacher, calib_x, calib_y, data, config, method, allocati
     return student, masks, pruned, recovered
 
 
-def _adapt(model, data, calib_x, calib_y, config) -> tuple[nnx.Module, dict, float]:
-    """The dense task teacher (a copy of ``model``), what was done, and its seconds."""
-    if config.adapt == "restrict":
-        start = _banner("adapt: restrict the classifier to the task's classes")
-        if data.class_ids is None:
-            raise ValueError("adapt='restrict' needs TaskData.class_ids (the model's classifier "
-                             "row of each task class); for classes the model does not have, "
-                             "use adapt='linear_probe'")
-        teacher = adapt.restrict_head(nnx.clone(model), data.class_ids)
-        return teacher, {"method": "restrict"}, time.perf_counter() - start
-    start = _banner(f"adapt: linear probe of a new {len(data.class_names)}-class head on "
-                    f"{len(calib_x)} few-shot images")
-    teacher, info = adapt.linear_probe(nnx.clone(model), calib_x, calib_y, len(data.class_names),
-                                       data.preprocess, l2=config.probe_l2 or None)
-    distributed.broadcast_model(teacher)
-    logging.info("linear probe: l2 %g%s, %d L-BFGS steps, objective %.4f, gradient norm %.1e, "
-                 "few-shot top-1 %.1f%%", info["l2"],
-                 " (cross-validated)" if "cv_loss" in info else "", info["steps"],
-                 info["objective"], info["grad_norm"], info["train_top1"])
-    return teacher, {"method": "linear_probe", **info}, time.perf_counter() - start
-
-
 def _str(path: Path | None) -> str | None:
     return None if path is None else os.fspath(path)
 
@@ -253,9 +232,12 @@ def compress(model: nnx.Module, data: TaskData, config: TacoConfig, *,
     calib_x, calib_y = data.train_images[ids], data.train_labels[ids]
     logging.info("few-shot set: %d images (%d per class, seed %d)", len(ids), config.shots,
                  config.seed)
-    teacher, adapt_info, seconds = _adapt(model, data, calib_x, calib_y, config)
+    _banner("adapt: the dense task teacher")
+    teacher, adapt_info = adapt.task_teacher(model, data.class_ids, calib_x, calib_y,
+                                             len(data.class_names), data.preprocess,
+                                             how=config.adapt, l2=config.probe_l2 or None)
     dense = data.evaluate(teacher)
-    timings = {"adapt": seconds}
+    timings = {"adapt": adapt_info.pop("seconds")}
     logging.info("dense task teacher: top-1 %.2f%% on %d test images", dense["top1"], dense["n"])
     pool_ids = None
     if data.unlabelled_images is not None and config.pool_retrieve:

@@ -50,7 +50,9 @@ class TransferConfig:
     for "random" / "retrieval" (the other sets are used whole). ``mix_labelled`` adds the
     labelled few-shot images (with their labels: KD + CE) to the distillation set; False
     distils on the transfer images alone (KD only; the labelled ones come in at fine-tuning).
-    ``teacher_finetune`` None keeps the restricted head as is."""
+    ``adapt``: how the teacher's task classifier is made (``adapt.task_teacher``: "auto"
+    restricts when ``TaskData.class_ids`` is known, else fits a linear probe on the labelled
+    few-shot images). ``teacher_finetune`` None keeps the adapted teacher as is."""
 
     student: str = "resnet_mini"
     student_overrides: Mapping = dataclasses.field(default_factory=dict)
@@ -65,8 +67,11 @@ class TransferConfig:
     finetune: fit.FitConfig = dataclasses.field(default_factory=fit.FitConfig)
     baselines: tuple[str, ...] = BASELINES
     latency_batch: int = 256
+    adapt: str = "auto"
 
     def __post_init__(self):
+        if self.adapt not in adapt.ADAPTS:
+            raise ValueError(f"adapt must be one of {adapt.ADAPTS}, got {self.adapt!r}")
         if self.student not in models.names():
             raise ValueError(f"unknown student model {self.student!r}; valid: "
                              f"{', '.join(models.names())}")
@@ -140,11 +145,15 @@ def compress(generalist: nnx.Module, data: TaskData, config: TransferConfig, *,
     store = stages.StageStore(None if workdir is None else Path(workdir) / "stages")
 
     def new_student() -> nnx.Module:
-        s = models.create(config.student, num_classes=len(data.class_ids),
+        s = models.create(config.student, num_classes=len(data.class_names),
                           rngs=nnx.Rngs(config.seed), **dict(config.student_overrides))
-        if s.preprocess != generalist.preprocess:
-            raise ValueError(f"student {config.student!r} expects input {s.preprocess}, the "
-                             f"teacher {generalist.preprocess}: they must share a transform")
+        mine, theirs = s.preprocess, generalist.preprocess
+        if (mine.input_size, len(mine.mean)) != (theirs.input_size, len(theirs.mean)):
+            raise ValueError(f"student {config.student!r} takes {mine.input_size} px, "
+                             f"{len(mine.mean)} channels; the teacher {theirs.input_size} px, "
+                             f"{len(theirs.mean)} channels: set student_overrides (img_size, "
+                             "in_chans) to match")
+        s.preprocess = theirs  # trained from scratch on the teacher's own inputs
         return s
 
     new_student()  # a bad student fails here, before any work
@@ -152,7 +161,10 @@ def compress(generalist: nnx.Module, data: TaskData, config: TransferConfig, *,
     shots_x, shots_y = data.train_images[ids], data.train_labels[ids]
 
     t = time.perf_counter()
-    teacher = adapt.restrict_head(nnx.clone(generalist), data.class_ids)
+    teacher, adapt_info = adapt.task_teacher(generalist, data.class_ids, shots_x, shots_y,
+                                             len(data.class_names), data.preprocess,
+                                             how=config.adapt)
+    adapt_info.pop("seconds")  # part of timings["teacher"]
     if config.teacher_finetune is not None:
         _trained(store, "teacher_finetune", teacher, lambda: fit.fit(
             teacher, shots_x, shots_y, config.teacher_finetune, data.preprocess,
@@ -230,9 +242,11 @@ def compress(generalist: nnx.Module, data: TaskData, config: TransferConfig, *,
         logging.info("baseline %s: top-1 %.2f%%", name, b["top1"])
 
     report = {
-        "task": {"classes": list(data.class_names), "source_class_ids": data.class_ids.tolist(),
+        "task": {"classes": list(data.class_names),
+                 "source_class_ids": None if data.class_ids is None else data.class_ids.tolist(),
                  "shots": config.shots, "few_shot_ids": ids.tolist(),
                  "test_images": len(data.test_labels)},
+        "adapt": adapt_info,
         "dense": dense,
         "compressed": acc,
         "cost": _costs({"teacher": teacher, "student": student}, data, config.latency_batch),

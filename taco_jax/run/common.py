@@ -4,6 +4,8 @@ environment. Each method's run (``run.taco``, ``run.dcvit``, ``run.transfer``) b
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import os
 import platform
@@ -16,9 +18,10 @@ import numpy as np
 from absl import app, logging
 from flax import nnx
 
-from taco_jax import distributed, generalist, models
-from taco_jax.data import embedded, pool, preprocess, source
+from taco_jax import convert, distributed, generalist, models
+from taco_jax.data import embedded, folder, pool, preprocess, source, subtasks
 from taco_jax.data.task import Task, TaskData
+from taco_jax.models.preprocess import Preprocess
 from taco_jax.train import fit
 
 # The generalist's training steps on the embedded data when ``config.generalist.steps`` is 0
@@ -45,25 +48,105 @@ def fit_config(c: ml_collections.ConfigDict, seed: int, **replace) -> fit.FitCon
     return fit.FitConfig(**{"seed": seed, **c.to_dict(), **replace})
 
 
-def parse_source(config: ml_collections.ConfigDict) -> tuple[fit.FitConfig, Task]:
-    """The generalist recipe and the task of any method's config (fields ``model``, ``seed``,
-    ``generalist``, ``task``), validated; raises ValueError naming a bad value.
-    ``generalist.steps`` 0 is the model's default (``generalist_steps``)."""
-    if config.model not in models.names():
-        raise ValueError(f"config.model={config.model!r} is not a known model; valid: "
-                         f"{', '.join(models.names())}")
-    task = Task(config.task.dataset, tuple(config.task.classes), config.task.data_dir or None)
-    if task.dataset == source.EMBEDDED:
-        unknown = [c for c in task.classes
-                   if isinstance(c, str) and c not in embedded.CLASS_NAMES]
+@dataclasses.dataclass(frozen=True)
+class ModelSource:
+    """Where a run's model comes from: a converted checkpoint directory (``config.model
+    .checkpoint``, made by ``python -m launch.convert``), or else the embedded generalist
+    ``config.model.name`` (trained once on the embedded data, then cached or shipped).
+
+    ``labels``: the class name of each classifier row when known (the embedded generalist's
+    classes; a checkpoint's ``labels``), which lets a run restrict the classifier to a task's
+    classes by name; ``overrides_json`` what ``models.create`` takes besides the arch."""
+
+    arch: str
+    checkpoint: str | None = None
+    labels: tuple[str, ...] | None = None
+    overrides_json: str = "{}"
+
+    def describe(self) -> str:
+        return self.checkpoint or self.arch
+
+    def abstract(self) -> nnx.Module:
+        """The model built abstractly (shapes only: no weights, no data), for preflight checks."""
+        return _abstract_model(self.arch, self.overrides_json)
+
+
+@functools.cache
+def _abstract_model(arch: str, overrides_json: str) -> nnx.Module:
+    return nnx.eval_shape(lambda: models.create(arch, num_classes=2, rngs=nnx.Rngs(0),
+                                                **json.loads(overrides_json)))
+
+
+def parse_model(c: ml_collections.ConfigDict) -> ModelSource:
+    """``config.model`` (fields name, checkpoint) as a ModelSource, validated without loading
+    weights; ValueError / FileNotFoundError naming a bad value."""
+    if c.checkpoint:
+        try:
+            meta = convert.read_meta(c.checkpoint)
+        except (FileNotFoundError, ValueError) as e:
+            raise ValueError(f"config.model.checkpoint={c.checkpoint!r}: {e}") from None
+        if meta["arch"] not in models.names():
+            raise ValueError(f"config.model.checkpoint={c.checkpoint!r} holds arch "
+                             f"{meta['arch']!r}, not a known model")
+        labels = meta.get("labels")
+        return ModelSource(meta["arch"], str(Path(c.checkpoint).expanduser().absolute()),
+                           None if labels is None else tuple(labels),
+                           json.dumps(meta["overrides"], sort_keys=True))
+    if c.name not in models.names():
+        raise ValueError(f"config.model.name={c.name!r} is not a known model; valid: "
+                         f"{', '.join(models.names())} (or set config.model.checkpoint to a "
+                         "converted model directory)")
+    return ModelSource(c.name, labels=tuple(embedded.CLASS_NAMES))
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """A run's validated inputs: the model, the generalist's training recipe (used only for
+    the embedded generalist) and the task."""
+
+    model: ModelSource
+    generalist: fit.FitConfig
+    task: Task
+
+
+def parse_task(c: ml_collections.ConfigDict) -> Task:
+    """``config.task`` as a Task, its data source and classes checked (reads only metadata:
+    the dataset's class names, an image folder's file list); ValueError naming a bad value."""
+    data_dir = c.data_dir or None
+    if c.subtask and tuple(c.classes):
+        raise ValueError(f"config.task.subtask={c.subtask!r} and config.task.classes="
+                         f"{tuple(c.classes)} both name the classes; set one")
+    if c.train_per_class < 0:
+        raise ValueError(f"config.task.train_per_class={c.train_per_class}; expected >= 1, or "
+                         "0 for every train image")
+    classes = (subtasks.subtask_classes(c.subtask, c.dataset) if c.subtask
+               else tuple(c.classes))
+    task = Task(c.dataset, classes, data_dir, c.train_split, c.test_split)
+    if task.dataset == source.EMBEDDED:  # known classes: checked without preparing the data
+        unknown = [k for k in task.classes
+                   if isinstance(k, str) and k not in embedded.CLASS_NAMES]
         if unknown:
             raise ValueError(f"config.task.classes has {unknown}, not classes of "
                              f"{source.EMBEDDED!r}: {list(embedded.CLASS_NAMES)}")
-    else:
-        raise ValueError(f"config.task.dataset={task.dataset!r}: this launcher runs on the "
-                         f"embedded default {source.EMBEDDED!r} for now")
-    steps = generalist_steps(config.model, config.generalist.steps)
-    return fit_config(config.generalist, config.seed, steps=steps), task
+        return task
+    try:
+        task.source_class_ids()  # the data source opens, and every class is one of its
+        for split in (task.train_split, task.test_split):
+            task.split(split)
+    except (ValueError, FileNotFoundError, ImportError) as e:
+        raise ValueError(f"config.task (dataset={c.dataset!r}, data_dir={c.data_dir!r}): "
+                         f"{e}") from None
+    return task
+
+
+def parse_source(config: ml_collections.ConfigDict) -> Source:
+    """The model, generalist recipe and task of any method's config (fields ``model``,
+    ``seed``, ``generalist``, ``task``), validated; raises ValueError naming a bad value.
+    ``generalist.steps`` 0 is the model's default (``generalist_steps``)."""
+    model = parse_model(config.model)
+    task = parse_task(config.task)
+    steps = generalist_steps(model.arch, config.generalist.steps)
+    return Source(model, fit_config(config.generalist, config.seed, steps=steps), task)
 
 
 def parse_pool(c: ml_collections.ConfigDict) -> Task | None:
@@ -72,20 +155,29 @@ def parse_pool(c: ml_collections.ConfigDict) -> Task | None:
     raises ValueError naming a bad value."""
     if not c.dataset:
         return None
-    if c.dataset != source.EMBEDDED:
-        raise ValueError(f"config.pool.dataset={c.dataset!r}: this launcher runs on the "
-                         f"embedded default {source.EMBEDDED!r} for now ('' = no pool)")
     if not 0.0 <= c.task_class_fraction <= 1.0:
         raise ValueError("config.pool.task_class_fraction must be in [0, 1] (the share of each "
                          f"task class's pool images kept), got {c.task_class_fraction}")
-    return Task(c.dataset, (), c.data_dir or None, train_split=c.split)
+    pool_task = Task(c.dataset, (), c.data_dir or None, train_split=c.split)
+    if pool_task.dataset == source.EMBEDDED:  # known splits: checked without preparing it
+        if c.split not in embedded.SPLITS:
+            raise ValueError(f"config.pool.split={c.split!r}; {source.EMBEDDED!r} has "
+                             f"{list(embedded.SPLITS)}")
+        return pool_task
+    try:
+        pool_task.split(c.split)
+    except (ValueError, FileNotFoundError, ImportError) as e:
+        raise ValueError(f"config.pool (dataset={c.dataset!r}, data_dir={c.data_dir!r}): "
+                         f"{e}") from None
+    return pool_task
 
 
-def load_pool(pool_task: Task, task_class_fraction: float, task_names: list[str]
-              ) -> tuple[np.ndarray, np.ndarray]:
-    """The pool's images (M,H,W,C) and dataset labels (M,): its split with only a seeded
-    ``task_class_fraction`` of each task class's images left (``pool.pool_subset``)."""
-    x, y = pool_task.load(pool_task.train_split)
+def load_pool(pool_task: Task, task_class_fraction: float, task_names: list[str],
+              recipe: Preprocess) -> tuple[np.ndarray, np.ndarray]:
+    """The pool's images (M, S, S, C) uint8 at the model's input (``Task.load_resized``) and
+    dataset labels (M,): its split with only a seeded ``task_class_fraction`` of each task
+    class's images left (``pool.pool_subset``)."""
+    x, y = pool_task.load_resized(pool_task.train_split, recipe)
     kept = pool.pool_subset(y, pool_task.class_names(), task_names, task_class_fraction)
     return x[kept], y[kept]
 
@@ -148,17 +240,65 @@ def environment() -> dict:
             "cpus": os.cpu_count(), "load_average": list(os.getloadavg())}
 
 
-def load_task_data(config: ml_collections.ConfigDict, generalist_config: fit.FitConfig,
-                   task: Task) -> tuple[nnx.Module, dict, TaskData]:
-    """The configured generalist (trained once, then cached), its info, and the task's train
-    and test arrays with the generalist's input transform; the task data carries the mesh of
-    every device (None on one device), so pruning and evaluation use them all."""
-    model, info = generalist.load_or_train(config.model, generalist_config,
-                                           data_dir=task.data_dir,
-                                           cache_dir=config.cache_dir or None)
-    train_x, train_y = task.load(task.train_split)
-    test_x, test_y = task.load(task.test_split)
-    data = TaskData(train_x, train_y, test_x, test_y, task.source_class_ids(),
-                         tuple(task.class_names()), preprocess.for_model(model),
-                         distributed.device_mesh())
+def load_model(src: ModelSource, generalist_config: fit.FitConfig, *,
+               data_dir: str | None = None, cache_dir: str | None = None
+               ) -> tuple[nnx.Module, dict]:
+    """The run's model in eval mode and what to report of it: a converted checkpoint
+    (``path``, ``arch``, ``source``), or the embedded generalist, trained once on the embedded
+    data under ``data_dir`` and cached (``path``, ``test_top1``, ``test_top5``)."""
+    if src.checkpoint:
+        model, spec = convert.load_checkpoint(src.checkpoint)
+        meta = convert.read_meta(src.checkpoint)
+        logging.info("Loaded %s (%s, %d classes, eval recipe %s) from %s.", spec.arch,
+                     json.dumps(spec.overrides), spec.num_classes, model.preprocess,
+                     src.checkpoint)
+        return model, {"path": src.checkpoint, "arch": spec.arch,
+                       "num_classes": spec.num_classes, "source": meta.get("source", {})}
+    model, info = generalist.load_or_train(src.arch, generalist_config, data_dir=data_dir,
+                                           cache_dir=cache_dir)
+    return model, {k: info[k] for k in ("path", "test_top1", "test_top5")}
+
+
+def model_class_ids(labels: tuple[str, ...] | None, task_names: list[str]) -> np.ndarray | None:
+    """The model's classifier row of each task class, matched by name, or None when the model's
+    labels are unknown or miss one of the task's classes (the task teacher is then a linear
+    probe: ``adapt.task_teacher``'s "auto")."""
+    if labels is None:
+        logging.info("The model's class names are unknown: its classifier cannot be restricted "
+                     "to the task's classes by name.")
+        return None
+    missing = [n for n in task_names if n not in labels]
+    if missing:
+        logging.info("Task classes %s are not among the model's %d classes.", missing,
+                     len(labels))
+        return None
+    return np.asarray([labels.index(n) for n in task_names])
+
+
+def load_task_data(config: ml_collections.ConfigDict, src: Source, workdir: Path
+                   ) -> tuple[nnx.Module, dict, TaskData]:
+    """The configured model (``load_model``), what to report of it, and the task's train and
+    test images as the model sees them (``Task.load_resized`` with its stored eval recipe);
+    the task data names the model's rows of the task's classes when its labels do
+    (``model_class_ids``) and carries the mesh of every device (None on one device), so
+    pruning and evaluation use them all. An image folder's files (and the held-out split made
+    for a flat one) are listed in ``workdir/task_files.json``."""
+    task = src.task
+    if task.dataset == source.IMAGE_FOLDER and distributed.is_main():
+        write_json(workdir / "task_files.json", folder.scan(task.data_dir).manifest())
+    embedded_dir = task.data_dir if task.dataset == source.EMBEDDED else None
+    model, info = load_model(src.model, src.generalist, data_dir=embedded_dir,
+                             cache_dir=config.cache_dir or None)
+    recipe = model.preprocess
+    train_x, train_y = task.load_resized(task.train_split, recipe,
+                                         per_class=config.task.train_per_class,
+                                         seed=config.seed)
+    test_x, test_y = task.load_resized(task.test_split, recipe)
+    names = task.class_names()
+    logging.info("Task %s: %d classes, %d train / %d test images at %d px (%.0f MB).",
+                 task.dataset if not task.data_dir else f"{task.dataset} {task.data_dir}",
+                 len(names), len(train_y), len(test_y), recipe.input_size,
+                 (train_x.nbytes + test_x.nbytes) / 2**20)
+    data = TaskData(train_x, train_y, test_x, test_y, model_class_ids(src.model.labels, names),
+                    tuple(names), preprocess.for_model(model), distributed.device_mesh())
     return model, info, data

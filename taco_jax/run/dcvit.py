@@ -16,7 +16,6 @@ teacher), draw the unlabeled few-shot images, rank blocks by ``dcvit.block_score
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 import time
 from collections.abc import Callable
@@ -27,8 +26,8 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from taco_jax import models, stages
-from taco_jax.data.task import Task, calibration_batches
+from taco_jax import stages
+from taco_jax.data.task import calibration_batches
 from taco_jax.methods import dcvit
 from taco_jax.models import latency
 from taco_jax.models.vit import VisionTransformer
@@ -44,16 +43,16 @@ class Settings:
     """Everything ``run_dcvit`` needs, validated."""
 
     dcvit: dcvit.DcvitConfig
-    generalist: fit.FitConfig
-    task: Task
+    source: common.Source
 
 
-@functools.cache  # the model built abstractly, once per name: parse is a cheap preflight
-def _depth(model_name: str) -> int:
-    model = nnx.eval_shape(lambda: models.create(model_name, num_classes=2, rngs=nnx.Rngs(0)))
-    if not isinstance(model, VisionTransformer):
-        raise ValueError(f"config.model={model_name!r} is not a ViT/DeiT; DC-ViT needs one")
-    return len(model.blocks)
+def _depth(model: common.ModelSource) -> int:
+    """The ViT's block count, from the model built abstractly (a cheap preflight)."""
+    abstract = model.abstract()
+    if not isinstance(abstract, VisionTransformer):
+        raise ValueError(f"the model {model.describe()!r} is a {model.arch}, not a ViT/DeiT; "
+                         "DC-ViT needs one")
+    return len(abstract.blocks)
 
 
 def _check_blocks(name: str, values, depth: int, low: int) -> None:
@@ -84,10 +83,10 @@ def parse(config: ml_collections.ConfigDict) -> Settings:
     ``then_prune.recover_steps`` 0 is ``recover.steps``; ``generalist.steps`` 0 the model's."""
     if config.mode not in MODES:
         raise ValueError(f"config.mode={config.mode!r}; expected one of {MODES}")
-    gen, task = common.parse_source(config)
-    depth = _depth(config.model)
+    src = common.parse_source(config)
+    depth = _depth(src.model)
     _check_plan("config.plan", config.plan.attn_blocks, config.plan.mlp_keep, depth)
-    _check_blocks("config.baseline_drop_blocks", [config.baseline_drop_blocks], depth - 1, 1)
+    _check_blocks("config.baseline_drop_blocks", [config.baseline_drop_blocks], depth - 1, 0)
     for entry in config.sweep.dcvit:
         if len(entry) != 2 or not isinstance(entry[1], (tuple, list)):
             raise ValueError(f"config.sweep.dcvit has {entry}; expected (attention-free blocks, "
@@ -122,8 +121,8 @@ def parse(config: ml_collections.ConfigDict) -> Settings:
         attn_blocks=config.plan.attn_blocks, mlp_keep=tuple(config.plan.mlp_keep),
         then_prune=then_prune, then_recover_steps=then_recover_steps or recover.steps,
         baseline_drop_blocks=config.baseline_drop_blocks, latency_batch=config.latency.batch,
-        latency_repeats=config.latency.repeats)
-    return Settings(d, gen, task)
+        latency_repeats=config.latency.repeats, adapt=config.adapt)
+    return Settings(d, src)
 
 
 # ----------------------------------------------------------------------------- entry point
@@ -137,13 +136,12 @@ def run_dcvit(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> 
     s = parse(config)
     workdir = common.open_workdir(config, workdir)
     start = time.perf_counter()
-    model, gen_info, data = common.load_task_data(config, s.generalist, s.task)
-    generalist = {k: gen_info[k] for k in ("test_top1", "test_top5", "path")}
+    model, generalist, data = common.load_task_data(config, s.source, workdir)
     if config.mode == "sweep":
         prep = dcvit.prepare(model, data, s.dcvit)
         common.write_json(workdir / "few_shot_ids.json", prep.ids.tolist())
-        header = {"model": config.model, "generalist": generalist,
-                  "task": {"classes": list(s.task.class_names()), "shots": s.dcvit.shots,
+        header = {"model": s.source.model.describe(), "generalist": generalist,
+                  "task": {"classes": list(data.class_names), "shots": s.dcvit.shots,
                            "unlabeled_images": len(prep.ids),
                            "test_images": len(data.test_labels)},
                   "dense": {**prep.dense,
@@ -154,7 +152,7 @@ def run_dcvit(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> 
         result = dcvit.compress(model, data, s.dcvit)
         ids = result.report["task"].pop("few_shot_ids")
         common.write_json(workdir / "few_shot_ids.json", ids)
-        out = {"model": config.model, "generalist": generalist, **result.report}
+        out = {"model": s.source.model.describe(), "generalist": generalist, **result.report}
         dcvit.save(workdir / "compressed", result.model)
         if result.masks:
             np.savez_compressed(workdir / "masks.npz",
@@ -251,7 +249,7 @@ def _sweep(config, s: Settings, prep: dcvit.Prepared, data, header: dict, workdi
         point["latency"] = lat
     out["comparison"] = compare(out["points"], prep.dense["top1"], config.sweep.targets)
     dcvit_sweep.plot(out["points"], prep.dense["top1"], workdir / "frontier.png",
-                     f"{config.model} on {', '.join(s.task.class_names())}: {s.dcvit.shots} "
+                     f"{s.source.model.arch} on {', '.join(data.class_names)}: {s.dcvit.shots} "
                      f"unlabeled shots/class, {s.dcvit.recover.steps} recovery steps,\n"
                      f"mean ± s.e. of {len(seeds)} recovery seed(s)")
     for line in summary_lines(out):

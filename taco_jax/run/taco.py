@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 import itertools
 import os
 import time
@@ -12,11 +11,9 @@ import jax
 import ml_collections
 import numpy as np
 from absl import logging
-from flax import nnx
 
-from taco_jax import checkpoint, distributed, export, models
+from taco_jax import checkpoint, distributed, export
 from taco_jax.data import pool
-from taco_jax.data.task import Task
 from taco_jax.methods import taco
 from taco_jax.models import paths
 from taco_jax.models.convnext import ConvNeXt
@@ -24,7 +21,6 @@ from taco_jax.models.resnet import ResNet
 from taco_jax.models.vit import VisionTransformer
 from taco_jax.prune import patterns, sequential
 from taco_jax.run import common, sweep
-from taco_jax.train import fit
 
 
 def _overrides(value) -> dict:
@@ -47,30 +43,23 @@ STEM = "stem"
 STEM_LAYERS = ((ResNet, "conv1"), (VisionTransformer, "patch_embed.proj"), (ConvNeXt, "stem.0"))
 
 
-@functools.cache
-def _model_layers(model_name: str) -> tuple[str | None, frozenset[str]]:
-    """The stem (``STEM_LAYERS``, None if unknown) and the layer names of ``model_name``, built
-    abstractly (no weights, no data)."""
-    model = nnx.eval_shape(lambda: models.create(model_name, num_classes=2, rngs=nnx.Rngs(0)))
-    stem = next((name for kind, name in STEM_LAYERS if isinstance(model, kind)), None)
-    return stem, frozenset(paths.named_layers(model))
-
-
-def _resolve_layers(overrides: dict, model_name: str) -> dict:
-    """``overrides`` with "stem" replaced by ``model_name``'s input layer (``STEM_LAYERS``), every
-    name checked against the model's layers."""
-    stem, layers = _model_layers(model_name)
+def _resolve_layers(overrides: dict, model: common.ModelSource) -> dict:
+    """``overrides`` with "stem" replaced by the model's input layer (``STEM_LAYERS``), every
+    name checked against the model's layers (the model built abstractly: no weights, no data)."""
+    abstract = model.abstract()
+    stem = next((name for kind, name in STEM_LAYERS if isinstance(abstract, kind)), None)
+    layers = frozenset(paths.named_layers(abstract))
     if STEM in overrides and stem is None:
-        raise ValueError(f"config.prune.overrides names {STEM!r}, but config.model="
-                         f"{model_name!r} has no known stem layer; name the layer instead")
+        raise ValueError(f"config.prune.overrides names {STEM!r}, but the model "
+                         f"{model.describe()!r} has no known stem layer; name the layer instead")
     resolved = {(stem if name == STEM else name): spec for name, spec in overrides.items()}
     if len(resolved) != len(overrides):
         raise ValueError(f"config.prune.overrides names {stem!r} twice (once as {STEM!r}): "
                          f"{overrides}")
     unknown = [name for name in resolved if name not in layers]
     if unknown:
-        raise ValueError(f"config.prune.overrides names {unknown}, not layers of "
-                         f"config.model={model_name!r} ({STEM!r} = its input layer); its "
+        raise ValueError(f"config.prune.overrides names {unknown}, not layers of the model "
+                         f"{model.describe()!r} ({STEM!r} = its input layer); its "
                          f"layers: {', '.join(sorted(layers))}")
     return resolved
 
@@ -134,7 +123,7 @@ def _final_recover_steps(config: ml_collections.ConfigDict, schedule: tuple) -> 
     return final
 
 
-def parse(config: ml_collections.ConfigDict) -> tuple[taco.TacoConfig, fit.FitConfig, Task]:
+def parse(config: ml_collections.ConfigDict) -> tuple[taco.TacoConfig, common.Source]:
     """Typed, validated configs from a config file; raises ValueError naming a bad value.
 
     Called before any work starts, so a typo fails in a second, not after training. Resolves
@@ -143,10 +132,10 @@ def parse(config: ml_collections.ConfigDict) -> tuple[taco.TacoConfig, fit.FitCo
     ``recover.steps`` as the whole recovery budget (the final step gets what the schedule
     leaves), the "stem" layer of ``prune.overrides``, ``generalist.steps`` 0 (the model's).
     """
-    generalist_config, task = common.parse_source(config)
+    src = common.parse_source(config)
     nm = isinstance(patterns.parse_pattern(config.prune.pattern), patterns.NM)
     schedule = _schedule(config, nm)
-    overrides = _resolve_layers(_overrides(config.prune.overrides), config.model)
+    overrides = _resolve_layers(_overrides(config.prune.overrides), src.model)
     prune = sequential.PruneConfig(**{**config.prune.to_dict(), "overrides": overrides,
                                       "allocation": _allocation(config, nm)})
     recover = common.fit_config(config.recover, config.seed,
@@ -167,7 +156,7 @@ def parse(config: ml_collections.ConfigDict) -> tuple[taco.TacoConfig, fit.FitCo
         if not 0 < s < 1:
             raise ValueError(f"config.sweep={tuple(config.sweep)}: every sparsity must be in "
                              f"(0, 1), got {s}")
-    return taco_config, generalist_config, task
+    return taco_config, src
 
 
 def run_taco(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
@@ -177,26 +166,27 @@ def run_taco(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> d
     the compressed model), masks.npz, export/ (BSR weights), stages/ (checkpoints: a rerun with
     the same config resumes), and with ``config.sweep`` sweep.json + sweep.png. Returns the report.
     """
-    taco_config, generalist_config, task = parse(config)
+    taco_config, src = parse(config)
     workdir = common.open_workdir(config, workdir)
     start = time.perf_counter()
-    model, gen_info, data = common.load_task_data(config, generalist_config, task)
+    model, model_info, data = common.load_task_data(config, src, workdir)
     pool_task, pool_info = common.parse_pool(config.pool), None
     if pool_task is not None:
         names = (pool_task.class_names(), list(data.class_names))
-        pool_x, pool_y = common.load_pool(pool_task, config.pool.task_class_fraction, names[1])
+        pool_x, pool_y = common.load_pool(pool_task, config.pool.task_class_fraction, names[1],
+                                          model.preprocess)
         data = dataclasses.replace(data, unlabelled_images=pool_x)
         pool_info = pool.composition(np.arange(len(pool_y)), pool_y, *names)
         logging.info("recovery pool (unlabelled): %s", pool_info)
     result = taco.compress(model, data, taco_config, workdir=workdir)
 
     report = result.report
-    report["model"] = config.model
+    report["model"] = src.model.describe()
     chosen = report["recovery_data"].get("pool_ids")
     if chosen is not None:
         pool_info["retrieved"] = pool.composition(np.asarray(chosen), pool_y, *names)
     report["recovery_pool"] = pool_info
-    report["generalist"] = {k: gen_info[k] for k in ("test_top1", "test_top5", "path")}
+    report["generalist"] = model_info
     report["environment"] = common.environment()
     checkpoint.save_state(workdir / "compressed", result.model)  # every process takes part
     if not distributed.is_main():

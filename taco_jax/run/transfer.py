@@ -19,14 +19,15 @@ from taco_jax.train import fit
 
 
 def parse(config: ml_collections.ConfigDict
-          ) -> tuple[transfer.TransferConfig, fit.FitConfig, Task, Task]:
-    """Typed, validated configs (transfer, generalist training, task, pool); raises ValueError
-    naming a bad value before any work starts."""
-    generalist_config, task = common.parse_source(config)
+          ) -> tuple[transfer.TransferConfig, common.Source, Task]:
+    """Typed, validated configs (transfer; the teacher, its recipe and the task; the pool);
+    raises ValueError naming a bad value before any work starts."""
+    src = common.parse_source(config)
     pool = common.parse_pool(config.pool)
     if pool is None:
         raise ValueError("config.pool.dataset is empty: transfer distils on a pool; set it to "
-                         f"{source.EMBEDDED!r}")
+                         f"{source.EMBEDDED!r}, a prepared tfds dataset or "
+                         f"{source.IMAGE_FOLDER!r} (with config.pool.data_dir)")
     finetune_teacher = (fit.FitConfig(steps=config.teacher_finetune_steps, seed=config.seed,
                                       **_without_steps(config.finetune))
                         if config.teacher_finetune_steps > 0 else None)
@@ -37,8 +38,9 @@ def parse(config: ml_collections.ConfigDict
         teacher_finetune=finetune_teacher,
         distill=fit.FitConfig(seed=config.seed, **config.distill.to_dict()),
         finetune=fit.FitConfig(seed=config.seed, **config.finetune.to_dict()),
-        baselines=tuple(config.baselines), latency_batch=config.latency_batch)
-    return cfg, generalist_config, task, pool
+        baselines=tuple(config.baselines), latency_batch=config.latency_batch,
+        adapt=config.adapt)
+    return cfg, src, pool
 
 
 def _without_steps(c: ml_collections.ConfigDict) -> dict:
@@ -49,12 +51,13 @@ def run_transfer(config: ml_collections.ConfigDict, workdir: str | os.PathLike) 
     """Distil the configured generalist into the configured student; write into ``workdir``:
     config.json, few_shot_ids.json, transfer_ids.json, student/ (orbax), stages/ (per-stage
     checkpoints: a rerun resumes after the last finished stage), report.json."""
-    cfg, generalist_config, task, pool_task = parse(config)
+    cfg, src, pool_task = parse(config)
     workdir = common.open_workdir(config, workdir)
     start = time.perf_counter()
-    model, gen_info, data = common.load_task_data(config, generalist_config, task)
+    model, model_info, data = common.load_task_data(config, src, workdir)
     pool_names, task_names = pool_task.class_names(), list(data.class_names)
-    pool_x, pool_y = common.load_pool(pool_task, config.pool.task_class_fraction, task_names)
+    pool_x, pool_y = common.load_pool(pool_task, config.pool.task_class_fraction, task_names,
+                                      model.preprocess)
     data = dataclasses.replace(data, unlabelled_images=pool_x)
     result = transfer.compress(model, data, cfg, workdir=workdir)
     report = result.report
@@ -67,9 +70,9 @@ def run_transfer(config: ml_collections.ConfigDict, workdir: str | os.PathLike) 
     if cfg.transfer_set in ("retrieval", "pool"):
         report["transfer"]["composition"][cfg.transfer_set] = pool.composition(
             transfer_ids, pool_y, pool_names, task_names)
-    report["model"] = config.model
+    report["model"] = src.model.describe()
     report["student"] = config.student
-    report["generalist"] = {k: gen_info[k] for k in ("test_top1", "test_top5", "path")}
+    report["generalist"] = model_info
     report["environment"] = common.environment()
     report["seconds"]["total"] = time.perf_counter() - start
     common.write_json(workdir / "few_shot_ids.json", report["task"]["few_shot_ids"])

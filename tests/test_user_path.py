@@ -1,0 +1,163 @@
+"""A user's own model and images through the launchers, at smoke scale: a converted checkpoint
+(3-channel, 32 px, its own eval recipe) and a flat image folder of mixed sizes and modes, with
+no TensorFlow and no embedded data involved."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import pytest
+from flax import nnx
+
+from configs.dcvit import demo as dcvit_demo
+from configs.taco import demo as taco_demo
+from configs.transfer import demo as transfer_demo
+from taco_jax import convert, models
+from taco_jax.data import folder
+from taco_jax.models.preprocess import Preprocess
+from taco_jax.run import common
+from taco_jax.run import dcvit as dcvit_run
+from taco_jax.run import taco as taco_run
+from taco_jax.run import transfer as transfer_run
+
+ROOT = Path(__file__).resolve().parents[1]
+CLASSES = ("maple", "oak", "pine")
+PER_CLASS = 15  # 12 train, 3 test after the flat folder's 80/20 split
+# The checkpoint's own recipe: resize the shorter side to 36, center-crop 32, bicubic.
+RECIPE = Preprocess(32, 36, "bicubic", (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory) -> Path:
+    """root/<class>/<i>.<ext>: each class a dominant colour, sizes from 30x41 to 80x52, RGB,
+    grey, RGBA and palette PNGs and JPEGs."""
+    root = tmp_path_factory.mktemp("leaves")
+    rng = np.random.default_rng(0)
+    modes = [("RGB", "png"), ("L", "png"), ("RGBA", "png"), ("P", "png"), ("RGB", "jpg")]
+    for c, name in enumerate(CLASSES):
+        (root / name).mkdir()
+        for i in range(PER_CLASS):
+            h, w = 30 + 3 * i, 41 + (7 * i) % 40
+            image = rng.integers(0, 80, (h, w, 3), dtype=np.uint8)
+            image[..., c] += 150
+            mode, ext = modes[i % len(modes)]
+            PIL.Image.fromarray(image).convert(mode).save(root / name / f"{i:02d}.{ext}")
+    folder.scan.cache_clear()
+    return root
+
+
+def _checkpoint(directory: Path, arch: str, labels=None, **overrides) -> Path:
+    model = models.create(arch, num_classes=6, rngs=nnx.Rngs(1), **overrides)
+    model.preprocess = RECIPE
+    spec = convert.ModelSpec(arch, 6, overrides)
+    return convert.save_checkpoint(model, spec, directory, labels=labels)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    return _checkpoint(tmp_path_factory.mktemp("ckpt") / "resnet", "resnet_mini", in_chans=3,
+                       img_size=32)
+
+
+def _user_config(config, checkpoint: Path, image_folder: Path):
+    config.model.checkpoint = str(checkpoint)
+    config.task.dataset = "image_folder"
+    config.task.data_dir = str(image_folder)
+    config.task.classes = ()
+    return config
+
+
+def test_task_images_go_through_the_checkpoints_recipe(checkpoint, image_folder, tmp_path):
+    """Every image is resized, cropped and converted to the model's 3 channels as its recipe
+    says; without labels in the checkpoint the teacher is a linear probe."""
+    config = _user_config(taco_demo.get_config("runlocal"), checkpoint, image_folder)
+    src = common.parse_source(config)
+    assert src.model.arch == "resnet_mini" and src.model.labels is None
+    model, info, data = common.load_task_data(config, src, tmp_path)
+    assert model.preprocess == RECIPE and info["path"] == str(checkpoint)
+    assert data.class_names == CLASSES and data.class_ids is None
+    assert data.train_images.shape == (36, 32, 32, 3) and data.test_images.shape == (9, 32, 32, 3)
+    manifest = json.loads((tmp_path / "task_files.json").read_text())
+    assert manifest["held_out"] == {"fraction": 0.2, "seed": 0}
+    # Test image 0 by hand: PIL's own bicubic resize of the shorter side to 36, then the crop.
+    files = folder.scan(str(image_folder)).splits["test"][0]
+    with PIL.Image.open(files[0]) as im:
+        im = im.convert("RGB")
+        w, h = im.size
+        size = (36, int(36 * h / w)) if w <= h else (int(36 * w / h), 36)
+        ref = np.asarray(im.resize(size, PIL.Image.BICUBIC), np.int32)
+    top, left = round((ref.shape[0] - 32) / 2), round((ref.shape[1] - 32) / 2)
+    diff = np.abs(data.test_images[0].astype(np.int32) - ref[top:top + 32, left:left + 32])
+    assert diff.max() <= 1  # rounding of PIL's fixed-point arithmetic
+
+
+def test_checkpoint_labels_restrict_the_classifier_by_name(image_folder, tmp_path):
+    labels = ("birch", "pine", "cedar", "maple", "fir", "oak")
+    ckpt = _checkpoint(tmp_path / "named", "resnet_mini", labels=labels, in_chans=3,
+                       img_size=32)
+    config = _user_config(taco_demo.get_config("runlocal"), ckpt, image_folder)
+    src = common.parse_source(config)
+    assert src.model.labels == labels
+    _, _, data = common.load_task_data(config, src, tmp_path)
+    np.testing.assert_array_equal(data.class_ids, [3, 5, 1])  # maple, oak, pine
+
+
+def test_bad_checkpoint_and_folder_are_named_before_work(tmp_path, image_folder):
+    config = taco_demo.get_config("runlocal")
+    config.model.checkpoint = str(tmp_path / "nowhere")
+    with pytest.raises(ValueError, match=r"config.model.checkpoint=.*nowhere.*no model.json"):
+        taco_run.parse(config)
+    config = taco_demo.get_config("runlocal")
+    config.task.dataset, config.task.data_dir = "image_folder", str(tmp_path / "empty")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match=r"config.task \(dataset='image_folder'.*empty"):
+        taco_run.parse(config)
+    config.task.data_dir, config.task.classes = str(image_folder), ("maple", "palm")
+    with pytest.raises(ValueError, match="class 'palm' is not in 'image_folder'"):
+        taco_run.parse(config)
+
+
+def test_launch_taco_checkpoint_and_image_folder(checkpoint, image_folder, tmp_path):
+    """The launcher end to end on the user's inputs; the report names them."""
+    workdir = tmp_path / "run"
+    out = subprocess.run(
+        [sys.executable, "-m", "launch.taco", "--config=configs/taco/demo.py:runlocal",
+         f"--config.model.checkpoint={checkpoint}", "--config.task.dataset=image_folder",
+         f"--config.task.data_dir={image_folder}", "--config.task.classes=()",
+         "--config.schedule=()", "--config.recover.steps=4", "--config.baselines=()",
+         "--config.latency_batch=2", f"--workdir={workdir}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = json.loads((workdir / "report.json").read_text())
+    assert report["model"] == str(checkpoint) and report["generalist"]["arch"] == "resnet_mini"
+    assert report["task"]["classes"] == list(CLASSES) and report["task"]["test_images"] == 9
+    assert report["adapt"]["method"] == "linear_probe"
+    assert report["sparsity"]["pruned_layers"]["sparsity"] == pytest.approx(0.9, abs=0.01)
+    assert (workdir / "task_files.json").exists() and (workdir / "compressed").is_dir()
+
+
+def test_dcvit_on_a_vit_checkpoint_and_image_folder(image_folder, tmp_path):
+    ckpt = _checkpoint(tmp_path / "vit", "vit_mini", in_chans=3, img_size=32)
+    config = _user_config(dcvit_demo.get_config("runlocal"), ckpt, image_folder)
+    config.shots = 4
+    config.then_prune.sparsity, config.baseline_drop_blocks = 0.0, 0
+    config.recover.steps, config.latency.batch = 3, 2
+    report = dcvit_run.run_dcvit(config, tmp_path / "run")
+    assert report["model"] == str(ckpt) and report["task"]["classes"] == list(CLASSES)
+    assert report["compressed"]["params"] < report["dense"]["params"]
+
+
+def test_transfer_from_a_checkpoint_with_an_image_folder_pool(checkpoint, image_folder,
+                                                              tmp_path):
+    config = _user_config(transfer_demo.get_config("runlocal"), checkpoint, image_folder)
+    config.pool.dataset, config.pool.data_dir = "image_folder", str(image_folder)
+    config.shots, config.transfer_size, config.baselines = 4, 10, ()
+    config.distill.steps, config.finetune.steps, config.latency_batch = 3, 2, 2
+    config.student_overrides = {"widths": (8, 16, 32), "layers": (1, 1, 1), "in_chans": 3,
+                                "img_size": 32}
+    report = transfer_run.run_transfer(config, tmp_path / "run")
+    assert report["model"] == str(checkpoint) and report["adapt"]["method"] == "linear_probe"
+    assert report["task"]["classes"] == list(CLASSES)
