@@ -12,8 +12,9 @@ other fields (``schedule="auto"``: the schedule_levels below the target sparsity
 layer; ``generalist.steps=0``: the model's recipe) are resolved by ``run.taco.parse`` before any
 work (configs/taco/demo.py documents each).
 
-Writes config.json, few_shot_ids.json, report.json, compressed/, masks.npz, export/ and stages/
-into --workdir (and sweep.json + sweep.png with --config.sweep). Rerunning the same command after
+Writes config.json, few_shot_ids.json, report.json, compressed/, specialist/ (rebuilt by
+``python -m launch.evaluate --workdir=...``), masks.npz, export/ and stages/ into --workdir
+(and sweep.json + sweep.png with --config.sweep). Rerunning the same command after
 an interruption resumes from the last finished stage (or pruned layer group).
 
   python -m launch.taco --workdir=runs/sweep --config.sweep='(0.5,0.75,0.95)'

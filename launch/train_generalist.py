@@ -17,7 +17,7 @@ from taco_jax.run import taco
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", "configs/taco/demo.py",
-    "TACO config file[:variant]; its `model` and `generalist` fields are the recipe.")
+    "TACO config file[:variant]; its `model.name` and `generalist` fields are the recipe.")
 _OUT = flags.DEFINE_string(
     "out", None, "Directory to store the checkpoint in (taco_jax/assets for the shipped one).")
 flags.mark_flag_as_required("out")
@@ -27,10 +27,13 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     try:
-        _, generalist_config, task = taco.parse(_CONFIG.value)
+        _, src = taco.parse(_CONFIG.value)
+        if src.model.checkpoint:
+            raise ValueError("config.model.checkpoint is set: a converted model is not an "
+                             "embedded generalist to train")
     except ValueError as e:
         raise app.UsageError(str(e)) from None
-    generalist.load_or_train(_CONFIG.value.model, generalist_config, data_dir=task.data_dir,
+    generalist.load_or_train(src.model.arch, src.generalist, data_dir=src.task.data_dir,
                              cache_dir=_OUT.value)
 
 

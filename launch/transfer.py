@@ -5,8 +5,9 @@
   python -m launch.transfer --config=configs/transfer/demo.py --config.distill.steps=2000 \\
       --workdir=runs/long
 
-Writes config.json, few_shot_ids.json, transfer_ids.json, stages/ (resumable), student/ and
-report.json into --workdir; rerunning with the same --workdir resumes after the last stage.
+Writes config.json, few_shot_ids.json, transfer_ids.json, stages/ (resumable), student/,
+specialist/ (rebuilt by ``python -m launch.evaluate``) and report.json into --workdir;
+rerunning with the same --workdir resumes after the last stage.
 """
 
 from absl import flags

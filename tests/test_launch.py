@@ -15,14 +15,17 @@ def _run(*args):
                           text=True, timeout=300)
 
 
-@pytest.mark.parametrize("module", ["launch.taco", "launch.train_generalist"])
-def test_help_lists_every_flag_with_a_sentence(module):
+@pytest.mark.parametrize("module, expected", [
+    ("launch.taco", ("--config", "--workdir", "Config file")),
+    ("launch.train_generalist", ("--config", "--out", "onfig file")),
+    ("launch.evaluate", ("--workdir", "--data_dir", "--split", "--predict", "--out")),
+])
+def test_help_lists_every_flag_with_a_sentence(module, expected):
     out = _run(module, "--helpshort")
     text = out.stdout  # absl prints help to stdout and exits with status 1
     assert out.returncode in (0, 1) and "Try --helpfull" in text, out.stderr
-    for flag in ("--config", "--workdir" if module == "launch.taco" else "--out"):
-        assert flag in text
-    assert "Config file" in text or "config file" in text
+    for word in expected:
+        assert word in text
 
 
 @pytest.mark.parametrize("variant, message", [
@@ -37,6 +40,11 @@ def test_bad_config_fails_before_work_and_writes_nothing(tmp_path, variant, mess
     assert out.returncode != 0
     assert message in out.stderr
     assert not workdir.exists()
+
+
+def test_evaluate_names_a_workdir_without_a_specialist(tmp_path):
+    out = _run("launch.evaluate", f"--workdir={tmp_path}")
+    assert out.returncode != 0 and f"{tmp_path} holds no specialist/" in out.stderr
 
 
 def test_overrides_take_dotted_layer_names_from_the_command_line(tmp_path):

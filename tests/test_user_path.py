@@ -2,6 +2,7 @@
 (3-channel, 32 px, its own eval recipe) and a flat image folder of mixed sizes and modes, with
 no TensorFlow and no embedded data involved."""
 
+import csv
 import json
 import subprocess
 import sys
@@ -16,9 +17,10 @@ from configs.dcvit import demo as dcvit_demo
 from configs.taco import demo as taco_demo
 from configs.transfer import demo as transfer_demo
 from taco_jax import convert, models
-from taco_jax.data import folder
+from taco_jax.data import folder, preprocess
+from taco_jax.export import specialist
 from taco_jax.models.preprocess import Preprocess
-from taco_jax.run import common
+from taco_jax.run import common, evaluate
 from taco_jax.run import dcvit as dcvit_run
 from taco_jax.run import taco as taco_run
 from taco_jax.run import transfer as transfer_run
@@ -136,7 +138,29 @@ def test_launch_taco_checkpoint_and_image_folder(checkpoint, image_folder, tmp_p
     assert report["task"]["classes"] == list(CLASSES) and report["task"]["test_images"] == 9
     assert report["adapt"]["method"] == "linear_probe"
     assert report["sparsity"]["pruned_layers"]["sparsity"] == pytest.approx(0.9, abs=0.01)
-    assert (workdir / "task_files.json").exists() and (workdir / "compressed").is_dir()
+    assert (workdir / "task_files.json").exists() and report["specialist"] == "specialist"
+
+    # The specialist comes back from the workdir alone: the report's top-1, exactly.
+    out = subprocess.run([sys.executable, "-m", "launch.evaluate", f"--workdir={workdir}"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    top1 = report["compressed"]["top1"]
+    assert f"specialist top-1 {top1:.2f}% on 9 images (test split); report.json: {top1:.2f}%" \
+        in out.stdout
+    assert evaluate.evaluate_workdir(workdir)["top1"] == top1
+    # ... classifies new images ...
+    n = evaluate.predict_folder(workdir, image_folder, tmp_path / "p.csv")
+    with open(tmp_path / "p.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert n == len(rows) == 3 * PER_CLASS and {r["class"] for r in rows} <= set(CLASSES)
+    model, meta = specialist.load_specialist(workdir / "specialist")
+    assert meta["labels"] == list(CLASSES) and model.preprocess == RECIPE
+    x = preprocess.to_input_size([folder.decode(Path(rows[0]["path"]))], RECIPE)
+    logits = np.asarray(model(preprocess.for_model(model)(x)))[0]
+    assert rows[0]["class"] == CLASSES[int(logits.argmax())]
+    # ... and is a model a new run starts from, its labels naming the task's classes.
+    config = _user_config(taco_demo.get_config("runlocal"), workdir / "specialist", image_folder)
+    assert common.parse_source(config).model.labels == CLASSES
 
 
 def test_dcvit_on_a_vit_checkpoint_and_image_folder(image_folder, tmp_path):
@@ -161,3 +185,4 @@ def test_transfer_from_a_checkpoint_with_an_image_folder_pool(checkpoint, image_
     report = transfer_run.run_transfer(config, tmp_path / "run")
     assert report["model"] == str(checkpoint) and report["adapt"]["method"] == "linear_probe"
     assert report["task"]["classes"] == list(CLASSES)
+    assert evaluate.evaluate_workdir(tmp_path / "run")["top1"] == report["compressed"]["top1"]

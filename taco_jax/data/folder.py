@@ -33,6 +33,20 @@ def _images_in(folder: Path) -> list[Path]:
                   and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
+def images_under(root: str | Path) -> list[Path]:
+    """Every image file under ``root``, recursively, sorted (hidden files and folders and other
+    suffixes skipped); ValueError naming ``root`` when it is not a folder or holds none."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise ValueError(f"{str(root)!r} is not a folder")
+    found = sorted(p for p in root.rglob("*") if p.is_file()
+                   and not any(part.startswith(".") for part in p.relative_to(root).parts)
+                   and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not found:
+        raise ValueError(f"{str(root)!r} holds no images (suffixes {sorted(IMAGE_SUFFIXES)})")
+    return found
+
+
 def _class_images(folder: Path, hint: str = "") -> list[Path]:
     """The images of a class folder; ValueError naming it when it holds none."""
     found = _images_in(folder)

@@ -21,6 +21,7 @@ from flax import nnx
 from taco_jax import convert, distributed, generalist, models
 from taco_jax.data import embedded, folder, pool, preprocess, source, subtasks
 from taco_jax.data.task import Task, TaskData
+from taco_jax.export import specialist
 from taco_jax.models.preprocess import Preprocess
 from taco_jax.train import fit
 
@@ -231,6 +232,29 @@ def open_workdir(config: ml_collections.ConfigDict, workdir: str | os.PathLike) 
         write_json(workdir / "config.json", resolved_config(config))
     distributed.barrier("workdir")
     return workdir
+
+
+def write_specialist(workdir: Path, model: nnx.Module, src: Source, class_names,
+                     method: str) -> str | None:
+    """``workdir/specialist``: the task model as a self-contained checkpoint
+    (``export.specialist``: rebuilt by ``load_specialist`` or ``launch.evaluate``); returns its
+    name, or None (said in the log) where it cannot be written: cut shapes, several processes."""
+    path = workdir / "specialist"
+    if path.exists():  # a resumed run that had written it
+        return path.name
+    if jax.process_count() > 1:
+        logging.info("specialist/ is written by single-process runs only; this run's model is "
+                     "compressed/ (orbax state)")
+        return None
+    try:
+        specialist.save_specialist(path, model, src.model.arch,
+                                   json.loads(src.model.overrides_json), class_names,
+                                   {"method": method, "model": src.model.describe(),
+                                    "workdir": str(workdir.absolute())})
+    except ValueError as e:
+        logging.info("specialist/ not written: %s", e)
+        return None
+    return path.name
 
 
 def environment() -> dict:

@@ -199,6 +199,8 @@ def run_taco(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> d
         (workdir / "export").mkdir(exist_ok=True)
         report["export"] = export.save_bsr(workdir / "export" / "bsr.npz",
                                            export.to_bsr(result.model, result.masks, block))
+    report["specialist"] = common.write_specialist(workdir, result.model, src, data.class_names,
+                                                   "taco")
     if config.sweep:
         report["sweep"] = sweep.run_sweep(model, data, taco_config, tuple(config.sweep),
                                           workdir / "sweep", report)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import time
 
@@ -80,6 +81,11 @@ def run_transfer(config: ml_collections.ConfigDict, workdir: str | os.PathLike) 
                                                      "ids": transfer_ids.tolist()})
     if not (workdir / "student").exists():
         checkpoint.save_state(workdir / "student", result.model)
+    student_src = dataclasses.replace(
+        src, model=common.ModelSource(config.student,
+                                      overrides_json=json.dumps(dict(config.student_overrides))))
+    report["specialist"] = common.write_specialist(workdir, result.model, student_src,
+                                                   data.class_names, "transfer")
     common.write_json(workdir / "report.json", report)
     _log_summary(report)
     return report
