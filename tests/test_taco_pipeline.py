@@ -181,3 +181,30 @@ def test_taco_config_rejects_unknown_adapt():
 def test_taco_config_rejects_unknown_baseline():
     with pytest.raises(ValueError, match=r"unknown baselines \['random'\]"):
         dataclasses.replace(taco.TacoConfig(), baselines=("random",))
+
+
+def test_task_agnostic_baseline_differs_from_taco_only_in_its_calibration_images(setup):
+    """Calibrated on the few-shot images themselves it is TACO, bit for bit; on other images
+    its masks differ; without generic images the report says it was skipped."""
+    model, data = setup
+    config = taco.TacoConfig(
+        shots=8, prune=sequential.PruneConfig(sparsity=0.8, allocation="global"),
+        recover=fit.FitConfig(steps=3, batch_size=8, kd_weight=1.0, ce_weight=0.0),
+        baselines=("task_agnostic",), latency_batch=0)
+    ids = taco.few_shot_indices(data.train_labels, 8, 0)
+    same = taco.compress(model, dataclasses.replace(data, generic_images=data.train_images[ids]),
+                         config).report
+    row = same["baselines"]["task_agnostic"]
+    assert row["calibration_images"] == 24 and row["compressed"] == same["compressed"]
+    assert row["sparsity"] == same["sparsity"]
+
+    others = np.setdiff1d(np.arange(len(data.train_labels)), ids)[:100]
+    other = taco.compress(model, dataclasses.replace(data,
+                                                     generic_images=data.train_images[others]),
+                          config).report
+    a, b = other["sparsity"]["per_layer"], other["baselines"]["task_agnostic"]["sparsity"]
+    assert a.keys() == b["per_layer"].keys() and a != b["per_layer"]  # other Hessians, levels
+    assert other["baselines"]["task_agnostic"]["calibration_images"] == 24
+
+    skipped = taco.compress(model, data, config).report["baselines"]["task_agnostic"]
+    assert skipped == {"skipped": "no generic images to calibrate on"}

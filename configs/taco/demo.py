@@ -153,8 +153,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # isolates the solver's weights); "magnitude_gmp": classical global magnitude
     # pruning, one |w| threshold over all layers (data-free); "magnitude_uniform": every layer
     # at the target (SparseGPT's baseline; not run by default); "dense_finetune": the dense
-    # teacher fine-tuned on the few-shot images for the same number of steps.
-    c.baselines = ("magnitude", "magnitude_gmp", "dense_finetune")
+    # teacher fine-tuned on the few-shot images for the same number of steps; "task_agnostic":
+    # TACO with its one-shot steps calibrated on as many generic images (the pool when
+    # configured, else the dataset's other classes) and the same recovery: TACO's claim that
+    # the task's own images calibrate better, measured.
+    c.baselines = ("magnitude", "magnitude_gmp", "dense_finetune", "task_agnostic")
     c.latency_batch = 64  # measured dense vs compressed latency on this device; 0 = skip
     c.sweep = ()  # extra sparsities for the accuracy-vs-compression plot, e.g. (0.5, 0.75, 0.95)
 

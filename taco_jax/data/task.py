@@ -205,6 +205,9 @@ class TaskData:
     # Task-agnostic images (M, H, W, C) uint8 the recovery also distils on (teacher logits only,
     # ``recover.unlabelled_share`` of every batch); None: the few-shot set alone.
     unlabelled_images: np.ndarray | None = None
+    # Generic images (G, H, W, C) uint8, not of the task's classes: the task-agnostic
+    # baseline's calibration set (TACO's claim: the task's own images calibrate better).
+    generic_images: np.ndarray | None = None
 
     def evaluate(self, model: nnx.Module) -> dict:
         """Top-1/top-5 (%) of ``model`` on the task's test split (data parallel over

@@ -44,12 +44,13 @@ from taco_jax.train import batchnorm, fit
 # layers (global magnitude pruning, GMP). The last two are data-free.
 MAGNITUDE_BASELINES = {"magnitude": None, "magnitude_uniform": "uniform",
                        "magnitude_gmp": "magnitude"}
-BASELINES = (*MAGNITUDE_BASELINES, "dense_finetune")
-DEFAULT_BASELINES = ("magnitude", "magnitude_gmp", "dense_finetune")
+BASELINES = (*MAGNITUDE_BASELINES, "dense_finetune", "task_agnostic")
+DEFAULT_BASELINES = ("magnitude", "magnitude_gmp", "dense_finetune", "task_agnostic")
 BASELINE_LABELS = {"magnitude": "magnitude, TACO's layer allocation",
                    "magnitude_uniform": "magnitude, uniform layer levels",
                    "magnitude_gmp": "global magnitude pruning (GMP)",
-                   "dense_finetune": "dense model fine-tuned on the few shots"}
+                   "dense_finetune": "dense model fine-tuned on the few shots",
+                   "task_agnostic": "TACO calibrated on generic images"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,12 +153,16 @@ def _calibration_batches(calib_x: np.ndarray, data: TaskData, config: TacoConfig
 
 
 def _prune_and_recover(teacher, calib_x, calib_y, data, config, method, allocation, store,
-                       tag):
+                       tag, solver_x=None):
     """Prune a copy of ``teacher`` (gradually if ``config.schedule``) with ``method`` at the
-    per-layer levels of ``allocation`` and recover it by KD; every step is a checkpointed stage.
-    Returns (student, masks, prune info, recovery info)."""
+    per-layer levels of ``allocation`` and recover it by KD on (``calib_x``, ``calib_y``);
+    every step is a checkpointed stage. ``solver_x``: the images the one-shot steps (Hessians,
+    error curves, BatchNorm re-estimation) see instead of ``calib_x`` (the task-agnostic
+    baseline). Returns (student, masks, prune info, recovery info)."""
     student = nnx.clone(teacher)
-    batches = _calibration_batches(calib_x, data, config)
+    solver_x = calib_x if solver_x is None else solver_x
+    what = "task" if solver_x is calib_x else "generic"
+    batches = _calibration_batches(solver_x, data, config)
     levels = (*config.schedule, config.prune.sparsity)
     history = []
     for k, sparsity in enumerate(levels):
@@ -176,7 +181,7 @@ def _prune_and_recover(teacher, calib_x, calib_y, data, config, method, allocati
                                             checkpoint_dir=_str(store.path(f"{tag}_prune{step}")),
                                             mesh=data.mesh)
             if config.reestimate_bn:
-                batchnorm.reestimate(student, calib_x, data.preprocess)
+                batchnorm.reestimate(student, solver_x, data.preprocess)
                 distributed.broadcast_model(student)  # every process ran it on its own
             pruned = data.evaluate(student)
             logging.info("%s after pruning to %.0f%%, before recovery: top-1 %.2f%%", tag,
@@ -190,8 +195,8 @@ def _prune_and_recover(teacher, calib_x, calib_y, data, config, method, allocati
             _replay_cuts(student, store.load(name)[1]["kept"], config)
         level = "" if ":" in str(prune_config.pattern) else f" at {sparsity:.0%}"  # N:M: fixed
         masks, pruned = store.run(name, f"{tag}: prune ({method}, {prune_config.pattern}"
-                               f"{level}, {prune_config.allocation} levels) on {len(calib_x)} "
-                               "task images", student, prune)
+                               f"{level}, {prune_config.allocation} levels) on {len(solver_x)} "
+                               f"{what} images", student, prune)
 
         def recover(masks=masks, recover_config=recover_config, step=step):
             fit.fit(student, calib_x, calib_y, recover_config, data.preprocess, teacher=teacher,
@@ -215,6 +220,31 @@ def _prune_and_recover(teacher, calib_x, calib_y, data, config, method, allocati
     pruned = dict(pruned, seconds=sum(h["prune_seconds"] for h in history), steps=history)
     recovered = dict(recovered, seconds=sum(h["recover_seconds"] for h in history))
     return student, masks, pruned, recovered
+
+
+def _task_agnostic(teacher, calib_x, calib_y, data: TaskData, config: TacoConfig, store,
+                   timings: dict) -> dict:
+    """TACO's central claim, measured: the same prune (method, allocation, schedule) with
+    the one-shot steps calibrated on as many generic images (``TaskData.generic_images``,
+    a seeded draw) as there are few-shot task images, then the same recovery on the task's
+    few shots. Skipped (said in the report) when the task data has no generic images."""
+    if data.generic_images is None or len(data.generic_images) == 0:
+        logging.info("task_agnostic baseline skipped: no generic images (TaskData."
+                     "generic_images; a run takes them from config.pool or the dataset's "
+                     "other classes)")
+        return {"skipped": "no generic images to calibrate on"}
+    rng = np.random.default_rng(config.seed)
+    n = min(len(calib_x), len(data.generic_images))
+    generic = data.generic_images[np.sort(rng.choice(len(data.generic_images), n,
+                                                     replace=False))]
+    model, masks, pruned, recovered = _prune_and_recover(
+        teacher, calib_x, calib_y, data, config, config.prune.method, config.prune.allocation,
+        store, "task_agnostic", solver_x=generic)
+    timings.update(task_agnostic_prune=pruned["seconds"],
+                   task_agnostic_recover=recovered["seconds"])
+    return {"compressed": recovered["accuracy"], "before_recovery": pruned["before_recovery"],
+            "calibration_images": n, "schedule": pruned["steps"],
+            "sparsity": compression.summarize(model, masks)}
 
 
 def _str(path: Path | None) -> str | None:
@@ -284,6 +314,9 @@ def compress(model: nnx.Module, data: TaskData, config: TacoConfig, *,
             "sparsity": compression.summarize(mag_model, mag_masks)}
         timings.update({f"{name}_prune": mag_pruned["seconds"],
                         f"{name}_recover": mag["seconds"]})
+    if "task_agnostic" in config.baselines:
+        report["baselines"]["task_agnostic"] = _task_agnostic(
+            teacher, calib_x, calib_y, data, config, store, timings)
     if "dense_finetune" in config.baselines:
         tuned = nnx.clone(teacher)
 

@@ -183,6 +183,24 @@ def load_pool(pool_task: Task, task_class_fraction: float, task_names: list[str]
     return x[kept], y[kept]
 
 
+def generic_images(task: Task, recipe: Preprocess, count: int, seed: int
+                   ) -> np.ndarray | None:
+    """About ``count`` train images (at the model's input, ``Task.load_resized``) of the task
+    dataset's other classes, an equal seeded share of each: the generic calibration set of the
+    task-agnostic baseline. None when the task already takes every class of its dataset."""
+    ids = set(task.source_class_ids().tolist())
+    others = tuple(i for i in range(len(source.class_names(task.dataset, task.data_dir)))
+                   if i not in ids)
+    if not others:
+        return None
+    rest = dataclasses.replace(task, classes=others)
+    x, _ = rest.load_resized(task.train_split, recipe, per_class=-(-count // len(others)),
+                             seed=seed)
+    logging.info("generic calibration images: %d of %d other classes of %s", len(x),
+                 len(others), task.dataset)
+    return x
+
+
 def write_json(path: Path, obj) -> None:
     """``obj`` as JSON at ``path``, atomically (a temporary file renamed into place)."""
     tmp = path.with_suffix(".tmp")

@@ -1,6 +1,7 @@
-"""Accuracy vs compression: TACO and the run's magnitude-pruning baselines (same schedule and
-recovery) at several sparsities, written as sweep.json and a PNG plot next to the dense teacher
-and the dense few-shot fine-tune.
+"""Accuracy vs compression: TACO and the run's pruned baselines (magnitude pruning; TACO
+calibrated on generic images, ``task_agnostic``; same schedule and recovery) at several
+sparsities, written as sweep.json and a PNG plot next to the dense teacher and the dense
+few-shot fine-tune.
 """
 
 from __future__ import annotations
@@ -16,15 +17,18 @@ from matplotlib.figure import Figure  # the OO API: no pyplot, no GUI backend
 
 from taco_jax.methods import taco
 
+# The baselines that are pruned models, one curve each in the sweep.
+CURVES = (*taco.MAGNITUDE_BASELINES, "task_agnostic")
+
 
 def run_sweep(model: nnx.Module, data: taco.TaskData, config: taco.TacoConfig,
               sparsities: tuple[float, ...], workdir: str | os.PathLike, main: dict) -> list[dict]:
-    """One TACO run per sparsity with the magnitude baselines of ``config.baselines`` (each
-    resumable in ``workdir/s<sparsity>``); the main run's report ``main`` adds its own point
+    """One TACO run per sparsity with the pruned baselines (``CURVES``) of ``config.baselines``
+    (each resumable in ``workdir/s<sparsity>``); the main run's report ``main`` adds its point
     and the dense references. Writes ``sweep.json`` and ``sweep.png`` next to ``workdir``;
     returns the points."""
     workdir = Path(workdir)
-    baselines = tuple(b for b in config.baselines if b in taco.MAGNITUDE_BASELINES)
+    baselines = tuple(b for b in config.baselines if b in CURVES)
     points = [_point(main)]
     for s in sparsities:
         if abs(s - config.prune.sparsity) < 1e-9:
@@ -49,7 +53,7 @@ def _point(report: dict) -> dict:
             "taco_top1": report["compressed"]["top1"],
             "baselines_top1": {name: b["compressed"]["top1"]
                                for name, b in report["baselines"].items()
-                               if name in taco.MAGNITUDE_BASELINES}}
+                               if name in CURVES and "compressed" in b}}
 
 
 def plot(points: list[dict], main: dict, path: str | os.PathLike) -> None:
@@ -58,7 +62,7 @@ def plot(points: list[dict], main: dict, path: str | os.PathLike) -> None:
     ax = fig.subplots()
     x = [p["compression"] for p in points]
     ax.plot(x, [p["taco_top1"] for p in points], "o-", label="TACO (second-order, task data)")
-    for name, marker in zip(taco.MAGNITUDE_BASELINES, "s^v", strict=True):
+    for name, marker in zip(CURVES, "s^vD", strict=True):
         mag = [(p["compression"], p["baselines_top1"][name]) for p in points
                if name in p["baselines_top1"]]
         if mag:

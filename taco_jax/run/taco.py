@@ -178,6 +178,11 @@ def run_taco(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> d
         data = dataclasses.replace(data, unlabelled_images=pool_x)
         pool_info = pool.composition(np.arange(len(pool_y)), pool_y, *names)
         logging.info("recovery pool (unlabelled): %s", pool_info)
+    if "task_agnostic" in taco_config.baselines:  # generic images: the pool, else other classes
+        generic = (pool_x if pool_task is not None else
+                   common.generic_images(src.task, model.preprocess,
+                                         taco_config.shots * len(data.class_names), config.seed))
+        data = dataclasses.replace(data, generic_images=generic)
     result = taco.compress(model, data, taco_config, workdir=workdir)
 
     report = result.report
@@ -217,7 +222,8 @@ def _log_summary(report: dict) -> None:
              report["compressed"]["top1"])]
     for name, b in report["baselines"].items():
         rows.append((f"baseline: {taco.BASELINE_LABELS[name]}",
-                     b["compressed"]["top1"] if "compressed" in b else b["top1"]))
+                     b["compressed"]["top1"] if "compressed" in b else b.get("top1")))
     width = max(len(label) for label, _ in rows)
-    lines = [f"{label:<{width}}  top-1 {acc:6.2f}%" for label, acc in rows]
+    lines = [f"{label:<{width}}  " + ("skipped" if acc is None else f"top-1 {acc:6.2f}%")
+             for label, acc in rows]
     logging.info("Summary:\n  %s", "\n  ".join(lines))
