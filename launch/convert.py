@@ -3,7 +3,12 @@
     python -m launch.convert --src=vit_small.safetensors --arch=vit_small_patch16_224 --out=ckpt/
 
 ``.safetensors`` and ``.npz`` are read without torch; ``.pth``/``.pt``/``.bin`` need torch. The
-classifier size is read from the checkpoint. On any mismatch (missing, unexpected or misshaped
+classifier size is read from the checkpoint. The eval recipe (size, resize, crop, interpolation,
+mean/std) and class names come from the metadata published beside ``--src`` when present (timm's
+``config.json`` ``pretrained_cfg``; Hugging Face's ``preprocessor_config.json`` and ``id2label``),
+else from ``--preprocess`` / ``--labels`` or the architecture's default; the log says which. With
+torch and timm installed, the converted logits are compared with timm's own model on random input
+and the largest difference printed. On any mismatch (missing, unexpected or misshaped
 tensors) the error lists each one and nothing is written to ``--out``.
 """
 
@@ -14,7 +19,7 @@ from pathlib import Path
 from absl import app, flags, logging
 
 from taco_jax import distributed
-from taco_jax.convert import convert_state_dict, load_state_dict, save_checkpoint
+from taco_jax.convert import convert_state_dict, load_state_dict, parity, recipe, save_checkpoint
 from taco_jax.convert.convert import NAMINGS
 from taco_jax.convert.state_dict import SUFFIXES
 from taco_jax.data import subtasks
@@ -29,7 +34,9 @@ flags.DEFINE_enum("naming", "auto", list(NAMINGS),
                   "Parameter names in --src: timm (also torchvision ResNets), hf (Hugging Face), "
                   "augreg (Google's JAX ViT .npz), or auto (told apart by the keys).")
 flags.DEFINE_enum("preprocess", None, list(PRESETS),
-                  "Eval preprocessing preset stored with the model (default: the arch's own).")
+                  "Eval preprocessing preset stored with the model, instead of the recipe in "
+                  "the metadata beside --src (timm config.json, HF preprocessor_config.json) "
+                  "or, without metadata, the arch's own.")
 flags.DEFINE_integer("num_classes", None, "Only for checkpoints without a classifier: size of "
                      "the new, zero-initialized one (otherwise read from --src).", lower_bound=1)
 flags.DEFINE_integer("img_size", None, "Input resolution to build for; ViT position embeddings "
@@ -38,7 +45,8 @@ flags.DEFINE_string("labels", None, "The class name of each classifier row, stor
                     "model so that a run restricts the classifier to a task's classes by name: "
                     "'imagenet1k' (the 1,000 ImageNet wnids in the standard order, as tfds "
                     "imagenet2012 and ImageNet-layout folders name them) or a text file with "
-                    "one name per line. Unset: a run fits a linear probe for its task.")
+                    "one name per line. Unset: the metadata's (timm label_names, HF id2label), "
+                    "else none (a run fits a linear probe for its task).")
 
 IMAGENET1K = "imagenet1k"
 
@@ -77,12 +85,26 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     overrides = {} if FLAGS.img_size is None else {"img_size": FLAGS.img_size}
-    labels = None if FLAGS.labels is None else read_labels(FLAGS.labels)
+    meta = recipe.read_source_metadata(FLAGS.src)
+    labels = read_labels(FLAGS.labels) if FLAGS.labels is not None else meta.labels
+    preprocess = FLAGS.preprocess or meta.recipe
+    if FLAGS.preprocess is None and meta.recipe is not None and FLAGS.img_size is not None:
+        preprocess = meta.recipe.at_size(FLAGS.img_size)
     sd = load_state_dict(FLAGS.src)
     logging.info("read %d tensors from %s", len(sd), FLAGS.src)
     model, spec = convert_state_dict(sd, FLAGS.arch, naming=FLAGS.naming,
-                                     preprocess=FLAGS.preprocess, num_classes=FLAGS.num_classes,
+                                     preprocess=preprocess, num_classes=FLAGS.num_classes,
                                      **overrides)
+    where = ("--preprocess" if FLAGS.preprocess else meta.found_in.get("recipe")
+             or f"the {FLAGS.arch} default: no config.json / preprocessor_config.json beside "
+                "--src, check it or pass --preprocess")
+    print(f"eval recipe from {where}: {model.preprocess}")
+    if labels is not None:
+        print(f"labels from {'--labels' if FLAGS.labels else meta.found_in['labels']}: "
+              f"{len(labels)} names")
+    max_diff = parity.timm_max_logit_diff(sd, FLAGS.arch, model)
+    if max_diff is not None:
+        print(f"parity with timm's {FLAGS.arch}: max |logit difference| {max_diff:.2e}")
     if labels is not None and len(labels) != spec.num_classes:
         raise app.UsageError(f"--labels={FLAGS.labels!r} has {len(labels)} names; the "
                              f"checkpoint's classifier has {spec.num_classes} rows")

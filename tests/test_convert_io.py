@@ -228,3 +228,36 @@ def test_cli_stores_labels_from_a_file_or_imagenet1k(tmp_path, cli):
         cli(f"--src={tmp_path / 'w.safetensors'}", "--arch=vit_mini",
             f"--out={tmp_path / 'out2'}", "--labels=imagenet1k")
     assert not (tmp_path / "out2").exists()
+
+
+def test_cli_takes_the_recipe_and_labels_from_timm_metadata_and_checks_parity(
+        tmp_path, cli, capsys):
+    """A timm hub download (model.safetensors + config.json): its own recipe, a 384 px input
+    kept at 384, its label names, and the logits checked against timm's model."""
+    st = pytest.importorskip("safetensors.torch")
+    from torchvision_standin import import_timm
+
+    try:
+        timm = import_timm()
+    except ImportError:
+        pytest.skip("timm is not installed (pip install --no-deps timm)")
+    ref = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=3,
+                            img_size=64)
+    st.save_file({k: v.contiguous() for k, v in ref.state_dict().items()},
+                 tmp_path / "model.safetensors")
+    cfg = {"input_size": [3, 64, 64], "crop_pct": 0.95, "interpolation": "bicubic",
+           "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "crop_mode": "center"}
+    (tmp_path / "config.json").write_text(json.dumps(
+        {"architecture": "vit_tiny_patch16_224", "num_classes": 3, "pretrained_cfg": cfg,
+         "label_names": ["ash", "birch", "cedar"]}))
+    cli(f"--src={tmp_path / 'model.safetensors'}", "--arch=vit_tiny_patch16_224",
+        f"--out={tmp_path / 'out'}")
+    meta = read_meta(tmp_path / "out")
+    assert meta["labels"] == ["ash", "birch", "cedar"]
+    assert meta["overrides"] == {"img_size": 64}  # the checkpoint's size, not the arch's 224
+    assert meta["preprocess"] == {"input_size": 64, "resize_size": 67, "interpolation": "bicubic",
+                                  "mean": [0.5] * 3, "std": [0.5] * 3, "resize_mode": "shorter"}
+    out = capsys.readouterr().out
+    assert f"eval recipe from {tmp_path / 'config.json'}" in out
+    diff = float(out.split("max |logit difference| ")[1].split()[0])
+    assert diff < 1e-4, out

@@ -79,6 +79,21 @@ def test_eval_transform_normalizes_and_skips_resampling_at_model_size():
 
 
 def test_crop_larger_than_resize_is_an_error():
-    with pytest.raises(ValueError, match="resize_size 20 is smaller than the crop 24"):
-        preprocess.resize_center_crop(*preprocess.pad_batch([np.zeros((30, 30, 3), np.uint8)]),
-                                      Preprocess(24, 20, "bilinear"))
+    with pytest.raises(ValueError, match="need 0 < input_size <= resize_size, got 24, 20"):
+        Preprocess(24, 20, "bilinear")
+    with pytest.raises(ValueError, match="resize_mode must be one of"):
+        Preprocess(24, 24, "bilinear", resize_mode="stretch")
+
+
+@pytest.mark.parametrize("interpolation", ["bicubic", "bilinear"])
+def test_squash_resize_matches_pil(interpolation):
+    """Hugging Face's ViT processor: both sides to the size (aspect not kept), then the crop."""
+    rng = np.random.default_rng(2)
+    p = Preprocess(40, 44, interpolation, resize_mode="squash")
+    images = [_smooth_image(rng, h, w) for h, w in SIZES]
+    out = np.asarray(preprocess.resize_center_crop(*preprocess.pad_batch(images), p))
+    for got, image in zip(out, images, strict=True):
+        ref = np.stack([np.asarray(PIL.Image.fromarray(image[..., c].astype(np.float32), "F")
+                                   .resize((44, 44), _PIL[interpolation]))
+                        for c in range(3)], -1).astype(np.float64)
+        np.testing.assert_allclose(got, np.clip(ref, 0, 255)[2:42, 2:42], atol=2e-3)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import numpy as np
@@ -14,7 +15,7 @@ from taco_jax.convert.hf_names import hf_to_timm, is_hf
 from taco_jax.convert.load import CheckpointMismatchError, load_state_dict_into, torch_layout
 from taco_jax.models import create, names
 from taco_jax.models.convnext import ConvNeXt
-from taco_jax.models.preprocess import PRESETS
+from taco_jax.models.preprocess import PRESETS, Preprocess
 from taco_jax.models.vit import VisionTransformer
 
 NAMINGS = ("auto", "timm", "hf", "augreg")
@@ -36,23 +37,26 @@ class ModelSpec:
 
 
 def convert_state_dict(sd: dict[str, np.ndarray], arch: str, *, naming: str = "auto",
-                       preprocess: str | None = None, num_classes: int | None = None,
+                       preprocess: str | Preprocess | None = None,
+                       num_classes: int | None = None,
                        **overrides) -> tuple[nnx.Module, ModelSpec]:
     """Build ``arch`` with the weights of ``sd``: timm / torchvision names, Hugging Face names
     (``hf``) or Google's JAX ViT ``.npz`` layout (``augreg``); ``auto`` tells them apart.
 
     The class count is read from the classifier weight. A checkpoint without a classifier (a
     backbone saved with ``num_classes=0``) needs ``num_classes``: the new classifier is
-    zero-initialized. ``preprocess`` names a preset of
-    ``taco_jax.models.PRESETS`` (default: the architecture's own). ``overrides`` go to
-    ``create`` (e.g. ``img_size=384``: the position embedding is resized to match).
+    zero-initialized. ``preprocess`` is the eval recipe: a Preprocess (e.g. read from the
+    checkpoint's metadata, ``convert.recipe``), a preset name of ``taco_jax.models.PRESETS``, or
+    None (the architecture's own). ``overrides`` go to ``create``. A ViT is built at the input
+    size of its recipe, else of the checkpoint's position grid (a 384 checkpoint stays 384);
+    ``img_size`` asks for another size (the position embedding is resized, and logged).
     The model is returned in eval mode (BatchNorm uses the running statistics).
     """
     if arch not in names():
         raise ValueError(f"unknown arch {arch!r}; valid: {', '.join(names())}")
     if naming not in NAMINGS:
         raise ValueError(f"naming must be one of {', '.join(NAMINGS)}, got {naming!r}")
-    if preprocess is not None and preprocess not in PRESETS:
+    if isinstance(preprocess, str) and preprocess not in PRESETS:
         raise ValueError(f"unknown preprocess preset {preprocess!r}; valid: {', '.join(PRESETS)}")
     probe = nnx.eval_shape(lambda: create(arch, num_classes=1))
     origin = None
@@ -64,15 +68,39 @@ def convert_state_dict(sd: dict[str, np.ndarray], arch: str, *, naming: str = "a
     elif naming == "augreg":
         sd, origin = augreg_to_timm(sd)
     num_classes = _num_classes(sd, arch, probe.head_name, num_classes)
+    if isinstance(probe, VisionTransformer) and "img_size" not in overrides:
+        size = (preprocess.input_size if isinstance(preprocess, Preprocess)
+                else _grid_size(sd, probe))
+        if size is not None and size != probe.preprocess.input_size:
+            logging.info("%s built at %d px (the checkpoint's %s)", arch, size,
+                         "recipe" if isinstance(preprocess, Preprocess) else "position grid")
+            overrides = {**overrides, "img_size": size}
     spec = ModelSpec(arch, num_classes, overrides)
     model = nnx.eval_shape(lambda: create(arch, num_classes=num_classes, **overrides))
     if f"{model.head_name}.weight" not in sd:
         sd = _with_zero_heads(model, sd)
     load_state_dict_into(model, sd, arch=arch, origin=origin)
-    if preprocess is not None:
+    if isinstance(preprocess, Preprocess):
+        if preprocess.input_size != model.preprocess.input_size and isinstance(
+                model, VisionTransformer):
+            raise ValueError(f"the recipe's input size {preprocess.input_size} differs from "
+                             f"the model's {model.preprocess.input_size} (img_size)")
+        model.preprocess = preprocess
+    elif preprocess is not None:
         model.preprocess = PRESETS[preprocess].at_size(model.preprocess.input_size)
     model.eval()
     return model, spec
+
+
+def _grid_size(sd: dict[str, np.ndarray], probe: VisionTransformer) -> int | None:
+    """The input size a ViT checkpoint's square position grid was trained at, if it has one."""
+    pos = sd.get("pos_embed")
+    if pos is None or np.ndim(pos) != 3:
+        return None
+    side = math.isqrt(pos.shape[1] - probe.num_prefix_tokens)
+    if side * side != pos.shape[1] - probe.num_prefix_tokens:
+        return None
+    return side * probe.patch_embed.proj.kernel_size[0]
 
 
 def _num_classes(sd: dict[str, np.ndarray], arch: str, head_name: str,

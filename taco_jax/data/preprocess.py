@@ -120,12 +120,14 @@ def pad_batch(images: Sequence[np.ndarray], multiple: int = PAD_MULTIPLE) -> tup
 
 
 def resize_center_crop(padded: np.ndarray, sizes: np.ndarray, p: Preprocess) -> jax.Array:
-    """Resize shorter side to ``p.resize_size`` + center crop ``p.input_size``²:
+    """Resize (``p.resize_mode``: shorter side, or both sides, to ``p.resize_size``) + center
+    crop ``p.input_size``²:
     padded (B, Hp, Wp, C) uint8 with true sizes (B, 2) -> (B, S, S, C) float32 in [0, 255]."""
     s = p.input_size
-    rh, rw = resized_shape(sizes[:, 0], sizes[:, 1], p.resize_size)
-    if np.any(rh < s) or np.any(rw < s):
-        raise ValueError(f"resize_size {p.resize_size} is smaller than the crop {s}")
+    if p.resize_mode == "squash":
+        rh = rw = np.full(len(sizes), p.resize_size, np.int64)
+    else:
+        rh, rw = resized_shape(sizes[:, 0], sizes[:, 1], p.resize_size)
     top, left = np.round((rh - s) / 2.0), np.round((rw - s) / 2.0)  # torchvision CenterCrop
     k_rows = num_taps(sizes[:, 0], rh, p.interpolation)
     k_cols = num_taps(sizes[:, 1], rw, p.interpolation)

@@ -12,21 +12,31 @@ from numpy.typing import ArrayLike
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 HALF = (0.5, 0.5, 0.5)
+RESIZE_MODES = ("shorter", "squash")
 
 
 @dataclasses.dataclass(frozen=True)
 class Preprocess:
-    """How a checkpoint's eval images were made: resize the shorter side to ``resize_size``
-    (``interpolation``), center-crop ``input_size``², scale to [0, 1], then ``(x - mean) / std``
-    per channel. Models take NHWC float32 images that already went through this."""
+    """How a checkpoint's eval images were made: resize (``resize_mode`` "shorter": the shorter
+    side to ``resize_size``, keeping the aspect, as timm / torchvision; "squash": both sides to
+    ``resize_size``, as Hugging Face's ViT processor) with ``interpolation``, center-crop
+    ``input_size``², scale to [0, 1], then ``(x - mean) / std`` per channel. Models take NHWC
+    float32 images that already went through this."""
 
     input_size: int
     resize_size: int
     interpolation: str = "bicubic"
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
+    resize_mode: str = "shorter"
 
     def __post_init__(self):
+        if self.resize_mode not in RESIZE_MODES:
+            raise ValueError(f"resize_mode must be one of {RESIZE_MODES}, got "
+                             f"{self.resize_mode!r}")
+        if not 0 < self.input_size <= self.resize_size:
+            raise ValueError(f"need 0 < input_size <= resize_size, got {self.input_size}, "
+                             f"{self.resize_size}")
         if self.interpolation not in ("bilinear", "bicubic", "nearest"):
             raise ValueError(f"interpolation must be bilinear, bicubic or nearest, "
                              f"got {self.interpolation!r}")
@@ -81,8 +91,9 @@ PRESETS: dict[str, Preprocess] = {
     "deit": from_crop_pct(224, 0.875, interpolation="bicubic"),
     # ConvNeXt (``convnext_*.fb_in1k``): crop_pct 0.875, bicubic, ImageNet mean/std.
     "convnext": from_crop_pct(224, 0.875, interpolation="bicubic"),
-    # Hugging Face ``google/vit-*``: resize straight to 224 (no crop), bilinear, mean = std = 0.5.
-    "hf_vit": Preprocess(224, 224, "bilinear", mean=HALF, std=HALF),
+    # Hugging Face ``google/vit-*``: both sides straight to 224 (no crop), bilinear,
+    # mean = std = 0.5.
+    "hf_vit": Preprocess(224, 224, "bilinear", mean=HALF, std=HALF, resize_mode="squash"),
     # The embedded 28×28 grayscale task: no resize, pixels in [0, 1] mapped to [-1, 1].
     "mini": Preprocess(28, 28, "bilinear", mean=(0.5,), std=(0.5,)),
 }
