@@ -3,6 +3,7 @@
 no TensorFlow and no embedded data involved."""
 
 import csv
+import importlib
 import json
 import subprocess
 import sys
@@ -186,3 +187,29 @@ def test_transfer_from_a_checkpoint_with_an_image_folder_pool(checkpoint, image_
     assert report["model"] == str(checkpoint) and report["adapt"]["method"] == "linear_probe"
     assert report["task"]["classes"] == list(CLASSES)
     assert evaluate.evaluate_workdir(tmp_path / "run")["top1"] == report["compressed"]["top1"]
+
+
+@pytest.mark.parametrize("family, arch, learning_rate", [
+    ("resnet50", "resnet50", 1e-4), ("vit_s16", "vit_small_patch16_224", 3e-5),
+    ("vit_b16", "vit_base_patch16_224", 3e-5), ("convnext_t", "convnext_tiny", 3e-5)])
+def test_family_configs_parse_for_a_checkpoint_of_their_family(family, arch, learning_rate,
+                                                                image_folder, tmp_path):
+    """Only the checkpoint and the folder are needed (no weights are read to parse); the cpu
+    variant is the small budget, and a missing checkpoint is named."""
+    module = importlib.import_module(f"configs.taco.{family}")
+    config = module.get_config("cpu")
+    with pytest.raises(ValueError, match=r"config\.model\.checkpoint is empty"):
+        taco_run.parse(config)
+    (tmp_path / "ckpt" / "state").mkdir(parents=True)
+    (tmp_path / "ckpt" / "model.json").write_text(json.dumps(
+        {"format": 1, "arch": arch, "num_classes": 1000, "overrides": {},
+         "preprocess": RECIPE.to_dict()}))
+    config.model.checkpoint, config.task.data_dir = str(tmp_path / "ckpt"), str(image_folder)
+    taco_config, src = taco_run.parse(config)
+    assert src.model.arch == arch and src.task.class_names() == list(CLASSES)
+    assert taco_config.recover.learning_rate == learning_rate
+    assert (taco_config.shots, taco_config.recover.steps, taco_config.schedule) == (16, 30, ())
+    assert taco_config.baselines == ("magnitude", "task_agnostic")
+    assert next(iter(taco_config.prune.overrides)) in ("conv1", "patch_embed.proj", "stem.0")
+    full, _ = taco_run.parse(_user_config(module.get_config(), tmp_path / "ckpt", image_folder))
+    assert full.recover.steps > taco_config.recover.steps and full.schedule

@@ -93,6 +93,9 @@ def parse_model(c: ml_collections.ConfigDict) -> ModelSource:
         return ModelSource(meta["arch"], str(Path(c.checkpoint).expanduser().absolute()),
                            None if labels is None else tuple(labels),
                            json.dumps(meta["overrides"], sort_keys=True))
+    if not c.name:
+        raise ValueError("config.model.checkpoint is empty: set it to a converted model "
+                         "directory (python -m launch.convert --out=DIR)")
     if c.name not in models.names():
         raise ValueError(f"config.model.name={c.name!r} is not a known model; valid: "
                          f"{', '.join(models.names())} (or set config.model.checkpoint to a "

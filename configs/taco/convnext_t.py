@@ -1,0 +1,14 @@
+"""TACO for a converted convnext_t checkpoint and your images (``configs/taco/pretrained.py``
+documents the fields; variant keys: cpu, pattern, sparsity, shots, seed).
+
+  python -m launch.taco --config=configs/taco/convnext_t.py:cpu \\
+      --config.model.checkpoint=ckpt/convnext_t --config.task.data_dir=~/my_task --workdir=runs/x
+"""
+
+import ml_collections
+
+from configs.taco import pretrained
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    return pretrained.get_config(",".join(filter(None, ["family=convnext", arg])))
