@@ -13,14 +13,14 @@ rerunning with the same --workdir resumes after the last stage.
 from absl import flags
 from ml_collections import config_flags
 
-from taco_jax import distributed
 from taco_jax.run import common
 from taco_jax.run import transfer as transfer_run
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", "configs/transfer/demo.py",
-    "Config file (ml_collections), optionally with a variant string: FILE:key=value,...; any "
-    "field can then be overridden with --config.FIELD=VALUE.", lock_config=True)
+    "config", common.shipped_config("transfer/demo.py"),
+    "Config file (ml_collections), optionally with a variant string: FILE:key=value,...; a "
+    "shipped config's name (configs/taco/resnet50.py) works from any directory; any field "
+    "can then be overridden with --config.FIELD=VALUE.", lock_config=True)
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Output directory for the report, the chosen ids and the checkpoints; an "
     "existing one is resumed.")
@@ -28,5 +28,5 @@ flags.mark_flag_as_required("workdir")
 
 
 if __name__ == "__main__":
-    distributed.run(common.launcher_main(_CONFIG, _WORKDIR, transfer_run.parse,
+    common.run_launcher(common.launcher_main(_CONFIG, _WORKDIR, transfer_run.parse,
                                       transfer_run.run_transfer))

@@ -153,3 +153,31 @@ def test_runlocal_killed_mid_run_resumes_to_the_same_report(tmp_path):
     assert taco >= magnitude + TACO_OVER_MAGNITUDE_MIN, (taco, magnitude)
     for key in ("dense", "compressed", "sparsity", "schedule", "baselines", "layers"):
         assert _results(a[key]) == _results(b[key]), key
+
+
+def test_launchers_and_shipped_configs_work_from_any_directory(tmp_path):
+    """After ``pip install`` the launchers are ``taco_jax.launch.*`` and a shipped config is
+    found by its name, whatever the working directory."""
+    workdir = tmp_path / "run"
+    out = subprocess.run([sys.executable, "-m", "taco_jax.launch.taco",
+                          "--config=configs/taco/resnet50.py:cpu", f"--workdir={workdir}"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert out.returncode != 0 and "config.model.checkpoint is empty" in out.stderr
+    assert not workdir.exists()
+    out = subprocess.run([sys.executable, "-m", "taco_jax.launch.dcvit", "--helpshort"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert "configs/dcvit/demo.py" in out.stdout, out.stderr[-2000:]
+
+
+def test_config_names_resolve_to_the_shipped_files(tmp_path, monkeypatch):
+    from taco_jax.run import common
+
+    monkeypatch.chdir(tmp_path)
+    shipped = common.CONFIGS_DIR / "taco" / "vit.py"
+    assert common.resolve_config_argv(
+        ["prog", "--config=configs/taco/vit.py:pattern=2:4", "--config.seed=1"]) == [
+        "prog", f"--config={shipped}:pattern=2:4", "--config.seed=1"]
+    assert common.resolve_config_argv(["p", "--config=taco/vit.py"]) == ["p", f"--config={shipped}"]
+    (tmp_path / "mine.py").write_text("")  # a file here wins; an unknown name is left alone
+    for arg in ("--config=mine.py", "--config=configs/taco/nope.py"):
+        assert common.resolve_config_argv([arg]) == [arg]

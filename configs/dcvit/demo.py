@@ -20,7 +20,7 @@ command line; ``taco_jax.run.dcvit.parse`` resolves the defaults that depend on 
 
 import ml_collections
 
-from configs.taco import demo as taco_demo
+from taco_jax.configs.taco import demo as taco_demo
 from taco_jax.config_variants import parse_variant
 
 # The sweep's DC-ViT family: (blocks without attention, kept MLP fraction per block), blocks in

@@ -17,7 +17,7 @@ diverged: loss 0.24 -> 311 in two steps), KD from the dense task teacher, flips 
 
 import ml_collections
 
-from configs.taco import demo
+from taco_jax.configs.taco import demo
 from taco_jax.config_variants import parse_variant
 
 # Recovery learning rate per family: pretrained ViTs and ConvNeXts want smaller steps.

@@ -7,7 +7,7 @@ documents the fields; variant keys: cpu, pattern, sparsity, shots, seed).
 
 import ml_collections
 
-from configs.taco import pretrained
+from taco_jax.configs.taco import pretrained
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

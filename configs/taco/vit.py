@@ -11,7 +11,7 @@ Variant keys: as ``demo.py``, whose fields and their resolution (``schedule="aut
 
 import ml_collections
 
-from configs.taco import demo
+from taco_jax.configs.taco import demo
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -17,7 +17,7 @@ teacher, whose ``generalist.steps`` 0 = the model's default, resolved by
 
 import ml_collections
 
-from configs.taco import demo as taco_demo
+from taco_jax.configs.taco import demo as taco_demo
 from taco_jax.config_variants import parse_variant
 
 

@@ -9,6 +9,7 @@ import functools
 import json
 import os
 import platform
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -217,6 +218,40 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: str | os.PathLike)
     if path.exists() and json.loads(path.read_text()) != resolved_config(config):
         raise ValueError(f"{workdir} holds a run of a different config ({path}); resume with "
                          "the same config or use a new --workdir")
+
+
+# The shipped configs: ``configs/`` of a checkout, ``taco_jax/configs`` of an installed package
+# (taco_jax/configs links to the checkout's folder).
+CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+
+def shipped_config(relative: str) -> str:
+    """The absolute path of a shipped config, e.g. ``shipped_config("taco/demo.py")``: a
+    launcher's default, valid from any working directory."""
+    return str(CONFIGS_DIR / relative)
+
+
+def resolve_config_argv(argv: list[str]) -> list[str]:
+    """``argv`` with each ``--config=PATH[:variant]`` whose PATH is not a file here but names a
+    shipped config (``configs/taco/demo.py`` or ``taco/demo.py``) pointed at that file, so the
+    README's commands work from any directory after ``pip install``."""
+    out = []
+    for arg in argv:
+        if arg.startswith("--config="):
+            path, sep, variant = arg[len("--config="):].partition(":")
+            if not Path(path).expanduser().exists():
+                name = path.removeprefix("configs/")
+                if (CONFIGS_DIR / name).is_file():
+                    arg = f"--config={CONFIGS_DIR / name}{sep}{variant}"
+        out.append(arg)
+    return out
+
+
+def run_launcher(main: Callable[[list[str]], None]) -> None:
+    """Run a launcher's absl ``main`` (``distributed.run``) with ``--config`` names resolved
+    (``resolve_config_argv``)."""
+    sys.argv[:] = resolve_config_argv(sys.argv)
+    distributed.run(main)
 
 
 def launcher_main(config_flag, workdir_flag, parse: Callable, work: Callable
