@@ -4,6 +4,7 @@
 import importlib.util
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 import PIL.Image
@@ -93,6 +94,15 @@ def _check_task(task, written, split="test"):
 
 def test_prepared_array_record_builder_without_tensorflow_path(array_record_dir, files):
     task = Task("files_builder", ("dog", "owl", "cat"), array_record_dir)
+    assert task.split("test").random_access
+    _check_task(task, files[1])
+
+
+def test_builder_directory_by_path_needs_no_builder_code(array_record_dir, files):
+    """A prepared dataset named by its builder directory (no registered builder class)."""
+    directory = next(Path(array_record_dir).glob("files_builder/*/dataset_info.json")).parent
+    source.open_split.cache_clear()
+    task = Task(str(directory), ("dog", "owl", "cat"))
     assert task.split("test").random_access
     _check_task(task, files[1])
 

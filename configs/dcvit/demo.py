@@ -20,8 +20,8 @@ command line; ``taco_jax.run.dcvit.parse`` resolves the defaults that depend on 
 
 import ml_collections
 
-from taco_jax.configs.taco import demo as taco_demo
 from taco_jax.config_variants import parse_variant
+from taco_jax.configs.taco import demo as taco_demo
 
 # The sweep's DC-ViT family: (blocks without attention, kept MLP fraction per block), blocks in
 # the few-shot ranking's order (least sensitive first). A nested chain of MLP-width cuts, two

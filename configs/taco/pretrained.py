@@ -17,8 +17,8 @@ diverged: loss 0.24 -> 311 in two steps), KD from the dense task teacher, flips 
 
 import ml_collections
 
-from taco_jax.configs.taco import demo
 from taco_jax.config_variants import parse_variant
+from taco_jax.configs.taco import demo
 
 # Recovery learning rate per family: pretrained ViTs and ConvNeXts want smaller steps.
 LEARNING_RATE = {"resnet": 1e-4, "vit": 3e-5, "convnext": 3e-5}

@@ -17,8 +17,8 @@ teacher, whose ``generalist.steps`` 0 = the model's default, resolved by
 
 import ml_collections
 
-from taco_jax.configs.taco import demo as taco_demo
 from taco_jax.config_variants import parse_variant
+from taco_jax.configs.taco import demo as taco_demo
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -3,8 +3,9 @@
 Three kinds of source, one interface (``Split``):
 
 * a prepared tfds dataset in **array_record** format (and the embedded default
-  ``taco_embedded``, prepared on first use): random access through ``tfds.data_source``, no
-  TensorFlow. ``tfds.features.Image`` bytes are decoded with PIL in a thread pool.
+  ``taco_embedded``, prepared on first use), by name or by the path of its builder directory:
+  random access through ``tfds.data_source``, no TensorFlow. ``tfds.features.Image`` bytes
+  are decoded with PIL in a thread pool.
 * a prepared tfds dataset in **tfrecord** format (tfds's default, e.g. most ``imagenet2012``
   preparations): read sequentially with ``builder.as_dataset``, which needs TensorFlow
   (``pip install 'taco-jax[images]'``).
@@ -56,7 +57,10 @@ def _folder_root(data_dir: str | None) -> str:
 
 
 def builder(name: str, data_dir: str | None = None) -> tfds.core.DatasetBuilder:
-    """The tfds builder of a prepared dataset (preparing ``taco_embedded`` if needed)."""
+    """The tfds builder of a prepared dataset (preparing ``taco_embedded`` if needed): a
+    registered name under ``data_dir``, or the path of a prepared builder directory (the
+    folder holding ``dataset_info.json``, e.g. ``~/tensorflow_datasets/my_set/1.0.0``: no
+    builder code needed)."""
     _check_data_dir(data_dir)
     if name == IMAGE_FOLDER:
         raise ValueError("an image folder has no tfds builder: it is read by data.folder")
@@ -66,6 +70,8 @@ def builder(name: str, data_dir: str | None = None) -> tfds.core.DatasetBuilder:
             logging.info("Preparing the embedded dataset under %s (once).", b.data_dir)
             b.download_and_prepare()
         return b
+    if (Path(name).expanduser() / "dataset_info.json").is_file():  # a prepared builder directory
+        return tfds.builder_from_directory(str(Path(name).expanduser()))
     try:
         b = tfds.builder(name, data_dir=data_dir)
     except tfds.core.registered.DatasetNotFoundError as e:
