@@ -34,10 +34,13 @@ CONFIGS = {
     "configs/taco/pretrained.py": (taco_run, ["", "cpu", "family=vit", "family=convnext,cpu"]),
     **{f"configs/taco/{name}.py": (taco_run, ["", "cpu", "cpu,sparsity=0.5"])
        for name in ("resnet50", "vit_s16", "vit_b16", "convnext_t")},
+    "configs/dcvit/pretrained.py": (dcvit_run, ["", "cpu", "depth=6,attn_blocks=1"]),
+    **{f"configs/dcvit/{name}.py": (dcvit_run, ["", "cpu", "cpu,mlp_keep=0.5"])
+       for name in ("vit_s16", "vit_b16")},
 }
 
 
-def _fake_checkpoint() -> str:
+def _fake_checkpoint(arch: str) -> str:
     """A converted-checkpoint directory with only model.json and an empty state/: all a parse
     reads (no weights)."""
     import json
@@ -48,7 +51,7 @@ def _fake_checkpoint() -> str:
     root = Path(tempfile.mkdtemp(prefix="fake-ckpt-"))
     (root / "state").mkdir()
     (root / "model.json").write_text(json.dumps(
-        {"format": 1, "arch": "resnet50", "num_classes": 1000, "overrides": {},
+        {"format": 1, "arch": arch, "num_classes": 1000, "overrides": {},
          "preprocess": PRESETS["timm_resnet"].to_dict()}))
     return str(root)
 
@@ -63,10 +66,11 @@ def base_args(path: str) -> list[str]:
     if Path(path).stem not in ("pretrained", "resnet50", "vit_s16", "vit_b16", "convnext_t"):
         return []
     if _FAMILY_ARGS is None:
-        _FAMILY_ARGS = [f"--config.model.checkpoint={_fake_checkpoint()}",
-                        "--config.task.dataset=taco_embedded",
-                        "--config.task.classes=('cat','dog')"]
-    return _FAMILY_ARGS
+        _FAMILY_ARGS = {arch: [f"--config.model.checkpoint={_fake_checkpoint(arch)}",
+                               "--config.task.dataset=taco_embedded",
+                               "--config.task.classes=('cat','dog')"]
+                        for arch in ("resnet50", "vit_small_patch16_224")}
+    return _FAMILY_ARGS["vit_small_patch16_224" if "dcvit" in path else "resnet50"]
 CASES = [(path, variant) for path, (_, variants) in CONFIGS.items() for variant in variants]
 
 

@@ -1,0 +1,14 @@
+"""DC-ViT for a converted vit_s16 checkpoint and your images (``configs/dcvit/pretrained.py``
+documents the fields; variant keys: cpu, attn_blocks, mlp_keep, shots, seed).
+
+  python -m launch.dcvit --config=configs/dcvit/vit_s16.py:cpu \\
+      --config.model.checkpoint=ckpt/vit_s16 --config.task.data_dir=~/my_task --workdir=runs/x
+"""
+
+import ml_collections
+
+from taco_jax.configs.dcvit import pretrained
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    return pretrained.get_config(",".join(filter(None, ["depth=12", arg])))
