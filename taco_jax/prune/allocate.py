@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 from flax import nnx
+from tqdm.auto import tqdm
 
 from taco_jax import distributed
 from taco_jax.models.paths import get_layer
@@ -140,7 +141,8 @@ def error_curves(model, batches, names: Sequence[str], pattern, grid: Sequence[f
             images = np.concatenate([np.asarray(x) for x in batches])
     solve = dict(blocksize=blocksize, percdamp=percdamp, method=method, mesh=mesh)
     out = {}
-    for n in names:
+    for n in tqdm(names, desc=f"allocation: {measure} error curves", unit="layer",
+                  mininterval=2.0):
         layer = get_layer(model, n)
         kernel = layer.kernel.get_value()
         errs = []
