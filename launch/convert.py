@@ -41,6 +41,9 @@ flags.DEFINE_integer("num_classes", None, "Only for checkpoints without a classi
                      "the new, zero-initialized one (otherwise read from --src).", lower_bound=1)
 flags.DEFINE_integer("img_size", None, "Input resolution to build for; ViT position embeddings "
                      "are resized to it (default: the arch's own).", lower_bound=1)
+flags.DEFINE_bool("ema", True, "From a training checkpoint holding both raw and EMA weights "
+                  "(state_dict / state_dict_ema), read the EMA ones; --noema reads the raw ones. "
+                  "The log says which were read.")
 flags.DEFINE_string("labels", None, "The class name of each classifier row, stored with the "
                     "model so that a run restricts the classifier to a task's classes by name: "
                     "'imagenet1k' (the 1,000 ImageNet wnids in the standard order, as tfds "
@@ -90,7 +93,7 @@ def main(argv: list[str]) -> None:
     preprocess = FLAGS.preprocess or meta.recipe
     if FLAGS.preprocess is None and meta.recipe is not None and FLAGS.img_size is not None:
         preprocess = meta.recipe.at_size(FLAGS.img_size)
-    sd = load_state_dict(FLAGS.src)
+    sd = load_state_dict(FLAGS.src, ema=FLAGS.ema)
     logging.info("read %d tensors from %s", len(sd), FLAGS.src)
     model, spec = convert_state_dict(sd, FLAGS.arch, naming=FLAGS.naming,
                                      preprocess=preprocess, num_classes=FLAGS.num_classes,

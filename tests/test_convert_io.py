@@ -261,3 +261,24 @@ def test_cli_takes_the_recipe_and_labels_from_timm_metadata_and_checks_parity(
     assert f"eval recipe from {tmp_path / 'config.json'}" in out
     diff = float(out.split("max |logit difference| ")[1].split()[0])
     assert diff < 1e-4, out
+
+
+def test_foreign_layouts_are_named_in_one_line():
+    tv_vit = {"class_token": np.zeros((1, 1, 8)), "conv_proj.weight": np.zeros((8, 3, 4, 4)),
+              "encoder.layers.encoder_layer_0.ln_1.weight": np.zeros(8),
+              "heads.head.weight": np.zeros((2, 8))}
+    with pytest.raises(CheckpointMismatchError, match="torchvision VisionTransformer") as e:
+        convert_state_dict(tv_vit, "vit_mini")
+    assert len(e.value.problems) == 1  # not one line per missing tensor
+    tv_convnext = {"features.0.0.weight": np.zeros((8, 3, 4, 4)),
+                   "classifier.2.weight": np.zeros((2, 8))}
+    with pytest.raises(CheckpointMismatchError, match="torchvision ConvNeXt"):
+        convert_state_dict(tv_convnext, "convnext_tiny")
+
+
+def test_training_checkpoint_gives_ema_weights_unless_asked(tmp_path):
+    torch = pytest.importorskip("torch")
+    raw, ema = {"w": torch.zeros(2)}, {"w": torch.ones(2)}
+    torch.save({"state_dict": raw, "state_dict_ema": ema, "epoch": 3}, tmp_path / "c.pth")
+    np.testing.assert_array_equal(load_state_dict(tmp_path / "c.pth")["w"], [1, 1])
+    np.testing.assert_array_equal(load_state_dict(tmp_path / "c.pth", ema=False)["w"], [0, 0])

@@ -59,6 +59,9 @@ def convert_state_dict(sd: dict[str, np.ndarray], arch: str, *, naming: str = "a
     if isinstance(preprocess, str) and preprocess not in PRESETS:
         raise ValueError(f"unknown preprocess preset {preprocess!r}; valid: {', '.join(PRESETS)}")
     probe = nnx.eval_shape(lambda: create(arch, num_classes=1))
+    foreign = foreign_layout(sd)
+    if foreign is not None:
+        raise CheckpointMismatchError(arch, [foreign])
     origin = None
     if naming == "auto":
         naming = "hf" if is_hf(sd) else "augreg" if is_augreg(sd) else "timm"
@@ -90,6 +93,27 @@ def convert_state_dict(sd: dict[str, np.ndarray], arch: str, *, naming: str = "a
         model.preprocess = PRESETS[preprocess].at_size(model.preprocess.input_size)
     model.eval()
     return model, spec
+
+
+# Key patterns of layouts no name map reads yet, and what they are.
+_FOREIGN = (
+    (("conv_proj.weight", "encoder.layers."), "a torchvision VisionTransformer (conv_proj, "
+     "encoder.layers.*)"),
+    (("features.0.0.weight", "classifier.2.weight"), "a torchvision ConvNeXt / classifier-"
+     "sequential model (features.*, classifier.*)"),
+    (("layers.0.blocks.0.attn.relative_position_bias_table",), "a Swin Transformer"),
+)
+
+
+def foreign_layout(sd: dict[str, np.ndarray]) -> str | None:
+    """One line naming the state dict's layout when it is one no name map reads (torchvision
+    ViT / ConvNeXt, Swin), so the error says what the file is, not which tensors are missing;
+    None for timm, torchvision ResNet, Hugging Face and Google ``.npz`` names."""
+    for prefixes, what in _FOREIGN:
+        if all(any(k.startswith(p) for k in sd) for p in prefixes):
+            return (f"layout: this is {what} state dict, whose names taco-jax does not read; "
+                    "use the timm or Hugging Face release of the same weights")
+    return None
 
 
 def _grid_size(sd: dict[str, np.ndarray], probe: VisionTransformer) -> int | None:
