@@ -140,6 +140,8 @@ def test_launch_taco_checkpoint_and_image_folder(checkpoint, image_folder, tmp_p
     assert report["adapt"]["method"] == "linear_probe"
     assert report["sparsity"]["pruned_layers"]["sparsity"] == pytest.approx(0.9, abs=0.01)
     assert (workdir / "task_files.json").exists() and report["specialist"] == "specialist"
+    assert report["environment"]["peak_rss_mib"] > 100  # a JAX process: well over 100 MiB
+    assert "peak memory" in out.stderr
 
     # The specialist comes back from the workdir alone: the report's top-1, exactly.
     out = subprocess.run([sys.executable, "-m", "launch.evaluate", f"--workdir={workdir}"],

@@ -9,6 +9,7 @@ import functools
 import json
 import os
 import platform
+import resource
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -314,10 +315,12 @@ def write_specialist(workdir: Path, model: nnx.Module, src: Source, class_names,
 
 
 def environment() -> dict:
-    """Where a report's figures were measured: JAX, backend, devices, machine, load."""
+    """Where a report's figures were measured: JAX, backend, devices, machine, load, and this
+    process's peak resident memory so far (MiB; the whole run's when called at its end)."""
     return {"jax": jax.__version__, "backend": jax.default_backend(),
             "devices": [str(d) for d in jax.devices()], "machine": platform.machine(),
-            "cpus": os.cpu_count(), "load_average": list(os.getloadavg())}
+            "cpus": os.cpu_count(), "load_average": list(os.getloadavg()),
+            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
 def load_model(src: ModelSource, generalist_config: fit.FitConfig, *,

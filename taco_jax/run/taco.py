@@ -226,4 +226,6 @@ def _log_summary(report: dict) -> None:
     width = max(len(label) for label, _ in rows)
     lines = [f"{label:<{width}}  " + ("skipped" if acc is None else f"top-1 {acc:6.2f}%")
              for label, acc in rows]
+    lines.append(f"run: {report['seconds']['total']:.0f} s, peak memory "
+                 f"{report['environment']['peak_rss_mib'] / 1024:.1f} GiB")
     logging.info("Summary:\n  %s", "\n  ".join(lines))
