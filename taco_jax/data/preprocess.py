@@ -136,6 +136,12 @@ def resize_center_crop(padded: np.ndarray, sizes: np.ndarray, p: Preprocess) -> 
     return _resample(padded, row_start, row_w, col_start, col_w)
 
 
+def _at_input_size(images: Sequence[np.ndarray], p: Preprocess) -> bool:
+    """Every image is already ``p``'s crop and ``p`` resizes to the crop: nothing to resample."""
+    return p.resize_size == p.input_size and all(
+        im.shape[:2] == (p.input_size,) * 2 for im in images)
+
+
 def match_channels(images: np.ndarray, channels: int) -> np.ndarray:
     """(..., C) uint8 images with ``channels`` channels: grey (C = 1) repeated to RGB, RGB to
     grey by PIL's ``convert("L")`` luminance (299 R + 587 G + 114 B) / 1000; ValueError for
@@ -158,8 +164,7 @@ def to_input_size(images: Sequence[np.ndarray], p: Preprocess) -> np.ndarray:
     uint8 as PIL's resize of a uint8 image is, with C' = ``p``'s channels
     (``match_channels``). What a run stores of a task's images; ``for_model`` then normalises."""
     channels = len(p.mean)
-    if all(im.shape[:2] == (p.input_size,) * 2 for im in images) and (
-            p.resize_size == p.input_size):
+    if _at_input_size(images, p):
         return match_channels(np.stack(images), channels)
     padded, sizes = pad_batch(images)
     resized = np.asarray(resize_center_crop(padded, sizes, p))
@@ -172,8 +177,7 @@ def eval_transform(p: Preprocess) -> Callable[[Sequence[np.ndarray]], jax.Array]
     model's input size with ``resize_size == input_size`` skip the resampling."""
 
     def transform(images: Sequence[np.ndarray]) -> jax.Array:
-        if all(im.shape[:2] == (p.input_size,) * 2 for im in images) and (
-                p.resize_size == p.input_size):
+        if _at_input_size(images, p):
             return p.normalize(jnp.asarray(np.stack(images)).astype(jnp.float32) / 255.0)
         padded, sizes = pad_batch(images)
         return p.normalize(resize_center_crop(padded, sizes, p) / 255.0)

@@ -105,6 +105,11 @@ def _decode_all(feature: tfds.features.FeatureConnector, encoded: Sequence) -> l
     return _decode_threaded(feature.decode_example_np, encoded)
 
 
+def decode_files(paths: Sequence[Path]) -> list[np.ndarray]:
+    """Image files as RGB uint8 (H, W, 3) arrays (``folder.decode``), decoded in threads."""
+    return _decode_threaded(folder.decode, paths)
+
+
 def _checked_indices(indices: Sequence[int], n: int, where: str) -> list[int]:
     """``indices`` as ints, each in [0, n); IndexError naming ``where`` otherwise."""
     indices = [int(i) for i in indices]
@@ -233,7 +238,7 @@ class FolderSplit:
         """Decoded RGB images (H, W, 3) uint8 of ``indices`` (sizes may differ)."""
         indices = _checked_indices(indices, self.num_examples,
                                    f"the image folder's {self.split!r} split")
-        return _decode_threaded(folder.decode, [self.files[i] for i in indices])
+        return decode_files([self.files[i] for i in indices])
 
     def image_batches(self, indices: Sequence[int], batch_size: int) -> Iterator[
             tuple[np.ndarray, list[np.ndarray]]]:

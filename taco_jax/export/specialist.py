@@ -18,6 +18,8 @@ from flax import nnx
 
 from taco_jax import convert, models
 
+DIRECTORY = "specialist"  # a run's workdir/specialist
+
 
 def fits_spec(model: nnx.Module, spec: convert.ModelSpec) -> bool:
     """Whether ``create(spec)`` builds every parameter and BatchNorm statistic of ``model``

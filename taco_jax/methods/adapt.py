@@ -26,13 +26,18 @@ from taco_jax.train import fit
 ADAPTS = ("auto", "restrict", "linear_probe")
 
 
+def validate(how: str) -> str:
+    """``how`` when it is one of ``ADAPTS``; ValueError naming it otherwise."""
+    if how not in ADAPTS:
+        raise ValueError(f"adapt must be one of {ADAPTS}, got {how!r}")
+    return how
+
+
 def resolve(how: str, class_ids: np.ndarray | None) -> str:
     """``how`` ("auto", "restrict" or "linear_probe") as the one that runs: "auto" restricts
     when ``class_ids`` (the model's classifier row of each task class) is known, else probes.
     ValueError for an unknown ``how`` or "restrict" without ``class_ids``."""
-    if how not in ADAPTS:
-        raise ValueError(f"adapt must be one of {ADAPTS}, got {how!r}")
-    if how == "auto":
+    if validate(how) == "auto":
         return "linear_probe" if class_ids is None else "restrict"
     if how == "restrict" and class_ids is None:
         raise ValueError("adapt='restrict' needs TaskData.class_ids (the model's classifier "

@@ -310,8 +310,7 @@ class DcvitConfig:
     adapt: str = "auto"
 
     def __post_init__(self):
-        if self.adapt not in adapt.ADAPTS:
-            raise ValueError(f"adapt must be one of {adapt.ADAPTS}, got {self.adapt!r}")
+        adapt.validate(self.adapt)
         if self.shots < 1 or self.calibration_batch < 1:
             raise ValueError(f"shots and calibration_batch must be >= 1, got {self.shots}, "
                              f"{self.calibration_batch}")

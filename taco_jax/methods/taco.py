@@ -94,8 +94,7 @@ class TacoConfig:
     probe_l2: float = 0.0
 
     def __post_init__(self):
-        if self.adapt not in adapt.ADAPTS:
-            raise ValueError(f"adapt must be one of {adapt.ADAPTS}, got {self.adapt!r}")
+        adapt.validate(self.adapt)
         if self.probe_l2 < 0:
             raise ValueError(f"probe_l2 must be > 0, or 0 to cross-validate it, got "
                              f"{self.probe_l2}")

@@ -70,8 +70,7 @@ class TransferConfig:
     adapt: str = "auto"
 
     def __post_init__(self):
-        if self.adapt not in adapt.ADAPTS:
-            raise ValueError(f"adapt must be one of {adapt.ADAPTS}, got {self.adapt!r}")
+        adapt.validate(self.adapt)
         if self.student not in models.names():
             raise ValueError(f"unknown student model {self.student!r}; valid: "
                              f"{', '.join(models.names())}")

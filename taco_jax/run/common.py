@@ -4,6 +4,7 @@ environment. Each method's run (``run.taco``, ``run.dcvit``, ``run.transfer``) b
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -115,6 +116,17 @@ class Source:
     task: Task
 
 
+@contextlib.contextmanager
+def _names_source(field: str, c: ml_collections.ConfigDict):
+    """Opening ``config.<field>``'s data source: its error as one ValueError naming the field,
+    the dataset and the data_dir."""
+    try:
+        yield
+    except (ValueError, FileNotFoundError, ImportError) as e:
+        raise ValueError(f"config.{field} (dataset={c.dataset!r}, data_dir={c.data_dir!r}): "
+                         f"{e}") from None
+
+
 def parse_task(c: ml_collections.ConfigDict) -> Task:
     """``config.task`` as a Task, its data source and classes checked (reads only metadata:
     the dataset's class names, an image folder's file list); ValueError naming a bad value."""
@@ -135,13 +147,10 @@ def parse_task(c: ml_collections.ConfigDict) -> Task:
             raise ValueError(f"config.task.classes has {unknown}, not classes of "
                              f"{source.EMBEDDED!r}: {list(embedded.CLASS_NAMES)}")
         return task
-    try:
+    with _names_source("task", c):
         task.source_class_ids()  # the data source opens, and every class is one of its
         for split in (task.train_split, task.test_split):
             task.split(split)
-    except (ValueError, FileNotFoundError, ImportError) as e:
-        raise ValueError(f"config.task (dataset={c.dataset!r}, data_dir={c.data_dir!r}): "
-                         f"{e}") from None
     return task
 
 
@@ -170,11 +179,8 @@ def parse_pool(c: ml_collections.ConfigDict) -> Task | None:
             raise ValueError(f"config.pool.split={c.split!r}; {source.EMBEDDED!r} has "
                              f"{list(embedded.SPLITS)}")
         return pool_task
-    try:
+    with _names_source("pool", c):
         pool_task.split(c.split)
-    except (ValueError, FileNotFoundError, ImportError) as e:
-        raise ValueError(f"config.pool (dataset={c.dataset!r}, data_dir={c.data_dir!r}): "
-                         f"{e}") from None
     return pool_task
 
 
@@ -296,7 +302,7 @@ def write_specialist(workdir: Path, model: nnx.Module, src: Source, class_names,
     """``workdir/specialist``: the task model as a self-contained checkpoint
     (``export.specialist``: rebuilt by ``load_specialist`` or ``launch.evaluate``); returns its
     name, or None (said in the log) where it cannot be written: cut shapes, several processes."""
-    path = workdir / "specialist"
+    path = workdir / specialist.DIRECTORY
     if path.exists():  # a resumed run that had written it
         return path.name
     if jax.process_count() > 1:

@@ -9,23 +9,22 @@ import json
 import os
 from pathlib import Path
 
+import jax
 import ml_collections
 import numpy as np
 from absl import logging
 
-from taco_jax.data import folder, preprocess
+from taco_jax.data import folder, preprocess, source
 from taco_jax.export import specialist
 from taco_jax.run import common
 from taco_jax.train import fit
 
-SPECIALIST = "specialist"
-
 
 def _load(workdir: Path):
-    path = workdir / SPECIALIST
+    path = Path(workdir) / specialist.DIRECTORY
     if not (path / "model.json").is_file():
-        raise FileNotFoundError(f"{workdir} holds no {SPECIALIST}/ (written at the end of a "
-                                "single-process TACO or transfer run)")
+        raise FileNotFoundError(f"{workdir} holds no {specialist.DIRECTORY}/ (written at the end "
+                                "of a single-process TACO or transfer run)")
     return specialist.load_specialist(path)
 
 
@@ -67,10 +66,8 @@ def predict_folder(workdir: str | os.PathLike, images: str | os.PathLike,
     rows = []
     for i in range(0, len(files), batch_size):
         chunk = files[i:i + batch_size]
-        x = preprocess.to_input_size([folder.decode(f) for f in chunk], model.preprocess)
-        logits = fit.predict_logits(model, x, normalize, batch_size)
-        logits = logits - logits.max(1, keepdims=True)
-        prob = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+        x = preprocess.to_input_size(source.decode_files(chunk), model.preprocess)
+        prob = np.asarray(jax.nn.softmax(fit.predict_logits(model, x, normalize, batch_size)))
         for f, p in zip(chunk, prob, strict=True):
             rows.append((str(f), meta["labels"][int(p.argmax())], f"{float(p.max()):.6f}"))
     out_csv = Path(out_csv)
