@@ -233,4 +233,4 @@ def test_calibration_views_are_the_images_then_augmented_copies():
     with pytest.raises(ValueError, match="calibration_views must be >= 1, got 0"):
         taco.TacoConfig(calibration_views=0)
     with pytest.raises(ValueError, match="calibration_views=2 needs an augmentation"):
-        taco.TacoConfig(calibration_views=2)
+        taco.TacoConfig(calibration_views=2, recover=fit.FitConfig(augment="none"))

@@ -14,6 +14,7 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
+from taco_jax.models import paths
 from taco_jax.run import dcvit as dcvit_run
 from taco_jax.run import taco as taco_run
 from taco_jax.run import transfer as transfer_run
@@ -34,7 +35,7 @@ CONFIGS = {
     "configs/taco/pretrained.py": (taco_run, ["", "cpu", "family=vit", "family=convnext,cpu"]),
     **{f"configs/taco/{name}.py": (taco_run, ["", "cpu", "cpu,sparsity=0.5"])
        for name in ("resnet50", "vit_s16", "vit_b16", "convnext_t")},
-    "configs/dcvit/pretrained.py": (dcvit_run, ["", "cpu", "depth=6,attn_blocks=1"]),
+    "configs/dcvit/pretrained.py": (dcvit_run, ["", "cpu", "attn_blocks=1"]),
     **{f"configs/dcvit/{name}.py": (dcvit_run, ["", "cpu", "cpu,mlp_keep=0.5"])
        for name in ("vit_s16", "vit_b16")},
 }
@@ -183,21 +184,20 @@ def test_lower_sparsity_drops_the_schedule_levels_at_or_above_it(variant, budget
     taco_config, _ = taco_run.parse(load(spec("configs/taco/demo.py", variant),
                                             "--config.prune.sparsity=0.5"))
     assert taco_config.prune.sparsity == 0.5
-    assert taco_config.schedule == ()  # no level >= 0.5
-    assert taco_config.recover.steps == budget  # the whole budget goes to the one step
+    assert taco_config.levels() == (0.5,)  # no schedule level >= 0.5
+    assert taco_config.final_recover_steps() == budget  # the whole budget goes to the one step
 
     taco_config, _ = taco_run.parse(load(spec("configs/taco/demo.py", variant),
                                             "--config.prune.sparsity=0.8"))
-    assert taco_config.schedule == ((0.5, 0.75) if not variant else (0.5,))
-    assert all(s < 0.8 for s in taco_config.schedule)
-    assert (taco_config.recover.steps + len(taco_config.schedule) * taco_config.schedule_steps
-            == budget)
+    assert taco_config.levels() == ((0.5, 0.75, 0.8) if not variant else (0.5, 0.8))
+    assert (taco_config.final_recover_steps()
+            + (len(taco_config.levels()) - 1) * taco_config.schedule_steps == budget)
 
 
 def test_the_reported_command_line_parses():
     taco_config, src = taco_run.parse(load("configs/taco/demo.py:runlocal",
                                                      "--config.prune.sparsity=0.5"))
-    assert (taco_config.prune.sparsity, taco_config.schedule) == (0.5, ())
+    assert taco_config.levels() == (0.5,)
     assert src.generalist.steps == 60  # runlocal's, not the model's default
 
 
@@ -205,12 +205,12 @@ def test_recovery_budget_and_explicit_schedule():
     taco_config, _ = taco_run.parse(load("configs/taco/demo.py", "--config.recover.steps=1000",
                                             "--config.schedule=(0.6,)",
                                             "--config.schedule_steps=50"))
-    assert taco_config.schedule == (0.6,) and taco_config.recover.steps == 950
+    assert taco_config.levels() == (0.6, 0.9) and taco_config.final_recover_steps() == 950
     taco_config, _ = taco_run.parse(load("configs/taco/demo.py", "--config.schedule=()"))
-    assert taco_config.schedule == () and taco_config.recover.steps == 400
+    assert taco_config.levels() == (0.9,) and taco_config.final_recover_steps() == 400
     taco_config, _ = taco_run.parse(load("configs/taco/demo.py",
                                             "--config.schedule_levels=(0.3,0.6,0.95)"))
-    assert taco_config.schedule == (0.3, 0.6)
+    assert taco_config.levels() == (0.3, 0.6, 0.9)
 
 
 def test_model_and_pattern_overrides_follow_through():
@@ -218,9 +218,10 @@ def test_model_and_pattern_overrides_follow_through():
                                                      "--config.model.name=vit_mini",
                                                      "--config.prune.pattern=2:4"))
     assert src.generalist.steps == 6000  # vit_mini's default recipe: the shipped generalist
-    assert taco_config.prune.overrides == {"patch_embed.proj": 0.0}  # its stem stays dense
-    assert (taco_config.prune.allocation, taco_config.schedule) == ("uniform", ())
-    assert taco_config.recover.steps == 400
+    assert paths.resolve_stem(src.model.abstract(), taco_config.prune.overrides) == {
+        "patch_embed.proj": 0.0}  # its stem stays dense
+    assert (taco_config.prune.resolved_allocation, len(taco_config.levels())) == ("uniform", 1)
+    assert taco_config.final_recover_steps() == 400
     _, src = taco_run.parse(load("configs/taco/demo.py",
                                            "--config.generalist.steps=900"))
     assert src.generalist.steps == 900
@@ -229,7 +230,7 @@ def test_model_and_pattern_overrides_follow_through():
     assert src.generalist.steps == 6000
     settings = dcvit_run.parse(load("configs/dcvit/demo.py", "--config.recover.steps=50",
                                     "--config.then_prune.sparsity=0.5"))
-    assert settings.dcvit.recover.steps == settings.dcvit.then_recover_steps == 50
+    assert (settings.dcvit.recover.steps, settings.dcvit.then_recover_steps) == (50, 0)  # 0: 50
     settings = dcvit_run.parse(load("configs/dcvit/demo.py", "--config.then_prune.sparsity=0.5",
                                     "--config.then_prune.recover_steps=30"))
     assert (settings.dcvit.recover.steps, settings.dcvit.then_recover_steps) == (120, 30)
@@ -237,19 +238,20 @@ def test_model_and_pattern_overrides_follow_through():
 
 @pytest.mark.parametrize("overrides, message", [
     (["--config.prune.pattern=2:4", "--config.schedule=(0.25,)"],
-     "config.schedule=(0.25,): an N:M pattern (2:4) has one fixed level"),
+     "config: schedule=(0.25,): an N:M pattern (2:4) has one fixed level"),
     (["--config.prune.pattern=2:4", "--config.prune.allocation=global"],
-     "config.prune.allocation='global': an N:M pattern (2:4)"),
-    (["--config.schedule=(0.75,0.5)"], "config.schedule=(0.75, 0.5) must increase"),
+     "config.prune: allocation='global': an N:M pattern (2:4)"),
+    (["--config.schedule=(0.75,0.5)"], "config: schedule=(0.75, 0.5) must increase"),
     (["--config.prune.sparsity=0.5", "--config.schedule=(0.5,)"],
-     "config.schedule=(0.5,) must increase from > 0 to below the target "
-     "config.prune.sparsity=0.5"),
-    (["--config.schedule=gradual"], "config.schedule='gradual'; expected 'auto'"),
-    (["--config.schedule_levels=(0.5,1.5)"], "config.schedule_levels has [1.5]"),
-    (["--config.recover.steps=200"], "config.recover.steps=200 is the whole recovery budget"),
-    (["--config.prune.overrides=(('conv9',0.0),)"], "config.prune.overrides names ['conv9']"),
+     "config: schedule=(0.5,) must increase from > 0 to below the target "
+     "prune.sparsity=0.5"),
+    (["--config.schedule=gradual"], "config: schedule='gradual'; expected 'auto'"),
+    (["--config.schedule_levels=(0.5,1.5)"], "config: schedule_levels has [1.5]"),
+    (["--config.recover.steps=200"], "config: recover.steps=200 is the whole recovery budget"),
+    (["--config.prune.overrides=(('conv9',0.0),)"],
+     "config.prune.overrides of 'resnet_mini': ['conv9'] are not layers"),
     (["--config.model.name=vit_mini", "--config.prune.overrides=(('conv1',0.0),)"],
-     "config.prune.overrides names ['conv1'], not layers of the model 'vit_mini'"),
+     "config.prune.overrides of 'vit_mini': ['conv1'] are not layers"),
     (["--config.generalist.steps=-1"], "config.generalist.steps=-1"),
 ])
 def test_bad_values_are_named(overrides, message):
@@ -266,3 +268,16 @@ def test_cases_cover_every_shipped_config():
     shipped = {str(p.relative_to(ROOT)) for p in (ROOT / "configs").glob("*/*.py")
                if p.name != "__init__.py"}
     assert shipped == set(CONFIGS)
+
+
+def test_library_defaults_are_the_shipped_demo_configs():
+    """One set of defaults: each method's config dataclass, built with no arguments, equals what
+    the launcher's preflight makes of the shipped demo config (field by field, nested too)."""
+    from taco_jax.methods import dcvit, taco, transfer
+
+    taco_config, _ = taco_run.parse(load("configs/taco/demo.py"))
+    assert taco_config == taco.TacoConfig()
+    assert taco_config.levels() == (0.5, 0.75, 0.9) and taco_config.final_recover_steps() == 200
+    assert dcvit_run.parse(load("configs/dcvit/demo.py")).dcvit == dcvit.DcvitConfig()
+    transfer_config, _, _ = transfer_run.parse(load("configs/transfer/demo.py"))
+    assert transfer_config == transfer.TransferConfig()

@@ -85,7 +85,7 @@ def test_runlocal_end_to_end(tmp_path, variant, output):
         c = report["compressed"]
         assert c["params"] < report["dense"]["params"] and "block_drop" in report["baselines"]
         # the default plan: every block keeps its attention, every MLP is cut to plan.mlp_keep
-        assert c["attn"] == [True] * 4 and c["mlp_keep"] == list(get_config().plan.mlp_keep)
+        assert c["attn"] == [True] * 4 and c["mlp_keep"] == [get_config().plan.mlp_keep] * 4
         assert (tmp_path / "compressed" / "structure.json").exists()
         assert (tmp_path / "masks.npz").exists() and 0 < report["then_prune"]["top1"] <= 100
     else:

@@ -112,7 +112,8 @@ def test_unknown_layer_name_is_a_clear_error():
         prune_model(vit, image_batches(1), PruneConfig(), layers=["blocks.0.mlp.fc3"])
     with pytest.raises(ValueError, match="re-iterable"):
         prune_model(vit, iter(image_batches(1)), PruneConfig())
-    with pytest.raises(KeyError, match=r"blocks\.9"):
+    with pytest.raises(ValueError, match=r"\['blocks\.9\.mlp\.fc1'\] are not layers of the "
+                       r"TinyViT .* its layers: blocks\.0\.attn\.proj"):
         prune_model(vit, image_batches(1), PruneConfig(overrides={"blocks.9.mlp.fc1": 0.5}))
 
 

@@ -23,7 +23,7 @@ def test_compress_holds_masks_and_reports(setup):
     config = taco.TacoConfig(
         shots=16, prune=sequential.PruneConfig(pattern="unstructured", sparsity=0.75),
         recover=fit.FitConfig(steps=30, batch_size=16, kd_weight=1.0, ce_weight=0.0),
-        baselines=("magnitude",))
+        baselines=("magnitude",), schedule=())
     before = nnx.state(model, nnx.Param)
     out = taco.compress(model, data, config)
     r = out.report
@@ -59,7 +59,7 @@ def test_data_free_magnitude_baselines_take_their_own_layer_levels(setup):
     config = taco.TacoConfig(
         shots=8, prune=sequential.PruneConfig(sparsity=0.75, allocation="global"),
         recover=fit.FitConfig(steps=4, batch_size=8, kd_weight=1.0, ce_weight=0.0),
-        baselines=("magnitude_uniform", "magnitude_gmp"), latency_batch=0)
+        baselines=("magnitude_uniform", "magnitude_gmp"), latency_batch=0, schedule=())
     r = taco.compress(model, data, config).report
     teacher = adapt.restrict_head(nnx.clone(model), data.class_ids)
     names = sequential.default_layers(teacher, config.prune)
@@ -85,7 +85,7 @@ def test_linear_probe_teacher_for_classes_the_model_does_not_have(setup):
     config = taco.TacoConfig(
         shots=8, prune=sequential.PruneConfig(sparsity=0.5),
         recover=fit.FitConfig(steps=2, batch_size=8, kd_weight=1.0, ce_weight=0.0),
-        baselines=(), latency_batch=0, adapt="linear_probe")
+        baselines=(), latency_batch=0, adapt="linear_probe", schedule=())
     out = taco.compress(model, data, config)
     r = out.report
     assert r["adapt"]["method"] == "linear_probe" and r["adapt"]["grad_norm"] < 1e-3
@@ -169,7 +169,7 @@ def test_gradual_run_resumes_from_its_stages_with_the_same_result(setup, tmp_pat
 
 
 def test_taco_config_rejects_bad_schedule():
-    with pytest.raises(ValueError, match=r"schedule \(0.5, 0.95\) must increase"):
+    with pytest.raises(ValueError, match=r"schedule=\(0.5, 0.95\) must increase"):
         taco.TacoConfig(schedule=(0.5, 0.95), prune=sequential.PruneConfig(sparsity=0.9))
 
 
@@ -190,7 +190,7 @@ def test_task_agnostic_baseline_differs_from_taco_only_in_its_calibration_images
     config = taco.TacoConfig(
         shots=8, prune=sequential.PruneConfig(sparsity=0.8, allocation="global"),
         recover=fit.FitConfig(steps=3, batch_size=8, kd_weight=1.0, ce_weight=0.0),
-        baselines=("task_agnostic",), latency_batch=0)
+        baselines=("task_agnostic",), latency_batch=0, schedule=())
     ids = taco.few_shot_indices(data.train_labels, 8, 0)
     same = taco.compress(model, dataclasses.replace(data, generic_images=data.train_images[ids]),
                          config).report

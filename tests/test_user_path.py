@@ -20,6 +20,7 @@ from configs.transfer import demo as transfer_demo
 from taco_jax import convert, models
 from taco_jax.data import folder, preprocess
 from taco_jax.export import specialist
+from taco_jax.models import paths
 from taco_jax.models.preprocess import Preprocess
 from taco_jax.run import common, evaluate
 from taco_jax.run import dcvit as dcvit_run
@@ -210,8 +211,9 @@ def test_family_configs_parse_for_a_checkpoint_of_their_family(family, arch, lea
     taco_config, src = taco_run.parse(config)
     assert src.model.arch == arch and src.task.class_names() == list(CLASSES)
     assert taco_config.recover.learning_rate == learning_rate
-    assert (taco_config.shots, taco_config.recover.steps, taco_config.schedule) == (16, 30, ())
+    assert (taco_config.shots, taco_config.recover.steps, len(taco_config.levels())) == (16, 30, 1)
     assert taco_config.baselines == ("magnitude", "task_agnostic")
-    assert next(iter(taco_config.prune.overrides)) in ("conv1", "patch_embed.proj", "stem.0")
+    assert paths.resolve_stem(src.model.abstract(), taco_config.prune.overrides) == {
+        {"resnet50": "conv1", "convnext_t": "stem.0"}.get(family, "patch_embed.proj"): 0.0}
     full, _ = taco_run.parse(_user_config(module.get_config(), tmp_path / "ckpt", image_folder))
-    assert full.recover.steps > taco_config.recover.steps and full.schedule
+    assert full.recover.steps > taco_config.recover.steps and len(full.levels()) > 1

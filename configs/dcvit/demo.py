@@ -30,7 +30,6 @@ from taco_jax.configs.taco import demo as taco_demo
 # MLP; one plan that also removes the least sensitive block's attention at a matched MLP cut
 # (what removing attention costs); and attention-free blocks on thin MLPs, which reach past the
 # ≈ 41% where MLP cuts run out, to the far end of the 10–50% range.
-DEPTH = 4  # vit_mini's blocks
 GRID = (
     (0, (0.75, 0.75, 0.875, 0.875)),
     (0, (0.75, 0.75, 0.75, 0.75)),
@@ -96,7 +95,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # cut of the same latency (BUILD_NOTES, issue #8).
     c.plan = ml_collections.ConfigDict()
     c.plan.attn_blocks = v.get("attn_blocks", 0)
-    c.plan.mlp_keep = (v.get("mlp_keep", 0.375),) * DEPTH  # the same fraction in every block
+    # One number: the same fraction in every block; or a tuple, one per block in that order.
+    c.plan.mlp_keep = ml_collections.FieldReference(v.get("mlp_keep", 0.375), field_type=object)
     # The same-budget few-shot block-dropping baseline: blocks dropped (0 = no baseline).
     c.baseline_drop_blocks = v.get("drop_blocks", 1)
 

@@ -1,11 +1,11 @@
 """DC-ViT for your own pretrained ViT/DeiT and images: a converted checkpoint
 (``python -m launch.convert``) and an image folder (or any prepared tfds dataset). Used through
-``vit_s16.py`` / ``vit_b16.py``, which fix ``depth``:
+``vit_s16.py`` / ``vit_b16.py``:
 
   python -m launch.dcvit --config=configs/dcvit/vit_s16.py:cpu \\
       --config.model.checkpoint=ckpt/vit_s16 --config.task.data_dir=~/my_task --workdir=runs/d
 
-Variant keys: depth (the ViT's blocks; 12 for ViT-S/B), cpu (a budget for a 2-core machine: 16
+Variant keys: cpu (a budget for a 2-core machine: 16
 shots per class, 30 recovery steps, no baseline, small timing batch), attn_blocks, mlp_keep,
 shots, seed. Every field of ``configs/dcvit/demo.py`` is here, documented there, and
 overridable on the command line; ``model.checkpoint`` and ``task.data_dir`` must be given.
@@ -22,15 +22,13 @@ from taco_jax.configs.dcvit import demo
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    v = parse_variant(arg, {"depth": int, "cpu": bool, "attn_blocks": int, "mlp_keep": float,
-                            "shots": int, "seed": int})
-    depth = v.get("depth", 12)
-    c = demo.get_config(",".join(f"{k}={v[k]}" for k in ("attn_blocks", "shots", "seed")
-                                 if k in v) or None)
+    v = parse_variant(arg, {"cpu": bool, "attn_blocks": int, "mlp_keep": float, "shots": int,
+                            "seed": int})
+    c = demo.get_config(",".join(f"{k}={v[k]}" for k in ("attn_blocks", "mlp_keep", "shots",
+                                                           "seed") if k in v) or None)
     c.model.name = ""  # no embedded generalist: model.checkpoint is required
     c.task.dataset = "image_folder"
     c.task.classes = ()  # every class folder
-    c.plan.mlp_keep = (v.get("mlp_keep", 0.375),) * depth
     c.recover.learning_rate = 3e-5
     c.recover.warmup_steps = 20
     c.latency.batch = 32

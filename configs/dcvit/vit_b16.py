@@ -11,4 +11,4 @@ from taco_jax.configs.dcvit import pretrained
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    return pretrained.get_config(",".join(filter(None, ["depth=12", arg])))
+    return pretrained.get_config(arg)

@@ -18,11 +18,11 @@ images too, unlabelled), runlocal (a tiny smoke-test run).
 
 Configs are data: a variant only sets fields, and every field can be overridden on the command
 line (``--config.prune.sparsity=0.5``, ``--config.model.name=vit_mini``,
-``--config.prune.pattern=2:4``)
-with the same effect as the variant key. Defaults that depend on other fields are written as
-such and resolved by ``taco_jax.run.taco.parse`` (what the launcher checks before any work):
-``schedule="auto"``, ``prune.allocation="auto"``, ``recover.steps`` as the whole recovery budget,
-the "stem" layer of ``prune.overrides``, ``generalist.steps=0`` (the model's default).
+``--config.prune.pattern=2:4``) with the same effect as the variant key. The fields mean what
+the library's ``taco.TacoConfig`` fields do, and this file's values are its defaults (a test
+holds them equal): ``schedule="auto"`` and ``prune.allocation="auto"`` are resolved from the
+target and the pattern, ``recover.steps`` is the whole recovery budget, "stem" in
+``prune.overrides`` is the model's input layer; ``generalist.steps=0`` is the model's default.
 """
 
 import ml_collections

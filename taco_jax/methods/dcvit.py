@@ -86,12 +86,16 @@ def cut_plan(depth: int, blocks: Sequence[int], mlp_keep: float) -> Plan:
                 tuple(mlp_keep if i in chosen else 1.0 for i in range(depth)))
 
 
-def ranked_plan(order: Sequence[int], attn_free: int, mlp_keep: Sequence[float]) -> Plan:
+def ranked_plan(order: Sequence[int], attn_free: int, mlp_keep: float | Sequence[float]
+                ) -> Plan:
     """A plan in ranked-block terms: ``order`` lists the blocks least sensitive first; its first
     ``attn_free`` lose their attention branch; ``mlp_keep[j]`` is the kept MLP fraction of block
-    ``order[j]`` (blocks past ``len(mlp_keep)`` keep their whole MLP). The sweep's grid is
-    written this way, so it follows whichever blocks the few-shot scores rank first."""
+    ``order[j]`` (blocks past ``len(mlp_keep)`` keep their whole MLP; one number is that
+    fraction in every block). The sweep's grid is written this way, so it follows whichever
+    blocks the few-shot scores rank first."""
     depth = len(order)
+    if isinstance(mlp_keep, int | float):
+        mlp_keep = (float(mlp_keep),) * depth
     if sorted(order) != list(range(depth)):
         raise ValueError(f"order {list(order)} is not a permutation of the {depth} blocks")
     if not 0 <= attn_free <= depth or len(mlp_keep) > depth:
@@ -284,28 +288,31 @@ class DcvitConfig:
 
     What ``compress`` cuts: ``attn_blocks`` blocks lose their attention and block i keeps
     ``mlp_keep[i]`` of its MLP neurons (both in ``ranked_plan`` terms: least sensitive blocks
-    first; blocks past the tuple keep their whole MLP). ``then_prune``: TACO's second-order
-    pruning of what remains, recovered for ``then_recover_steps`` (None: off).
+    first; blocks past the tuple keep their whole MLP; one number: that fraction in every
+    block). ``then_prune``: TACO's second-order pruning of what remains, recovered for
+    ``then_recover_steps`` (0: ``recover.steps``; ``then_prune`` None: off).
     ``baseline_drop_blocks``: the same-budget few-shot block-dropping baseline (0: none).
     ``latency_batch`` / ``latency_repeats``: the paired dense vs compressed timing (batch 0:
-    not timed). ``adapt``: how the dense task teacher's classifier is made
+    not timed). The defaults are the launcher's (``configs/dcvit/demo.py``; a test holds them
+    equal). ``adapt``: how the dense task teacher's classifier is made
     (``adapt.task_teacher``: "auto" restricts when ``TaskData.class_ids`` is known, else fits a
     linear probe on the few-shot images, the only place their labels are used).
     """
 
     shots: int = 64
     seed: int = 0
-    recover: fit.FitConfig = dataclasses.field(
-        default_factory=lambda: fit.FitConfig(steps=200, ce_weight=0.0, weight_decay=0.0))
+    recover: fit.FitConfig = dataclasses.field(default_factory=lambda: fit.FitConfig(
+        steps=120, batch_size=32, learning_rate=1e-3, weight_decay=0.0, warmup_steps=10,
+        ce_weight=0.0, kd_weight=0.0, augment="shift_flip"))
     prune: sequential.PruneConfig = dataclasses.field(default_factory=sequential.PruneConfig)
     block_outputs: bool = False
     calibration_batch: int = 64
     attn_blocks: int = 0
-    mlp_keep: tuple[float, ...] = (0.375,)
+    mlp_keep: float | tuple[float, ...] = 0.375
     then_prune: sequential.PruneConfig | None = None
-    then_recover_steps: int = 200
+    then_recover_steps: int = 0
     baseline_drop_blocks: int = 1
-    latency_batch: int = 64
+    latency_batch: int = 256
     latency_repeats: int = 20
     adapt: str = "auto"
 
@@ -445,7 +452,8 @@ def compress(model: VisionTransformer, data: TaskData, config: DcvitConfig
         result = sequential.prune_model(student, batches, config.then_prune)
         masks = result.masks
         recover(student, prep.teacher, prep.images,
-                dataclasses.replace(config.recover, steps=config.then_recover_steps),
+                dataclasses.replace(config.recover,
+                                    steps=config.then_recover_steps or config.recover.steps),
                 data.preprocess, block_outputs=config.block_outputs,
                 constrain=lambda m: sequential.apply_masks(m, masks), desc="taco recover")
         acc = data.evaluate(student)

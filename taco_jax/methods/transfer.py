@@ -43,6 +43,10 @@ TRANSFER_SETS = ("task", "pool", "random", "retrieval")
 BASELINES = ("few_shot_only", "task_agnostic", "random_pool")
 
 
+# The default student: resnet_mini at 1/4 of its widths, one block per stage.
+SMALL_STUDENT = {"widths": (8, 16, 32), "layers": (1, 1, 1)}
+
+
 @dataclasses.dataclass(frozen=True)
 class TransferConfig:
     """What to distil into what, on which images. ``student_overrides`` go to
@@ -52,19 +56,22 @@ class TransferConfig:
     distils on the transfer images alone (KD only; the labelled ones come in at fine-tuning).
     ``adapt``: how the teacher's task classifier is made (``adapt.task_teacher``: "auto"
     restricts when ``TaskData.class_ids`` is known, else fits a linear probe on the labelled
-    few-shot images). ``teacher_finetune`` None keeps the adapted teacher as is."""
+    few-shot images). ``teacher_finetune`` None keeps the adapted teacher as is. The defaults
+    are the launcher's (``configs/transfer/demo.py``; a test holds them equal)."""
 
     student: str = "resnet_mini"
-    student_overrides: Mapping = dataclasses.field(default_factory=dict)
+    student_overrides: Mapping = dataclasses.field(default_factory=lambda: dict(SMALL_STUDENT))
     shots: int = 32
     seed: int = 0
     transfer_set: str = "retrieval"
-    transfer_size: int = 2000
+    transfer_size: int = 500
     mix_labelled: bool = True
     teacher_finetune: fit.FitConfig | None = None
-    distill: fit.FitConfig = dataclasses.field(
-        default_factory=lambda: fit.FitConfig(kd_weight=1.0, ce_weight=1.0))
-    finetune: fit.FitConfig = dataclasses.field(default_factory=fit.FitConfig)
+    distill: fit.FitConfig = dataclasses.field(default_factory=lambda: fit.FitConfig(
+        steps=1000, batch_size=128, learning_rate=3e-3, warmup_steps=50, kd_weight=1.0,
+        ce_weight=1.0, augment="shift_flip"))
+    finetune: fit.FitConfig = dataclasses.field(default_factory=lambda: fit.FitConfig(
+        steps=200, learning_rate=5e-4, kd_weight=1.0, ce_weight=1.0, augment="shift_flip"))
     baselines: tuple[str, ...] = BASELINES
     latency_batch: int = 256
     adapt: str = "auto"

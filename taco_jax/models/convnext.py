@@ -80,6 +80,8 @@ class ConvNeXt(nnx.Module):
 
     head_name = "head.fc"
 
+    stem_name = "stem.0"  # its input layer: "stem" in a PruneConfig's overrides
+
     def __init__(self, *, num_classes: int, depths: Sequence[int], dims: Sequence[int],
                  in_chans: int = 3, drop_path_rate: float = 0.0, head_norm_eps: float = 1e-6,
                  preprocess: Preprocess, rngs: nnx.Rngs):

@@ -72,3 +72,26 @@ def set_layer(model: nnx.Module, name: str, layer: nnx.Module) -> None:
         parent[last] = layer
     else:
         setattr(parent, last, layer)
+
+
+STEM = "stem"  # names the model's input layer (``model.stem_name``) wherever layers are named
+
+
+def resolve_stem(model: nnx.Module, named: dict) -> dict:
+    """``named`` (layer name -> anything) with the key "stem" replaced by the model's input
+    layer (``model.stem_name``: conv1 of a ResNet, patch_embed.proj of a ViT, stem.0 of a
+    ConvNeXt) and every name checked; ValueError naming the model's layers otherwise."""
+    stem = getattr(model, "stem_name", None)
+    what = type(model).__name__
+    if STEM in named and stem is None:
+        raise ValueError(f"{STEM!r} names the input layer, but {what} has no known stem layer; "
+                         "name the layer instead")
+    resolved = {(stem if name == STEM else name): v for name, v in named.items()}
+    if len(resolved) != len(named):
+        raise ValueError(f"{stem!r} is named twice (once as {STEM!r}) in {sorted(named)}")
+    layers = named_layers(model)
+    unknown = [name for name in resolved if name not in layers]
+    if unknown:
+        raise ValueError(f"{unknown} are not layers of the {what} ({STEM!r} = its input "
+                         f"layer); its layers: {', '.join(sorted(layers))}")
+    return resolved

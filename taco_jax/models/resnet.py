@@ -95,6 +95,8 @@ class ResNet(nnx.Module):
 
     head_name = "fc"
 
+    stem_name = "conv1"  # its input layer: "stem" in a PruneConfig's overrides
+
     def __init__(self, block: type[BasicBlock | Bottleneck], layers: Sequence[int], *,
                  num_classes: int, widths: Sequence[int] = (64, 128, 256, 512), in_chans: int = 3,
                  stem: str = "imagenet", preprocess: Preprocess, rngs: nnx.Rngs):

@@ -100,6 +100,8 @@ class VisionTransformer(nnx.Module):
 
     head_name = "head"
 
+    stem_name = "patch_embed.proj"  # its input layer: "stem" in a PruneConfig's overrides
+
     def __init__(self, *, num_classes: int, img_size: int = 224, patch_size: int = 16,
                  in_chans: int = 3, embed_dim: int = 768, depth: int = 12, num_heads: int = 12,
                  mlp_ratio: float = 4.0, qkv_bias: bool = True, distilled: bool = False,

@@ -33,11 +33,18 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from taco_jax import distributed
-from taco_jax.models.paths import body_layers, get_layer, named_layers, set_layer
+from taco_jax.models.paths import (
+    body_layers,
+    get_layer,
+    named_layers,
+    resolve_stem,
+    set_layer,
+)
 from taco_jax.prune import checkpoint as ckpt
 from taco_jax.prune.hessian import Probe, collect_hessians, collect_paired, segments_of
 from taco_jax.prune.layout import kernel_from_matrix, layer_matrix
 from taco_jax.prune.patterns import (
+    NM,
     Pattern,
     Structured,
     check_sparsity,
@@ -49,7 +56,7 @@ from taco_jax.prune.shrink import ShrinkPair, infer_pairs, shrink_pair
 from taco_jax.prune.solver import METHODS, prune_layer
 from taco_jax.prune.targets import dense_target
 
-ALLOCATIONS = ("uniform", "global", "output", "magnitude")
+ALLOCATIONS = ("auto", "uniform", "global", "output", "magnitude")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,7 +66,9 @@ class PruneConfig:
     ``allocation``: "uniform" (every layer at ``sparsity``), or per-layer levels meeting the same
     total non-zero budget with least summed error (see ``allocate``), the errors measured at
     each layer ("global") or at the model's output ("output"); or "magnitude", the levels of
-    one |w| threshold over all layers (global magnitude pruning's, no data).
+    one |w| threshold over all layers (global magnitude pruning's, no data); "auto" is "global",
+    or "uniform" for an N:M pattern (one fixed level in every layer: nothing to allocate).
+    ``overrides`` may name the model's input layer "stem" (``models.paths.resolve_stem``).
     ``prune_head``: also prune the model's ``head_name`` layer (default: keep it dense).
     ``pairs``: structured producer/consumer pairs (default: ``shrink.infer_pairs``).
     ``targets``: what each layer's pruned weights must reproduce on its (pruned-model) inputs:
@@ -89,6 +98,11 @@ class PruneConfig:
             raise ValueError(f"allocation must be one of {ALLOCATIONS}, got {self.allocation!r}")
         if self.targets not in ("self", "dense"):
             raise ValueError(f"targets must be 'self' or 'dense', got {self.targets!r}")
+        if (isinstance(parse_pattern(self.pattern), NM)
+                and self.allocation in ("global", "output")):
+            raise ValueError(f"allocation={self.allocation!r}: an N:M pattern ({self.pattern}) "
+                             "has one fixed level in every layer, nothing to allocate; use "
+                             "'auto' or 'uniform'")
         if self.allocation == "magnitude" and isinstance(parse_pattern(self.pattern), Structured):
             raise ValueError("allocation='magnitude' (one |w| threshold over all layers) is for "
                              "unstructured, N:M and block patterns, got structured pattern "
@@ -99,6 +113,13 @@ class PruneConfig:
         if self.targets == "dense" and isinstance(parse_pattern(self.pattern), Structured):
             raise ValueError("targets='dense' is for unstructured, N:M and block patterns; "
                              f"structured pruning (pattern {self.pattern!r}) takes targets='self'")
+
+    @property
+    def resolved_allocation(self) -> str:
+        """``allocation`` with "auto" resolved: "global", or "uniform" for an N:M pattern."""
+        if self.allocation != "auto":
+            return self.allocation
+        return "uniform" if isinstance(parse_pattern(self.pattern), NM) else "global"
 
 
 # ----------------------------------------------------------------------------- forward order
@@ -307,8 +328,10 @@ def prune_model(model: nnx.Module, batches: Sequence, config: PruneConfig, *,
     model.eval()
     if config.targets == "dense" and reference is None:
         reference = nnx.clone(model)  # before a resume restores partly pruned weights
+    config = dataclasses.replace(config, allocation=config.resolved_allocation,
+                                 overrides=resolve_stem(model, dict(config.overrides)))
     names = list(layers) if layers is not None else default_layers(model, config)
-    for n in [*names, *config.overrides]:
+    for n in names:
         get_layer(model, n)  # a KeyError listing the valid names
     first = next(iter(batches), None)
     if first is None:

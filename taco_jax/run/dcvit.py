@@ -62,10 +62,14 @@ def _check_blocks(name: str, values, depth: int, low: int) -> None:
 
 
 def _check_plan(name: str, attn_free: int, mlp_keep, depth: int) -> None:
-    """A plan in ``dcvit.ranked_plan`` terms: attention-free blocks and per-block MLP fractions."""
+    """A plan in ``dcvit.ranked_plan`` terms: attention-free blocks and per-block MLP fractions
+    (one number: the same fraction in every block)."""
+    if isinstance(mlp_keep, int | float) and not isinstance(mlp_keep, bool):
+        mlp_keep = (mlp_keep,) * depth
     if not isinstance(mlp_keep, (tuple, list)):
-        raise ValueError(f"{name} has ({attn_free}, {mlp_keep!r}); expected a tuple of kept MLP "
-                         "fractions, one per block, least sensitive first")
+        raise ValueError(f"{name} has ({attn_free}, {mlp_keep!r}); expected a kept MLP fraction "
+                         "for every block, or a tuple of them, one per block, least sensitive "
+                         "first")
     where = f"{name} has ({attn_free}, {tuple(mlp_keep)})"
     if not 0 <= attn_free <= depth:
         raise ValueError(f"{where}: {attn_free} attention-free blocks; expected [0, {depth}]")
@@ -76,6 +80,10 @@ def _check_plan(name: str, attn_free: int, mlp_keep, depth: int) -> None:
         raise ValueError(f"{where}: MLP fractions {bad}; expected kept fractions in (0, 1]")
     if attn_free == 0 and all(f == 1.0 for f in mlp_keep):
         raise ValueError(f"{where}, which cuts nothing")
+
+
+def _mlp_keep(value) -> float | tuple[float, ...]:
+    return float(value) if isinstance(value, int | float) else tuple(value)
 
 
 def parse(config: ml_collections.ConfigDict) -> Settings:
@@ -118,8 +126,8 @@ def parse(config: ml_collections.ConfigDict) -> Settings:
         prune=sequential.PruneConfig(blocksize=config.prune.blocksize,
                                      percdamp=config.prune.percdamp),
         block_outputs=config.block_outputs, calibration_batch=config.calibration_batch,
-        attn_blocks=config.plan.attn_blocks, mlp_keep=tuple(config.plan.mlp_keep),
-        then_prune=then_prune, then_recover_steps=then_recover_steps or recover.steps,
+        attn_blocks=config.plan.attn_blocks, mlp_keep=_mlp_keep(config.plan.mlp_keep),
+        then_prune=then_prune, then_recover_steps=then_recover_steps,
         baseline_drop_blocks=config.baseline_drop_blocks, latency_batch=config.latency.batch,
         latency_repeats=config.latency.repeats, adapt=config.adapt)
     return Settings(d, src)

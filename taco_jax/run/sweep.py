@@ -34,12 +34,10 @@ def run_sweep(model: nnx.Module, data: taco.TaskData, config: taco.TacoConfig,
         if abs(s - config.prune.sparsity) < 1e-9:
             continue
         logging.info("sweep: sparsity %.2f", s)
-        schedule = tuple(x for x in config.schedule if x < s)  # same total recovery budget
-        recover = dataclasses.replace(config.recover, steps=config.recover.steps + (
-            len(config.schedule) - len(schedule)) * config.schedule_steps)
+        schedule = (config.schedule if config.schedule == "auto" else  # the same budget
+                    tuple(x for x in config.schedule if x < s))
         c = dataclasses.replace(config, prune=dataclasses.replace(config.prune, sparsity=s),
-                                schedule=schedule, recover=recover, baselines=baselines,
-                                latency_batch=0)
+                                schedule=schedule, baselines=baselines, latency_batch=0)
         points.append(_point(taco.compress(model, data, c, workdir=workdir / f"s{s:.4f}").report))
     points.sort(key=lambda p: p["sparsity"])
     (workdir.parent / "sweep.json").write_text(json.dumps(points, indent=2))

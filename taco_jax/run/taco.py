@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import os
 import time
 
@@ -16,10 +15,7 @@ from taco_jax import checkpoint, distributed, export
 from taco_jax.data import pool
 from taco_jax.methods import taco
 from taco_jax.models import paths
-from taco_jax.models.convnext import ConvNeXt
-from taco_jax.models.resnet import ResNet
-from taco_jax.models.vit import VisionTransformer
-from taco_jax.prune import patterns, sequential
+from taco_jax.prune import sequential
 from taco_jax.run import common, sweep
 
 
@@ -38,114 +34,42 @@ def _overrides(value) -> dict:
     return {name: tuple(spec) if isinstance(spec, list) else spec for name, spec in value}
 
 
-# ``config.prune.overrides`` may name the model's input layer "stem", whatever the family calls it.
-STEM = "stem"
-STEM_LAYERS = ((ResNet, "conv1"), (VisionTransformer, "patch_embed.proj"), (ConvNeXt, "stem.0"))
-
-
-def _resolve_layers(overrides: dict, model: common.ModelSource) -> dict:
-    """``overrides`` with "stem" replaced by the model's input layer (``STEM_LAYERS``), every
-    name checked against the model's layers (the model built abstractly: no weights, no data)."""
-    abstract = model.abstract()
-    stem = next((name for kind, name in STEM_LAYERS if isinstance(abstract, kind)), None)
-    layers = frozenset(paths.named_layers(abstract))
-    if STEM in overrides and stem is None:
-        raise ValueError(f"config.prune.overrides names {STEM!r}, but the model "
-                         f"{model.describe()!r} has no known stem layer; name the layer instead")
-    resolved = {(stem if name == STEM else name): spec for name, spec in overrides.items()}
-    if len(resolved) != len(overrides):
-        raise ValueError(f"config.prune.overrides names {stem!r} twice (once as {STEM!r}): "
-                         f"{overrides}")
-    unknown = [name for name in resolved if name not in layers]
-    if unknown:
-        raise ValueError(f"config.prune.overrides names {unknown}, not layers of the model "
-                         f"{model.describe()!r} ({STEM!r} = its input layer); its "
-                         f"layers: {', '.join(sorted(layers))}")
-    return resolved
-
-
-def _schedule(config: ml_collections.ConfigDict, nm: bool) -> tuple[float, ...]:
-    """``config.schedule`` resolved: "auto" is the ``config.schedule_levels`` below the target
-    ``config.prune.sparsity`` (none for an N:M pattern, whose one level is fixed); an explicit
-    sequence (or one number) is taken as it is, checked to increase from > 0 to below the target."""
-    value, target = config.schedule, config.prune.sparsity
+def _schedule(value) -> tuple[float, ...] | str:
+    """``config.schedule`` as TacoConfig takes it ("auto", or a tuple; one number is a tuple of
+    one), which checks it against the target."""
     if isinstance(value, str):
-        if value != "auto":
-            raise ValueError(f"config.schedule={value!r}; expected 'auto' or a tuple of "
-                             "increasing sparsities below config.prune.sparsity")
-        levels = tuple(config.schedule_levels)
-        bad = [x for x in levels if isinstance(x, bool) or not isinstance(x, int | float)
-               or not 0 < x < 1]
-        if bad:
-            raise ValueError(f"config.schedule_levels has {bad}; expected sparsities in (0, 1)")
-        return () if nm else tuple(sorted({float(x) for x in levels if x < target}))
-    schedule = tuple(value) if isinstance(value, tuple | list) else (value,)
-    if not all(isinstance(x, int | float) and not isinstance(x, bool) for x in schedule):
-        raise ValueError(f"config.schedule={value!r}; expected 'auto' or a tuple of increasing "
-                         "sparsities below config.prune.sparsity")
-    if schedule and nm:
-        raise ValueError(f"config.schedule={schedule}: an N:M pattern "
-                         f"({config.prune.pattern}) has one fixed level, nothing to prune "
-                         "gradually toward; use 'auto' or ()")
-    levels = (*schedule, target)
-    if schedule and (schedule[0] <= 0 or any(b <= a for a, b in itertools.pairwise(levels))):
-        raise ValueError(f"config.schedule={schedule} must increase from > 0 to below the "
-                         f"target config.prune.sparsity={target} (or be 'auto': the "
-                         f"config.schedule_levels below the target)")
-    return schedule
-
-
-def _allocation(config: ml_collections.ConfigDict, nm: bool) -> str:
-    """``config.prune.allocation`` resolved: "auto" is "global", or "uniform" for an N:M pattern
-    (one fixed level in every layer: nothing to allocate), for which any other is refused."""
-    allocation = config.prune.allocation
-    if allocation == "auto":
-        return "uniform" if nm else "global"
-    if nm and allocation != "uniform":
-        raise ValueError(f"config.prune.allocation={allocation!r}: an N:M pattern "
-                         f"({config.prune.pattern}) has one fixed level in every layer, nothing "
-                         "to allocate; use 'auto' or 'uniform'")
-    return allocation
-
-
-def _final_recover_steps(config: ml_collections.ConfigDict, schedule: tuple) -> int:
-    """The final step's recovery steps: what the whole budget ``config.recover.steps`` leaves
-    after ``config.schedule_steps`` for each level of the schedule."""
-    budget, each = config.recover.steps, config.schedule_steps
-    if schedule and each < 1:
-        raise ValueError(f"config.schedule_steps={each}; a schedule {schedule} needs >= 1 "
-                         "recovery steps after each of its levels")
-    final = budget - len(schedule) * each
-    if final < 1:
-        raise ValueError(f"config.recover.steps={budget} is the whole recovery budget; the "
-                         f"schedule {schedule} takes {len(schedule)} x config.schedule_steps="
-                         f"{each} of it, leaving {final} for the final step (needs >= 1)")
-    return final
+        return value
+    return tuple(value) if isinstance(value, tuple | list) else (value,)
 
 
 def parse(config: ml_collections.ConfigDict) -> tuple[taco.TacoConfig, common.Source]:
     """Typed, validated configs from a config file; raises ValueError naming a bad value.
 
-    Called before any work starts, so a typo fails in a second, not after training. Resolves
-    the config's defaults that depend on other fields (each documented in configs/taco/demo.py):
-    ``schedule`` "auto", ``prune.allocation`` "auto", N:M patterns (no schedule, uniform),
-    ``recover.steps`` as the whole recovery budget (the final step gets what the schedule
-    leaves), the "stem" layer of ``prune.overrides``, ``generalist.steps`` 0 (the model's).
+    Called before any work starts, so a typo fails in a second, not after training. The
+    fields mean what TacoConfig's do (its defaults are the shipped demo config's); the layer
+    names of ``prune.overrides`` ("stem": the model's input layer) are checked against the
+    model here, built abstractly.
     """
     src = common.parse_source(config)
-    nm = isinstance(patterns.parse_pattern(config.prune.pattern), patterns.NM)
-    schedule = _schedule(config, nm)
-    overrides = _resolve_layers(_overrides(config.prune.overrides), src.model)
-    prune = sequential.PruneConfig(**{**config.prune.to_dict(), "overrides": overrides,
-                                      "allocation": _allocation(config, nm)})
-    recover = common.fit_config(config.recover, config.seed,
-                                steps=_final_recover_steps(config, schedule))
-    taco_config = taco.TacoConfig(
-        shots=config.shots, seed=config.seed, prune=prune,
-        recover=recover, baselines=tuple(config.baselines),
-        schedule=schedule, schedule_steps=config.schedule_steps,
-        latency_batch=config.latency_batch, calibration_views=config.calibration_views,
-        pool_retrieve=config.pool.retrieve, adapt=config.adapt, probe_l2=config.probe_l2)
+    overrides = _overrides(config.prune.overrides)
+    try:
+        paths.resolve_stem(src.model.abstract(), overrides)  # every name a layer of the model
+    except ValueError as e:
+        raise ValueError(f"config.prune.overrides of {src.model.describe()!r}: {e}") from None
+    try:
+        prune = sequential.PruneConfig(**{**config.prune.to_dict(), "overrides": overrides})
+    except ValueError as e:
+        raise ValueError(f"config.prune: {e}") from None
+    try:
+        taco_config = taco.TacoConfig(
+            shots=config.shots, seed=config.seed, prune=prune,
+            recover=common.fit_config(config.recover, config.seed),
+            baselines=tuple(config.baselines), schedule=_schedule(config.schedule),
+            schedule_levels=tuple(config.schedule_levels), schedule_steps=config.schedule_steps,
+            latency_batch=config.latency_batch, calibration_views=config.calibration_views,
+            pool_retrieve=config.pool.retrieve, adapt=config.adapt, probe_l2=config.probe_l2)
+    except ValueError as e:
+        raise ValueError(f"config: {e}") from None
     if common.parse_pool(config.pool) is None and config.pool.retrieve:
         raise ValueError(f"config.pool.retrieve={config.pool.retrieve} needs a pool to retrieve "
                          "from: set config.pool.dataset (or the variant key pool)")
