@@ -5,7 +5,7 @@
 
 The checkpoint lands in OUT/generalist/<model>-<recipe hash>/ with an info.json (test accuracy,
 training time, the recipe): the config's ``generalist`` fields as ``run.taco.parse`` resolves
-them (``steps`` 0 = the model's default, ``run.common.GENERALIST_STEPS``). The TACO launcher
+them (``steps`` 0 = the model's default, ``taco_jax.generalist.STEPS``). The TACO launcher
 uses it when its config has the same recipe.
 """
 

@@ -26,6 +26,14 @@ from taco_jax.train import fit
 
 SHIPPED_DIR = Path(__file__).parent / "assets"
 
+CLASS_NAMES = embedded.CLASS_NAMES  # a generalist's classifier rows, in order
+
+# Training steps of the default recipe: a ViT (no convolutional prior) needs far longer on these
+# 12k images, vit_mini reaching 82.6% test top-1 after 1,500 steps, 96.4% after 6,000
+# (BUILD_NOTES, session 7). These are the shipped generalists' recipes.
+STEPS = {"vit_mini": 6000}
+DEFAULT_STEPS = 1500
+
 
 def default_cache_dir() -> Path:
     """$TACO_JAX_CACHE, else ~/.cache/taco_jax."""
@@ -49,6 +57,27 @@ def recipe_fields(config: fit.FitConfig) -> dict:
     default = fit.FitConfig()
     return {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
             if f.name in _HASHED_ALWAYS or getattr(config, f.name) != getattr(default, f.name)}
+
+
+def recipe(arch: str, steps: int = 0) -> fit.FitConfig:
+    """The default training recipe of the ``arch`` generalist (the shipped checkpoints' and the
+    launchers' ``config.generalist``): AdamW 2e-3 with warm-up, batch 128, shifts (no flips:
+    digits are not mirror-symmetric); ``steps`` 0 = the model's default (``STEPS``)."""
+    if steps < 0:
+        raise ValueError(f"generalist steps={steps}; expected >= 1, or 0 for the model's "
+                         f"default ({DEFAULT_STEPS}, {STEPS} by model)")
+    return fit.FitConfig(steps=steps or STEPS.get(arch, DEFAULT_STEPS), batch_size=128,
+                         learning_rate=2e-3, weight_decay=0.05, warmup_steps=100,
+                         augment="shift")
+
+
+def load(arch: str = "resnet_mini", *, data_dir: str | None = None,
+         cache_dir: str | os.PathLike | None = None) -> nnx.Module:
+    """The ``arch`` generalist of the embedded default with the default ``recipe`` (the
+    shipped checkpoint for resnet_mini and vit_mini; others are trained once and cached), in
+    eval mode; its classifier rows are ``CLASS_NAMES``."""
+    model, _ = load_or_train(arch, recipe(arch), data_dir=data_dir, cache_dir=cache_dir)
+    return model
 
 
 def load_or_train(

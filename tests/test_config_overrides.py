@@ -273,10 +273,12 @@ def test_cases_cover_every_shipped_config():
 def test_library_defaults_are_the_shipped_demo_configs():
     """One set of defaults: each method's config dataclass, built with no arguments, equals what
     the launcher's preflight makes of the shipped demo config (field by field, nested too)."""
+    from taco_jax import generalist
     from taco_jax.methods import dcvit, taco, transfer
 
-    taco_config, _ = taco_run.parse(load("configs/taco/demo.py"))
+    taco_config, src = taco_run.parse(load("configs/taco/demo.py"))
     assert taco_config == taco.TacoConfig()
+    assert src.generalist == generalist.recipe("resnet_mini")  # what generalist.load uses
     assert taco_config.levels() == (0.5, 0.75, 0.9) and taco_config.final_recover_steps() == 200
     assert dcvit_run.parse(load("configs/dcvit/demo.py")).dcvit == dcvit.DcvitConfig()
     transfer_config, _, _ = transfer_run.parse(load("configs/transfer/demo.py"))

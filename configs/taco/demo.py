@@ -67,7 +67,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.task.train_per_class = 0
 
     c.generalist = ml_collections.ConfigDict()  # trained once on all 20 classes, then cached
-    # 0 = the model's default (run.common.GENERALIST_STEPS): 6,000 for vit_mini, 1,500 for the
+    # 0 = the model's default (generalist.STEPS): 6,000 for vit_mini, 1,500 for the
     # others. A ViT (no convolutional prior) needs far longer on these 12k images: vit_mini
     # reaches 82.6% test top-1 after 1,500 steps, 96.4% after 6,000 (BUILD_NOTES, session 7).
     c.generalist.steps = 0

@@ -11,6 +11,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 from flax import nnx
 from tqdm.auto import tqdm
 
@@ -209,11 +210,47 @@ class TaskData:
     # baseline's calibration set (TACO's claim: the task's own images calibrate better).
     generic_images: np.ndarray | None = None
 
+    @classmethod
+    def load(cls, task: Task, model: nnx.Module, *, labels: Sequence[str] | None = None,
+             train_per_class: int = 0, seed: int = 0,
+             mesh: jax.sharding.Mesh | None = None) -> TaskData:
+        """``task``'s train and test images as ``model`` sees them (``Task.load_resized``
+        through its stored eval recipe, ``model.preprocess``), normalised by
+        ``preprocess.for_model``. ``labels``: the model's class name of each classifier row
+        (``generalist.CLASS_NAMES``, a checkpoint's ``labels``): the task's classes are matched
+        to rows by name (``class_ids_by_name``; None: a linear probe makes the teacher's head).
+        ``train_per_class`` > 0 reads a seeded cap of each class's train images."""
+        recipe = model.preprocess
+        train_x, train_y = task.load_resized(task.train_split, recipe,
+                                             per_class=train_per_class, seed=seed)
+        test_x, test_y = task.load_resized(task.test_split, recipe)
+        names = task.class_names()
+        return cls(train_x, train_y, test_x, test_y, class_ids_by_name(labels, names),
+                   tuple(names), preprocess_lib.for_model(model), mesh)
+
     def evaluate(self, model: nnx.Module) -> dict:
         """Top-1/top-5 (%) of ``model`` on the task's test split (data parallel over
         ``mesh``: each process takes its share of the test images)."""
         return fit.evaluate(model, self.test_images, self.test_labels, self.preprocess,
                             mesh=self.mesh)
+
+
+def class_ids_by_name(labels: Sequence[str] | None, names: Sequence[str]
+                      ) -> np.ndarray | None:
+    """The model's classifier row of each task class, matched by name, or None when the model's
+    labels are unknown or miss one of the task's classes (the task teacher is then a linear
+    probe: ``adapt.task_teacher``'s "auto")."""
+    if labels is None:
+        logging.info("The model's class names are unknown: its classifier cannot be restricted "
+                     "to the task's classes by name.")
+        return None
+    labels = list(labels)
+    missing = [n for n in names if n not in labels]
+    if missing:
+        logging.info("Task classes %s are not among the model's %d classes.", missing,
+                     len(labels))
+        return None
+    return np.asarray([labels.index(n) for n in names])
 
 
 def calibration_batches(images: np.ndarray | Sequence[np.ndarray], preprocess: Callable,

@@ -22,28 +22,21 @@ from absl import app, logging
 from flax import nnx
 
 from taco_jax import convert, distributed, generalist, models
-from taco_jax.data import embedded, folder, pool, preprocess, source, subtasks
+from taco_jax.data import embedded, folder, pool, source, subtasks
 from taco_jax.data.task import Task, TaskData
 from taco_jax.export import specialist
 from taco_jax.models.preprocess import Preprocess
 from taco_jax.train import fit
 
-# The generalist's training steps on the embedded data when ``config.generalist.steps`` is 0
-# (the model's default): a ViT (no convolutional prior) needs far longer on these 12k images,
-# vit_mini reaching 82.6% test top-1 after 1,500 steps, 96.4% after 6,000 (BUILD_NOTES,
-# session 7). These are the shipped generalists' recipes (taco_jax/assets/generalist/).
-GENERALIST_STEPS = {"vit_mini": 6000}
-DEFAULT_GENERALIST_STEPS = 1500
-
 
 def generalist_steps(model: str, steps: int) -> int:
     """``config.generalist.steps`` resolved: ``steps``, or for 0 the model's default
-    (``GENERALIST_STEPS``, else ``DEFAULT_GENERALIST_STEPS``); ValueError when negative."""
+    (``generalist.STEPS``); ValueError naming the field when negative."""
     if steps < 0:
         raise ValueError(f"config.generalist.steps={steps}; expected >= 1, or 0 for the "
-                         f"model's default ({DEFAULT_GENERALIST_STEPS}, "
-                         f"{GENERALIST_STEPS} by model)")
-    return steps or GENERALIST_STEPS.get(model, DEFAULT_GENERALIST_STEPS)
+                         f"model's default ({generalist.DEFAULT_STEPS}, {generalist.STEPS} by "
+                         "model)")
+    return generalist.recipe(model, steps).steps
 
 
 def fit_config(c: ml_collections.ConfigDict, seed: int, **replace) -> fit.FitConfig:
@@ -348,28 +341,12 @@ def load_model(src: ModelSource, generalist_config: fit.FitConfig, *,
     return model, {k: info[k] for k in ("path", "test_top1", "test_top5")}
 
 
-def model_class_ids(labels: tuple[str, ...] | None, task_names: list[str]) -> np.ndarray | None:
-    """The model's classifier row of each task class, matched by name, or None when the model's
-    labels are unknown or miss one of the task's classes (the task teacher is then a linear
-    probe: ``adapt.task_teacher``'s "auto")."""
-    if labels is None:
-        logging.info("The model's class names are unknown: its classifier cannot be restricted "
-                     "to the task's classes by name.")
-        return None
-    missing = [n for n in task_names if n not in labels]
-    if missing:
-        logging.info("Task classes %s are not among the model's %d classes.", missing,
-                     len(labels))
-        return None
-    return np.asarray([labels.index(n) for n in task_names])
-
-
 def load_task_data(config: ml_collections.ConfigDict, src: Source, workdir: Path
                    ) -> tuple[nnx.Module, dict, TaskData]:
     """The configured model (``load_model``), what to report of it, and the task's train and
     test images as the model sees them (``Task.load_resized`` with its stored eval recipe);
     the task data names the model's rows of the task's classes when its labels do
-    (``model_class_ids``) and carries the mesh of every device (None on one device), so
+    (``class_ids_by_name``) and carries the mesh of every device (None on one device), so
     pruning and evaluation use them all. An image folder's files (and the held-out split made
     for a flat one) are listed in ``workdir/task_files.json``."""
     task = src.task
@@ -378,16 +355,12 @@ def load_task_data(config: ml_collections.ConfigDict, src: Source, workdir: Path
     embedded_dir = task.data_dir if task.dataset == source.EMBEDDED else None
     model, info = load_model(src.model, src.generalist, data_dir=embedded_dir,
                              cache_dir=config.cache_dir or None)
-    recipe = model.preprocess
-    train_x, train_y = task.load_resized(task.train_split, recipe,
-                                         per_class=config.task.train_per_class,
-                                         seed=config.seed)
-    test_x, test_y = task.load_resized(task.test_split, recipe)
-    names = task.class_names()
+    data = TaskData.load(task, model, labels=src.model.labels,
+                         train_per_class=config.task.train_per_class, seed=config.seed,
+                         mesh=distributed.device_mesh())
     logging.info("Task %s: %d classes, %d train / %d test images at %d px (%.0f MB).",
                  task.dataset if not task.data_dir else f"{task.dataset} {task.data_dir}",
-                 len(names), len(train_y), len(test_y), recipe.input_size,
-                 (train_x.nbytes + test_x.nbytes) / 2**20)
-    data = TaskData(train_x, train_y, test_x, test_y, model_class_ids(src.model.labels, names),
-                    tuple(names), preprocess.for_model(model), distributed.device_mesh())
+                 len(data.class_names), len(data.train_labels), len(data.test_labels),
+                 model.preprocess.input_size,
+                 (data.train_images.nbytes + data.test_images.nbytes) / 2**20)
     return model, info, data
