@@ -14,7 +14,7 @@ from taco_jax.prune.patterns import (
     parse_pattern,
     tiling_problem,
 )
-from taco_jax.prune.solver import prune_layer
+from taco_jax.prune.solver import prune_layer, prune_layer_levels
 
 
 def correlated_layer(d_out, d_in, n=4096, seed=0, rho=0.9):
@@ -117,6 +117,27 @@ def test_jitted_matches_numpy_with_partial_last_block_and_dead_inputs():
     np.testing.assert_allclose(np.asarray(W_new), W_ref, rtol=2e-3, atol=2e-3 * np.abs(W).max())
     assert not np.asarray(keep)[:, 5].any()  # zeroed dead inputs score 0: pruned first
     assert float(stats.sparsity) == 0.5
+
+
+@pytest.mark.parametrize("pattern", [Unstructured(), NM(2, 4), Block(8, 8)], ids=str)
+def test_levels_at_once_match_the_float64_reference_level_by_level(pattern):
+    """The allocation's error curves (one Cholesky, the levels' sweeps vectorised) give each
+    level's weights, masks and relative error as the float64 NumPy solve of that level."""
+    W, H = correlated_layer(32, 80, seed=3)
+    H[7, :] = H[:, 7] = 0  # a dead input, and a partial last column block
+    levels = (0.0, 0.3, 0.6, 0.9)
+    for s, (W_new, keep, stats) in zip(levels, prune_layer_levels(W, H, pattern, levels,
+                                                                   blocksize=32), strict=True):
+        W_ref, pruned_ref = numpy_fasterprune(W, H, pattern, s, blocksize=32)
+        agree = np.mean(np.asarray(keep) == ~pruned_ref)
+        assert agree > 0.995, f"{pattern} at {s}: masks agree on only {agree:.4f}"
+        err_ref = rel_error(W, W_ref, H)
+        assert abs(float(stats.rel_error) - err_ref) <= 0.02 * err_ref + 1e-7, s
+        assert float(stats.rel_error) == pytest.approx(rel_error(W, np.asarray(W_new), H),
+                                                       rel=0.02, abs=1e-7)
+        assert float(stats.sparsity) == pytest.approx(np.mean(np.asarray(W_new) == 0))
+        single = prune_layer(W, H, pattern, s, blocksize=32)
+        np.testing.assert_allclose(np.asarray(W_new), np.asarray(single[0]), atol=1e-4)
 
 
 # ------------------------------------------------------------------ structure and sparsity

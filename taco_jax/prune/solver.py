@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import jax
@@ -416,6 +417,20 @@ def _prune_core(W, H, counts, *, pattern, blocksize, percdamp, method, axis_name
     return W, ~pruned, stats
 
 
+def _check_inputs(W, H, pattern: Pattern, blocksize: int, method: str) -> None:
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; allowed: {METHODS}")
+    if W.ndim != 2 or H.shape != (W.shape[1], W.shape[1]):
+        raise ValueError(f"W must be (d_out, d_in) and H (d_in, d_in), got W {W.shape}, "
+                         f"H {H.shape}")
+    if blocksize < 1:
+        raise ValueError(f"blocksize must be >= 1, got {blocksize}")
+    check_shape(pattern, W.shape[0], W.shape[1], min(blocksize, W.shape[1]))
+    if method == "obc" and isinstance(pattern, Block):
+        raise ValueError("method='obc' supports unstructured, N:M and structured patterns, "
+                         f"not {pattern}")
+
+
 def prune_layer(W: jax.Array, H: jax.Array, pattern: Pattern | str, sparsity: float = 0.0, *,
                 blocksize: int = 128, percdamp: float = 0.01, method: str = "sparsegpt",
                 mesh: jax.sharding.Mesh | None = None
@@ -429,18 +444,8 @@ def prune_layer(W: jax.Array, H: jax.Array, pattern: Pattern | str, sparsity: fl
     """
     pattern = parse_pattern(pattern)
     sparsity = check_sparsity(sparsity)
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; allowed: {METHODS}")
-    if W.ndim != 2 or H.shape != (W.shape[1], W.shape[1]):
-        raise ValueError(f"W must be (d_out, d_in) and H (d_in, d_in), got W {W.shape}, "
-                         f"H {H.shape}")
-    if blocksize < 1:
-        raise ValueError(f"blocksize must be >= 1, got {blocksize}")
+    _check_inputs(W, H, pattern, blocksize, method)
     d_out, d_in = W.shape
-    check_shape(pattern, d_out, d_in, min(blocksize, d_in))
-    if method == "obc" and isinstance(pattern, Block):
-        raise ValueError("method='obc' supports unstructured, N:M and structured patterns, "
-                         f"not {pattern}")
     counts = jnp.asarray(prune_counts(pattern, sparsity, d_out, d_in, blocksize))
     W = jnp.asarray(W, jnp.float32)
     H = jnp.asarray(H, jnp.float32)
@@ -455,6 +460,52 @@ def prune_layer(W: jax.Array, H: jax.Array, pattern: Pattern | str, sparsity: fl
         return W1, keep, stats
     return (jnp.asarray(distributed.to_host(W1)), jnp.asarray(distributed.to_host(keep)),
             jax.tree.map(lambda a: jnp.asarray(distributed.to_host(a)), stats))
+
+
+@functools.partial(jax.jit, static_argnames=("pattern", "blocksize", "percdamp"))
+def _sparsegpt_levels_core(W, H, counts, *, pattern, blocksize, percdamp):
+    """``_prune_core``'s SparseGPT solve at several levels at once: one damping and Cholesky
+    factor shared by all, the column sweeps vmapped over the levels' counts (L, n_blocks)."""
+    Hd, dead = fill_dead_inputs(H)
+    W1 = jnp.where(dead[None], 0.0, W)
+    U, lam, tries = hinv_upper_with_damping(Hd, percdamp)
+    den = jnp.maximum(jnp.einsum("ri,ij,rj->", W, H, W), 1e-30)
+    damp = lam * jnp.mean(jnp.diag(Hd))
+
+    def level(c):
+        Wn, pruned, sq = fasterprune(W1, U, c, pattern, blocksize)
+        num = jnp.sum(sq) - damp * jnp.sum((W1 - Wn) ** 2)
+        Wn = jnp.where(pruned, 0.0, Wn)
+        return Wn, ~pruned, SolveStats(sparsity=jnp.mean(Wn == 0), rel_error=num / den,
+                                       damp=lam, damp_tries=tries)
+
+    return jax.vmap(level)(counts)
+
+
+def prune_layer_levels(W: jax.Array, H: jax.Array, pattern: Pattern | str,
+                       sparsities: Sequence[float], *, blocksize: int = 128,
+                       percdamp: float = 0.01, method: str = "sparsegpt",
+                       mesh: jax.sharding.Mesh | None = None
+                       ) -> list[tuple[jax.Array, jax.Array, SolveStats]]:
+    """``prune_layer`` at each of ``sparsities`` (the allocation's error curves): the same
+    results, for SparseGPT on one device in one jitted call that factors H once and sweeps the
+    columns for every level together (vectorised over the levels); otherwise level by level."""
+    pattern = parse_pattern(pattern)
+    levels = [check_sparsity(s) for s in sparsities]
+    one_device = mesh is None or mesh.devices.size == 1
+    if (method != "sparsegpt" or isinstance(pattern, Structured) or not one_device
+            or len(levels) < 2):
+        return [prune_layer(W, H, pattern, s, blocksize=blocksize, percdamp=percdamp,
+                            method=method, mesh=mesh) for s in levels]
+    _check_inputs(W, H, pattern, blocksize, method)
+    d_out, d_in = W.shape
+    counts = jnp.asarray(np.stack([prune_counts(pattern, s, d_out, d_in, blocksize)
+                                   for s in levels]))
+    Ws, keeps, stats = _sparsegpt_levels_core(
+        jnp.asarray(W, jnp.float32), jnp.asarray(H, jnp.float32), counts, pattern=pattern,
+        blocksize=blocksize, percdamp=float(percdamp))
+    return [(Ws[i], keeps[i], jax.tree.map(lambda a, i=i: a[i], stats))
+            for i in range(len(levels))]
 
 
 @functools.lru_cache(maxsize=64)
