@@ -51,9 +51,10 @@ from taco_jax.prune.patterns import (
     parse_pattern,
     tiling_problem,
 )
+from taco_jax.prune.refit import refit_groups
 from taco_jax.prune.result import LayerStats, PruneResult
 from taco_jax.prune.shrink import ShrinkPair, infer_pairs, shrink_pair
-from taco_jax.prune.solver import METHODS, prune_layer
+from taco_jax.prune.solver import METHODS, choose_method, prune_layer
 from taco_jax.prune.targets import dense_target
 
 ALLOCATIONS = ("auto", "uniform", "global", "output", "magnitude")
@@ -75,6 +76,9 @@ class PruneConfig:
     "self", the layer's own outputs on them (OBC/SparseGPT); or "dense", the reference (dense)
     model's outputs of that layer on the reference's own inputs (``prune.targets``), which also
     corrects the error of the layers pruned before it.
+    ``refit``: after SparseGPT picks a layer's mask, re-solve its kept weights exactly by least
+    squares on that mask (``prune.refit``; 2–3x less layer error at 50–90%). Not for
+    magnitude (the uncompensated baseline), OBC (already exact) or structured patterns.
     """
 
     pattern: str | Pattern = "unstructured"
@@ -83,11 +87,12 @@ class PruneConfig:
     allocation: str = "uniform"
     blocksize: int = 128
     percdamp: float = 0.01
-    method: str = "sparsegpt"
+    method: str = "auto"
     prune_head: bool = False
     pairs: tuple[ShrinkPair, ...] | None = None
     allocation_grid: tuple[float, ...] = (0.0, 0.3, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95)
     targets: str = "self"
+    refit: bool = True
 
     def __post_init__(self):
         parse_pattern(self.pattern)
@@ -253,13 +258,16 @@ def _solve_layer(layer, H, pattern, sparsity, config, mesh, device=None, target=
     Hg = H if H.ndim == 3 else H[None]
     if device is not None:
         W0, Hg = jax.device_put((W0, Hg), device)
-    kw = dict(blocksize=config.blocksize, percdamp=config.percdamp, method=config.method)
+    method = choose_method(config.method, pattern, *W0.shape[1:])
+    kw = dict(blocksize=config.blocksize, percdamp=config.percdamp, method=method)
     outs = [prune_layer(W0[g], Hg[g], pattern, sparsity, mesh=mesh, **kw)
             for g in range(W0.shape[0])] if W0.shape[0] <= 8 else None
     if outs is None:  # depthwise / many groups: one vmapped solve over the groups
         outs = _vmapped_groups(W0, Hg, pattern, sparsity, kw)
     W1 = jnp.stack([o[0] for o in outs])
     keep = jnp.stack([o[1] for o in outs])
+    if config.refit and method == "sparsegpt" and not isinstance(pattern, Structured):
+        W1 = refit_groups(W0, Hg, keep, W1, percdamp=config.percdamp)
     return W0, W1, keep, [o[2] for o in outs]
 
 

@@ -229,13 +229,26 @@ def _forward(model, x, preprocess, output):
     return output(model, preprocess(x))
 
 
+# Pixels per inference batch at most: 32 images at 224² (ResNet-50's activations then stay
+# near 1 GB), 256 at 64² and below; the batch never exceeds the images either (no padding of a
+# 36-image test set to 256).
+EVAL_PIXELS = 32 * 224 * 224
+
+
+def eval_batch_size(batch_size: int, images: np.ndarray) -> int:
+    """``batch_size`` capped by ``EVAL_PIXELS`` and by the number of images (at least 1)."""
+    pixels = int(np.prod(images.shape[1:3])) if images.ndim >= 3 else 1
+    return max(1, min(batch_size, len(images), EVAL_PIXELS // max(pixels, 1)))
+
+
 def predict(
     model: nnx.Module, images: np.ndarray, preprocess: Preprocess, batch_size: int = 256,
     output: Callable[[nnx.Module, jax.Array], jax.Array] | None = None,
     mesh: jax.sharding.Mesh | None = None,
 ) -> np.ndarray:
     """``output(model, preprocess(x))`` (default: the logits ``model(x)``) over images (N,H,W,C)
-    in eval mode, in fixed-size batches (one compilation); rows stacked to (N, ...).
+    in eval mode, in fixed-size batches (one compilation; ``eval_batch_size``); rows stacked
+    to (N, ...).
 
     ``mesh``: data parallel, each batch split over its devices (the batch rounded up to a
     multiple of them); a mesh over several processes (``taco_jax.distributed``) also splits
@@ -247,6 +260,7 @@ def predict(
     model.eval()
     output = output or _logits
     put = jnp.asarray
+    batch_size = eval_batch_size(batch_size, images)
     if mesh is not None:
         model = distributed.on_mesh(model, mesh)
         batch_size = -(-batch_size // mesh.devices.size) * mesh.devices.size

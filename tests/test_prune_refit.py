@@ -1,0 +1,77 @@
+"""The exact re-solve on a fixed mask (``prune.refit``) and the "auto" solver choice, against a
+float64 NumPy least-squares solve row by row."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from test_prune_solver import correlated_layer, rel_error
+
+from taco_jax.prune import refit
+from taco_jax.prune.patterns import NM, Block, Unstructured
+from taco_jax.prune.solver import choose_method, prune_layer
+
+
+def numpy_refit(W, H, keep, percdamp=0.01):
+    """Per row: the kept weights minimising (v − w)ᵀ H_λ (v − w), v zero where pruned."""
+    H = np.float64(H)
+    dead = np.diag(H) == 0
+    H[dead, dead] = 1.0
+    Hd = H + percdamp * np.mean(np.diag(H)) * np.eye(len(H))
+    out = np.zeros(W.shape)
+    for r, k in enumerate(np.asarray(keep)):
+        out[r, k] = np.linalg.solve(Hd[np.ix_(k, k)], Hd[k] @ np.float64(W[r]))
+    return out
+
+
+@pytest.mark.parametrize("method", ["exact", "cg"])
+@pytest.mark.parametrize("pattern", [Unstructured(), NM(2, 4), Block(8, 8)], ids=str)
+def test_refit_is_the_least_squares_solution_on_the_mask(method, pattern):
+    W, H = correlated_layer(32, 96, seed=4)
+    H[9, :] = H[:, 9] = 0  # a dead input
+    W1, keep, _ = prune_layer(W, H, pattern, 0.75, blocksize=32, method="sparsegpt")
+    V = np.asarray(refit.refit(W, H, keep, W1, method=method, iterations=100))
+    ref = numpy_refit(W, H, keep)
+    assert np.all(V[~np.asarray(keep)] == 0)
+    np.testing.assert_allclose(V, ref, atol=2e-4 * np.abs(ref).max())
+    assert rel_error(W, V, H) < 0.9 * rel_error(W, np.asarray(W1), H)  # blocks: 0.80x
+
+
+@pytest.mark.parametrize("sparsity, bound", [(0.5, 0.6), (0.9, 0.55)])
+def test_refit_cuts_sparsegpt_layer_error_on_a_wide_layer(sparsity, bound):
+    """256x512 (conjugate gradients under "auto"): the re-solve's error is a fraction of
+    SparseGPT's on its own mask (measured 0.42–0.46x at 768x768)."""
+    W, H = correlated_layer(256, 512, seed=5)
+    W1, keep, _ = prune_layer(W, H, "unstructured", sparsity, method="sparsegpt")
+    V = np.asarray(refit.refit(W, H, keep, W1))
+    assert rel_error(W, V, H) < bound * rel_error(W, np.asarray(W1), H)
+    np.testing.assert_array_equal(V != 0, np.asarray(keep) & (V != 0))
+
+
+def test_refit_never_worse_than_its_start_and_groups_match_one_by_one():
+    W, H = correlated_layer(16, 64, seed=6)
+    W1, keep, _ = prune_layer(W, H, "unstructured", 0.6, blocksize=32, method="sparsegpt")
+    V = np.asarray(refit.refit(W, H, keep, W1, method="cg", iterations=1))
+    per_row = lambda M: np.sum(((M - W) @ np.float64(H)) * (M - W), axis=1)
+    assert np.all(per_row(V) <= per_row(np.asarray(W1)) * (1 + 1e-5))
+    Ws, Hs = np.stack([W, 2 * W]), np.stack([H, H])
+    keeps, starts = np.stack([keep, keep]), np.stack([W1, 2 * W1])
+    got = np.asarray(refit.refit_groups(Ws, Hs, keeps, starts))
+    for g in range(2):
+        np.testing.assert_allclose(got[g], np.asarray(refit.refit(Ws[g], H, keep, starts[g])),
+                                   rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="refit method must be"):
+        refit.refit(W, H, keep, method="lstsq")
+
+
+def test_auto_solves_small_layers_exactly_and_wide_ones_with_sparsegpt():
+    assert choose_method("auto", Unstructured(), 64, 576) == "obc"      # resnet_mini, stage 1
+    assert choose_method("auto", NM(2, 4), 64, 576) == "obc"
+    assert choose_method("auto", Block(16, 16), 64, 576) == "sparsegpt"  # OBC has no blocks
+    assert choose_method("auto", Unstructured(), 512, 4608) == "sparsegpt"
+    assert choose_method("auto", Unstructured(), 4096, 128) == "sparsegpt"  # memory bound
+    assert choose_method("magnitude", Unstructured(), 8, 8) == "magnitude"
+    W, H = correlated_layer(16, 48, seed=7)
+    auto = prune_layer(W, H, "unstructured", 0.8, method="auto")
+    obc = prune_layer(W, H, "unstructured", 0.8, method="obc")
+    np.testing.assert_array_equal(np.asarray(auto[0]), np.asarray(obc[0]))
