@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_prune_solver import correlated_layer, rel_error
 
+from taco_jax.bench.refit import correlated_layer, rel_error
 from taco_jax.prune import refit
 from taco_jax.prune.patterns import NM, Block, Unstructured
 from taco_jax.prune.solver import choose_method, prune_layer
@@ -75,3 +75,13 @@ def test_auto_solves_small_layers_exactly_and_wide_ones_with_sparsegpt():
     auto = prune_layer(W, H, "unstructured", 0.8, method="auto")
     obc = prune_layer(W, H, "unstructured", 0.8, method="obc")
     np.testing.assert_array_equal(np.asarray(auto[0]), np.asarray(obc[0]))
+
+
+def test_refit_benchmark_prints_a_row_per_shape_and_sparsity(capsys):
+    from taco_jax.bench import refit as bench
+
+    bench.main(["--shapes", "16x32", "--sparsities", "0.5,0.9", "--repeats", "1"])
+    rows = [r for r in capsys.readouterr().out.splitlines() if r.strip().startswith("16x32")]
+    assert len(rows) == 2
+    sparsegpt, refitted = (float(rows[1].split("|")[i].split()[0]) for i in (1, 2))
+    assert refitted < sparsegpt

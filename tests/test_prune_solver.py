@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 
+from taco_jax.bench.refit import correlated_layer, rel_error
 from taco_jax.prune.patterns import (
     NM,
     Block,
@@ -15,27 +16,6 @@ from taco_jax.prune.patterns import (
     tiling_problem,
 )
 from taco_jax.prune.solver import prune_layer, prune_layer_levels
-
-
-def correlated_layer(d_out, d_in, n=4096, seed=0, rho=0.9):
-    """W (d_out, d_in) and H = 2XXᵀ/n for strongly correlated inputs (AR(1) + low rank)."""
-    rng = np.random.default_rng(seed)
-    Z = rng.normal(size=(n, d_in))
-    X = np.empty_like(Z)
-    X[:, 0] = Z[:, 0]
-    for j in range(1, d_in):
-        X[:, j] = rho * X[:, j - 1] + math.sqrt(1 - rho**2) * Z[:, j]
-    X += rng.normal(size=(n, 4)) @ rng.normal(size=(4, d_in))  # shared low-rank factors
-    X *= rng.uniform(0.2, 2.0, size=d_in)
-    W = rng.normal(size=(d_out, d_in))
-    return W.astype(np.float32), (2 * X.T @ X / n).astype(np.float32)
-
-
-def rel_error(W, W_new, H):
-    D = np.float64(W) - W_new
-    H = np.float64(H)
-    return np.einsum("ri,ij,rj->", D, H, D) / np.einsum("ri,ij,rj->", W, H, W)
-
 
 # ------------------------------------------------------------------ float64 NumPy reference
 
