@@ -85,3 +85,12 @@ def test_refit_benchmark_prints_a_row_per_shape_and_sparsity(capsys):
     assert len(rows) == 2
     sparsegpt, refitted = (float(rows[1].split("|")[i].split()[0]) for i in (1, 2))
     assert refitted < sparsegpt
+
+
+@pytest.mark.slow
+def test_oneshot_benchmark_runs_on_the_demo(capsys):
+    from taco_jax.bench import oneshot
+
+    oneshot.main(["--solvers", "auto,magnitude", "--shots", "4", "--sparsity", "0.5"])
+    out = capsys.readouterr().out
+    assert "auto: top-1" in out and "magnitude: top-1" in out
