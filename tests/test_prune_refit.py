@@ -94,3 +94,29 @@ def test_oneshot_benchmark_runs_on_the_demo(capsys):
     oneshot.main(["--solvers", "auto,magnitude", "--shots", "4", "--sparsity", "0.5"])
     out = capsys.readouterr().out
     assert "auto: top-1" in out and "magnitude: top-1" in out
+
+
+def test_bad_numbers_are_refused_and_errors_are_never_negative(caplog):
+    """NaN/inf in W or H and a non-symmetric H raise one line; numpy sparsities are numbers;
+    a reported error is >= 0 (the damping correction can undershoot zero in float32)."""
+    from flax import nnx
+    from test_prune_sequential import TinyViT, image_batches
+
+    from taco_jax.prune.sequential import PruneConfig, prune_model
+
+    W, H = correlated_layer(8, 16, seed=8)
+    bad = W.copy()
+    bad[0, 0] = np.nan
+    with pytest.raises(ValueError, match=r"non-finite values \(NaN/inf\) in the layer's weights"):
+        prune_layer(bad, H, "unstructured", 0.5)
+    with pytest.raises(ValueError, match="Hessian is not symmetric"):
+        prune_layer(W, H + np.triu(np.ones_like(H)), "unstructured", 0.5)
+    _, _, stats = prune_layer(W, H, "unstructured", np.float32(0.5))
+    assert float(stats.sparsity) == 0.5
+    _, _, stats = prune_layer(W, H, "unstructured", 0.0)
+    assert float(stats.rel_error) >= 0
+    vit = TinyViT(nnx.Rngs(0))
+    kernel = vit.blocks[0].mlp.fc1.kernel
+    kernel.set_value(kernel.get_value().at[0, 0].set(np.inf))
+    with pytest.raises(ValueError, match=r"prune: layer 'blocks\.0\.mlp\.fc1': non-finite"):
+        prune_model(vit, image_batches(1), PruneConfig(sparsity=0.5))

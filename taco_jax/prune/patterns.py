@@ -17,6 +17,8 @@ from __future__ import annotations
 import dataclasses
 import re
 
+import numpy as np
+
 BLOCK_SIZES = (8, 16, 32, 64)
 
 
@@ -110,8 +112,9 @@ def parse_pattern(spec: str | Pattern) -> Pattern:
 
 
 def check_sparsity(sparsity: float) -> float:
-    """A sparsity in [0, 1), else a ValueError naming it."""
-    if not isinstance(sparsity, int | float) or not 0.0 <= float(sparsity) < 1.0:
+    """A sparsity in [0, 1) (a Python or NumPy number), else a ValueError naming it."""
+    if (isinstance(sparsity, bool | np.bool_) or not isinstance(sparsity, int | float | np.number)
+            or not 0.0 <= float(sparsity) < 1.0):
         raise ValueError(f"sparsity must be a number in [0, 1), got {sparsity!r}")
     return float(sparsity)
 

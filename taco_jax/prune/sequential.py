@@ -54,7 +54,7 @@ from taco_jax.prune.patterns import (
 from taco_jax.prune.refit import refit_groups
 from taco_jax.prune.result import LayerStats, PruneResult
 from taco_jax.prune.shrink import ShrinkPair, infer_pairs, shrink_pair
-from taco_jax.prune.solver import METHODS, choose_method, prune_layer
+from taco_jax.prune.solver import METHODS, check_finite, choose_method, prune_layer
 from taco_jax.prune.targets import dense_target
 
 ALLOCATIONS = ("auto", "uniform", "global", "output", "magnitude")
@@ -248,7 +248,7 @@ def _rel_error(W0, W1, H) -> float:
     return float(num / jnp.maximum(den, 1e-30))
 
 
-def _solve_layer(layer, H, pattern, sparsity, config, mesh, device=None, target=None):
+def _solve_layer(name, layer, H, pattern, sparsity, config, mesh, device=None, target=None):
     """Solve one Linear/Conv (grouped convs one group at a time): (W0, W1, keep, solve stats).
 
     ``device``: run the whole solve there (asynchronously: the caller may dispatch several
@@ -256,6 +256,10 @@ def _solve_layer(layer, H, pattern, sparsity, config, mesh, device=None, target=
     (G, d_out, k) instead of the layer's own (``targets.dense_target``); W0 is then those."""
     W0 = layer_matrix(layer) if target is None else target
     Hg = H if H.ndim == 3 else H[None]
+    try:
+        check_finite(W0, Hg)
+    except ValueError as e:
+        raise ValueError(f"prune: layer {name!r}: {e}") from None
     if device is not None:
         W0, Hg = jax.device_put((W0, Hg), device)
     method = choose_method(config.method, pattern, *W0.shape[1:])
@@ -300,6 +304,10 @@ def _log(st: LayerStats) -> None:
                  "x".join(map(str, st.shape)), st.pattern, st.sparsity, st.rel_error, st.seconds,
                  f"  (damping raised to {st.damp:g} after {st.damp_tries} tries)"
                  if st.damp_tries > 1 else "")
+    if st.damp_tries > 3:  # more than two increases: H is far from positive definite
+        logging.warning("prune: layer %r needed its damping raised %d times (to %g x mean "
+                        "diag H): its Hessian is near singular; more or more varied "
+                        "calibration images help", st.name, st.damp_tries - 1, st.damp)
 
 
 # ----------------------------------------------------------------------------- prune_model
@@ -436,7 +444,7 @@ def _prune_across_devices(model, todo, H, plan, config, result, devices, extra_s
                           targets):
     """Dispatch every layer's solve to its device, then write the results back in order."""
     t0 = time.perf_counter()
-    solved = [_solve_layer(get_layer(model, n), H, *plan[n], config, None, device=d,
+    solved = [_solve_layer(n, get_layer(model, n), H, *plan[n], config, None, device=d,
                            target=targets.get(n))
               for n, d in zip(todo, devices, strict=True)]
     jax.block_until_ready([s[1] for s in solved])
@@ -458,7 +466,7 @@ def _prune_one(model, name, H, plan_entry, config, pairs, result, mesh, extra_se
         pair = pairs[name]
         unit = layer_matrix(layer).shape[2] // in_before * pair.group_size
         pat = Structured(unit)
-    W0, W1, keep, stats = _solve_layer(layer, H, pat, s, config, mesh, target=target)
+    W0, W1, keep, stats = _solve_layer(name, layer, H, pat, s, config, mesh, target=target)
     if mesh is not None:  # row-sharded over the mesh: gathered, so the model stays usable
         W1, keep = _uncommitted(W1), _uncommitted(keep)  # by any later jit (one device set)
     shape = tuple(layer.kernel.get_value().shape)

@@ -420,8 +420,8 @@ def _prune_core(W, H, counts, *, pattern, blocksize, percdamp, method, axis_name
             W1 = W
             W, pruned, sq = fasterprune(W, U, counts, pattern, blocksize, axis_name)
             # ‖ΔW X‖² with the undamped H: Σ err² − λ·mean(diag H)·‖ΔW‖² (dead inputs add 0)
-            num = _psum(jnp.sum(sq) - lam * jnp.mean(jnp.diag(Hd)) * jnp.sum((W1 - W) ** 2),
-                        axis_name)
+            num = jnp.maximum(_psum(jnp.sum(sq) - lam * jnp.mean(jnp.diag(Hd))
+                                    * jnp.sum((W1 - W) ** 2), axis_name), 0.0)
     W = jnp.where(pruned, 0.0, W)
     delta = W0 - W
     if num is None:
@@ -432,6 +432,20 @@ def _prune_core(W, H, counts, *, pattern, blocksize, percdamp, method, axis_name
     stats = SolveStats(sparsity=zeros / size, rel_error=num / jnp.maximum(den, 1e-30),
                        damp=lam, damp_tries=tries)
     return W, ~pruned, stats
+
+
+def check_finite(W: jax.Array, H: jax.Array) -> None:
+    """ValueError when W or H (or a stack of them) holds NaN/inf or H is not symmetric (to 1e-4
+    of its largest entry): the solve would return garbage silently (an overflowed activation,
+    a bad checkpoint)."""
+    bad = [name for name, a in (("weights", W), ("Hessian", H)) if not bool(jnp.isfinite(a).all())]
+    if bad:
+        raise ValueError(f"non-finite values (NaN/inf) in the layer's {' and '.join(bad)}")
+    asym = float(jnp.max(jnp.abs(H - jnp.swapaxes(H, -1, -2))))
+    scale = float(jnp.max(jnp.abs(H)))
+    if asym > 1e-4 * max(scale, 1e-30):
+        raise ValueError(f"the layer's Hessian is not symmetric (max |H - Hᵀ| {asym:.3g}, "
+                         f"max |H| {scale:.3g})")
 
 
 def _check_inputs(W, H, pattern: Pattern, blocksize: int, method: str) -> None:
@@ -467,6 +481,7 @@ def prune_layer(W: jax.Array, H: jax.Array, pattern: Pattern | str, sparsity: fl
     counts = jnp.asarray(prune_counts(pattern, sparsity, d_out, d_in, blocksize))
     W = jnp.asarray(W, jnp.float32)
     H = jnp.asarray(H, jnp.float32)
+    check_finite(W, H)
     kw = dict(pattern=pattern, blocksize=blocksize, percdamp=float(percdamp), method=method)
     n_dev = 1 if mesh is None else mesh.devices.size
     if n_dev == 1 or method == "obc" or d_out % n_dev:
@@ -492,7 +507,7 @@ def _sparsegpt_levels_core(W, H, counts, *, pattern, blocksize, percdamp):
 
     def level(c):
         Wn, pruned, sq = fasterprune(W1, U, c, pattern, blocksize)
-        num = jnp.sum(sq) - damp * jnp.sum((W1 - Wn) ** 2)
+        num = jnp.maximum(jnp.sum(sq) - damp * jnp.sum((W1 - Wn) ** 2), 0.0)
         Wn = jnp.where(pruned, 0.0, Wn)
         return Wn, ~pruned, SolveStats(sparsity=jnp.mean(Wn == 0), rel_error=num / den,
                                        damp=lam, damp_tries=tries)
