@@ -103,3 +103,19 @@ def test_the_checks_catch_what_they_should():
     assert _prose("a\n```bash\n`x`\n```\nb `y`").count("`") == 2
     assert _module_file("taco_jax.bench.sparse_vit") and _module_file("taco_jax.kernels.bench")
     assert not _module_file("taco_jax.compress.bench_sparse")
+
+
+def test_only_the_agreed_top_level_entries_are_tracked():
+    """The top level holds the project's rooms and files, no leftovers (two debugging pickles
+    sat there for a week)."""
+    import shutil
+    import subprocess
+
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True,
+                           check=True).stdout.split()
+    top = {f.split("/")[0] for f in files}
+    allowed = {*TOP_LEVEL, "taco_jax", "kernels", "configs", "launch", "tests", "tools", ".ci",
+               ".gitignore"}
+    assert top <= allowed, sorted(top - allowed)
