@@ -23,7 +23,9 @@ def python_blocks() -> list[str]:
 
 
 def _shrink_taco(c: taco.TacoConfig) -> taco.TacoConfig:
+    """A few steps, no baselines, uniform levels (the error curves' compiles were half of it)."""
     return dataclasses.replace(c, shots=4, schedule=(), baselines=(), latency_batch=0,
+                               prune=dataclasses.replace(c.prune, allocation="uniform"),
                                recover=dataclasses.replace(c.recover, steps=2, batch_size=8))
 
 
