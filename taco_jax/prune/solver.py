@@ -495,34 +495,15 @@ def prune_layer(W: jax.Array, H: jax.Array, pattern: Pattern | str, sparsity: fl
             jax.tree.map(lambda a: jnp.asarray(distributed.to_host(a)), stats))
 
 
-@functools.partial(jax.jit, static_argnames=("pattern", "blocksize", "percdamp"))
-def _sparsegpt_levels_core(W, H, counts, *, pattern, blocksize, percdamp):
-    """``_prune_core``'s SparseGPT solve at several levels at once: one damping and Cholesky
-    factor shared by all, the column sweeps vmapped over the levels' counts (L, n_blocks)."""
-    Hd, dead = fill_dead_inputs(H)
-    W1 = jnp.where(dead[None], 0.0, W)
-    U, lam, tries = hinv_upper_with_damping(Hd, percdamp)
-    den = jnp.maximum(jnp.einsum("ri,ij,rj->", W, H, W), 1e-30)
-    damp = lam * jnp.mean(jnp.diag(Hd))
-
-    def level(c):
-        Wn, pruned, sq = fasterprune(W1, U, c, pattern, blocksize)
-        num = jnp.maximum(jnp.sum(sq) - damp * jnp.sum((W1 - Wn) ** 2), 0.0)
-        Wn = jnp.where(pruned, 0.0, Wn)
-        return Wn, ~pruned, SolveStats(sparsity=jnp.mean(Wn == 0), rel_error=num / den,
-                                       damp=lam, damp_tries=tries)
-
-    return jax.vmap(level)(counts)
-
-
 def prune_layer_levels(W: jax.Array, H: jax.Array, pattern: Pattern | str,
                        sparsities: Sequence[float], *, blocksize: int = 128,
                        percdamp: float = 0.01, method: str = "sparsegpt",
                        mesh: jax.sharding.Mesh | None = None
                        ) -> list[tuple[jax.Array, jax.Array, SolveStats]]:
     """``prune_layer`` at each of ``sparsities`` (the allocation's error curves): the same
-    results, for SparseGPT on one device in one jitted call that factors H once and sweeps the
-    columns for every level together (vectorised over the levels); otherwise level by level."""
+    results, for SparseGPT on one device as ``_prune_core`` vmapped over the levels' counts
+    (what does not depend on them, the damping and Cholesky factor, is computed once; the
+    column sweeps run for every level together); otherwise level by level."""
     pattern = parse_pattern(pattern)
     levels = [check_sparsity(s) for s in sparsities]
     one_device = mesh is None or mesh.devices.size == 1
@@ -531,12 +512,15 @@ def prune_layer_levels(W: jax.Array, H: jax.Array, pattern: Pattern | str,
         return [prune_layer(W, H, pattern, s, blocksize=blocksize, percdamp=percdamp,
                             method=method, mesh=mesh) for s in levels]
     _check_inputs(W, H, pattern, blocksize, method)
+    W = jnp.asarray(W, jnp.float32)
+    H = jnp.asarray(H, jnp.float32)
+    check_finite(W, H)
     d_out, d_in = W.shape
     counts = jnp.asarray(np.stack([prune_counts(pattern, s, d_out, d_in, blocksize)
                                    for s in levels]))
-    Ws, keeps, stats = _sparsegpt_levels_core(
-        jnp.asarray(W, jnp.float32), jnp.asarray(H, jnp.float32), counts, pattern=pattern,
-        blocksize=blocksize, percdamp=float(percdamp))
+    core = functools.partial(_prune_core, pattern=pattern, blocksize=blocksize,
+                             percdamp=float(percdamp), method=method)
+    Ws, keeps, stats = jax.vmap(core, in_axes=(None, None, 0))(W, H, counts)
     return [(Ws[i], keeps[i], jax.tree.map(lambda a, i=i: a[i], stats))
             for i in range(len(levels))]
 
