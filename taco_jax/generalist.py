@@ -17,6 +17,7 @@ import shutil
 import time
 from pathlib import Path
 
+import jax
 from absl import logging
 from flax import nnx
 
@@ -120,15 +121,32 @@ def load_or_train(
     acc = fit.evaluate(model, test["image"], test["label"], normalize)
     info = {"recipe": recipe, "test_top1": acc["top1"], "test_top5": acc["top5"],
             "train_seconds": seconds}
-    main = distributed.is_main()  # process 0 writes; every process takes part in orbax's save
-    if main:
-        shutil.rmtree(path, ignore_errors=True)  # a run interrupted before info.json was written
-        path.mkdir(parents=True)
-    distributed.barrier("generalist: directory")
-    checkpoint.save_state(path / "state", model)
-    if main:
-        info_file.write_text(json.dumps(info, indent=2))  # written last: marks the cache complete
-    distributed.barrier("generalist: saved")
+    _save_atomically(path, model, info)
     info["path"] = str(path)
     logging.info("Generalist %s: test top-1 %.2f%% after %.0fs.", arch, acc["top1"], seconds)
     return model, info
+
+
+def _save_atomically(path: Path, model: nnx.Module, info: dict) -> None:
+    """Write the generalist to a private sibling folder, then rename it to ``path``: a reader
+    never sees a half-written cache entry, and of two processes training the same recipe at
+    once (two test workers, two runs) the first to finish keeps its copy."""
+    main = distributed.is_main()  # process 0 writes; every process takes part in orbax's save
+    owner = os.getpid() if jax.process_count() == 1 else "job"  # one job's processes agree
+    tmp = path.with_name(f".{path.name}.incomplete-{owner}")
+    if main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    distributed.barrier("generalist: directory")
+    checkpoint.save_state(tmp / "state", model)
+    if main:
+        (tmp / "info.json").write_text(json.dumps(info, indent=2))
+        if path.exists() and not (path / "info.json").exists():
+            shutil.rmtree(path)  # left by an interrupted save of an older version
+        try:
+            tmp.rename(path)
+        except OSError:  # another process finished the same recipe first: keep its copy
+            if not (path / "info.json").exists():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
+    distributed.barrier("generalist: saved")

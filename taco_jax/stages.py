@@ -81,4 +81,7 @@ class StageStore:
         masks, info = work()
         info["seconds"] = time.perf_counter() - start
         self.save(stage, model, masks, info)
+        scratch = self.path(stage)
+        if scratch is not None and distributed.is_main():
+            shutil.rmtree(scratch, ignore_errors=True)  # finer checkpoints, no longer needed
         return masks, info

@@ -1,4 +1,10 @@
-"""Test set-up: GPU detection. Slow tests are excluded by default (see pyproject addopts)."""
+"""Test set-up: GPU detection, one compilation cache. Slow tests are excluded by default and
+the rest run on several workers (see pyproject addopts)."""
+
+import os
+
+# Workers share a GPU: none may take most of its memory up front (JAX's default is 75%).
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 import jax
 import pytest
@@ -41,3 +47,28 @@ def tiny_task(tmp_path_factory):
     data = taco.TaskData(train_x, train_y, test_x[:300], test_y[:300], task.source_class_ids(),
                          tuple(task.class_names()), normalize)
     return model, data, train["image"]
+
+
+_CREATED_CACHE = []
+
+
+def pytest_configure(config):
+    """One persistent XLA compilation cache for the session, shared with the workers and the
+    launchers the tests start as subprocesses (through the environment): a function compiled
+    again with the same program, in another test or process, is read back, not recompiled."""
+    import tempfile
+
+    if "JAX_COMPILATION_CACHE_DIR" not in os.environ:  # the controller: workers inherit it
+        os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="taco-jax-xla-")
+        _CREATED_CACHE.append(os.environ["JAX_COMPILATION_CACHE_DIR"])
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+    jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs",
+                      float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))
+
+
+def pytest_unconfigure(config):
+    import shutil
+
+    for path in _CREATED_CACHE:
+        shutil.rmtree(path, ignore_errors=True)

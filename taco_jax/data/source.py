@@ -19,6 +19,7 @@ Nothing is ever downloaded: every dataset but the embedded default must already 
 from __future__ import annotations
 
 import concurrent.futures
+import fcntl
 import functools
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -67,8 +68,14 @@ def builder(name: str, data_dir: str | None = None) -> tfds.core.DatasetBuilder:
     if name == EMBEDDED:
         b = embedded.TacoEmbedded(data_dir=data_dir, file_format="array_record")
         if not b.is_prepared():
-            logging.info("Preparing the embedded dataset under %s (once).", b.data_dir)
-            b.download_and_prepare()
+            root = Path(b.data_dir_root)
+            root.mkdir(parents=True, exist_ok=True)
+            with open(root / f".{EMBEDDED}.lock", "w") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)  # two runs on a fresh machine prepare it once
+                b = embedded.TacoEmbedded(data_dir=data_dir, file_format="array_record")
+                if not b.is_prepared():
+                    logging.info("Preparing the embedded dataset under %s (once).", b.data_dir)
+                    b.download_and_prepare()
         return b
     if (Path(name).expanduser() / "dataset_info.json").is_file():  # a prepared builder directory
         return tfds.builder_from_directory(str(Path(name).expanduser()))

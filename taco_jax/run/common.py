@@ -285,9 +285,22 @@ def open_workdir(config: ml_collections.ConfigDict, workdir: str | os.PathLike) 
     workdir = Path(workdir)
     if distributed.is_main():  # several processes share the workdir: process 0 writes
         workdir.mkdir(parents=True, exist_ok=True)
-        write_json(workdir / "config.json", resolved_config(config))
+        if not (workdir / "config.json").exists():  # else the same config (checked above)
+            write_json(workdir / "config.json", resolved_config(config))
     distributed.barrier("workdir")
     return workdir
+
+
+def finished(workdir: Path, name: str = "report.json") -> dict | None:
+    """The final output ``name`` of a run that already completed in ``workdir`` (its config
+    checked by ``open_workdir``), else None: a rerun of a finished run reports it and exits 0
+    instead of redoing or overwriting anything."""
+    path = workdir / name
+    if not path.exists():
+        return None
+    logging.info("%s already complete (its %s is below; use another --workdir to run again)",
+                 workdir, name)
+    return json.loads(path.read_text())
 
 
 def write_specialist(workdir: Path, model: nnx.Module, src: Source, class_names,

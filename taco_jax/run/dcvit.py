@@ -143,6 +143,9 @@ def run_dcvit(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> 
     the same prepared teacher (``methods.dcvit.prepare``), each recovery a resumable stage."""
     s = parse(config)
     workdir = common.open_workdir(config, workdir)
+    done = common.finished(workdir, "sweep.json" if config.mode == "sweep" else "report.json")
+    if done is not None:
+        return done
     start = time.perf_counter()
     model, generalist, data = common.load_task_data(config, s.source, workdir)
     if config.mode == "sweep":

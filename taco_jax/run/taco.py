@@ -92,6 +92,10 @@ def run_taco(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> d
     """
     taco_config, src = parse(config)
     workdir = common.open_workdir(config, workdir)
+    done = common.finished(workdir)
+    if done is not None:
+        _log_summary(done)
+        return done
     start = time.perf_counter()
     model, model_info, data = common.load_task_data(config, src, workdir)
     pool_task, pool_info = common.parse_pool(config.pool), None

@@ -54,6 +54,10 @@ def run_transfer(config: ml_collections.ConfigDict, workdir: str | os.PathLike) 
     checkpoints: a rerun resumes after the last finished stage), report.json."""
     cfg, src, pool_task = parse(config)
     workdir = common.open_workdir(config, workdir)
+    done = common.finished(workdir)
+    if done is not None:
+        _log_summary(done)
+        return done
     start = time.perf_counter()
     model, model_info, data = common.load_task_data(config, src, workdir)
     pool_names, task_names = pool_task.class_names(), list(data.class_names)
