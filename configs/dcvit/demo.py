@@ -87,6 +87,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.recover.ce_weight = 0.0
     c.recover.kd_weight = 0.0
     c.recover.augment = "shift_flip"
+    c.recover.microbatch = 0  # rows per forward/backward pass (0: the whole batch); less memory
     c.block_outputs = v.get("block_outputs", False)  # also distill every block's output tokens
 
     # Compress mode: one plan in the sweep grid's terms (blocks that lose attention, least

@@ -128,6 +128,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.recover.temperature = 4.0
     c.recover.augment = "shift_flip"
     c.recover.unlabelled_share = 0.5  # of every recovery batch, when c.pool gives images
+    # Rows per forward/backward pass (0: the whole batch): activation memory follows it; a
+    # BatchNorm model then normalises each micro-batch on its own (fit.FitConfig).
+    c.recover.microbatch = 0
 
     # Task-agnostic unlabelled images the recovery distils on (the teacher's task logits as
     # targets) beside the labelled few-shot set; both methods get them. "" = none.

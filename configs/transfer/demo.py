@@ -65,6 +65,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.distill.ce_weight = 1.0
     c.distill.temperature = 4.0
     c.distill.augment = "shift_flip"
+    c.distill.microbatch = 0  # rows per pass (0: the whole batch); see fit.FitConfig
 
     c.finetune = ml_collections.ConfigDict()
     c.finetune.steps = 200
@@ -75,6 +76,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.finetune.ce_weight = 1.0
     c.finetune.temperature = 4.0
     c.finetune.augment = "shift_flip"
+    c.finetune.microbatch = 0  # rows per pass (0: the whole batch); see fit.FitConfig
 
     c.baselines = ("few_shot_only", "task_agnostic", "random_pool")
     c.latency_batch = 256

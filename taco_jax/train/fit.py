@@ -37,7 +37,13 @@ OPTIMIZERS = ("adamw", "sgd")
 class FitConfig:
     """Training hyper-parameters. ``kd_weight > 0`` needs a teacher. Labels < 0 mark unlabelled
     examples (no CE term). ``unlabelled_share``: the fraction of every batch drawn from
-    ``fit``'s ``unlabelled`` images when it is given (ignored otherwise)."""
+    ``fit``'s ``unlabelled`` images when it is given (ignored otherwise).
+
+    ``microbatch``: rows per forward/backward pass (0 = the whole batch). Each batch's loss and
+    gradient are accumulated over equal micro-batches of at most this many rows in a loop
+    (``lax.scan``), so activation memory follows the micro-batch; every term is weighted so
+    that the sum is the whole batch's loss. Exact for models without BatchNorm; a BatchNorm in
+    train mode normalises each micro-batch with its own statistics ("ghost" batch norm)."""
 
     steps: int = 500
     batch_size: int = 64
@@ -53,6 +59,7 @@ class FitConfig:
     seed: int = 0
     log_every: int = 100
     unlabelled_share: float = 0.5
+    microbatch: int = 0
 
     def __post_init__(self):
         if self.steps < 1 or self.batch_size < 1:
@@ -68,6 +75,9 @@ class FitConfig:
         if not 0 < self.unlabelled_share < 1:
             raise ValueError("unlabelled_share must be in (0, 1) (the fraction of each batch "
                              f"drawn from the unlabelled images), got {self.unlabelled_share}")
+        if self.microbatch < 0:
+            raise ValueError(f"microbatch must be >= 0 (rows per pass; 0 = the whole batch), "
+                             f"got {self.microbatch}")
         augment_lib.validate(self.augment)
 
 
@@ -161,30 +171,32 @@ def fit(
 
     @nnx.jit
     def step(model, optimizer, teacher, x, y, key):
+        x, y_mixed, lam = _inputs(x, y, key)
+        loss, grads = nnx.value_and_grad(_loss)(model, teacher, x, y, y_mixed, lam, config,
+                                                features)
+        _update(model, optimizer, grads)
+        return loss
+
+    @jax.jit
+    def _inputs(x, y, key):
+        """The batch as the loss sees it: preprocessed, augmented, mixed up."""
         k_aug, k_mix = jax.random.split(key)
         x = augment_lib.augment(k_aug, preprocess(x), config.augment)
         x, lam, perm = augment_lib.mixup(k_mix, x, config.mixup)
-        kd = config.kd_weight > 0
-        t_logits = jax.lax.stop_gradient(teacher(x)) if kd else None
-        t_feats = None if features is None else jax.lax.stop_gradient(features(teacher, x))
+        return x, y[perm], lam
 
-        def loss_fn(model):
-            loss = jnp.zeros(())
-            if config.ce_weight > 0 or kd:
-                logits = model(x)
-                ce = (lam * losses.cross_entropy(logits, y)
-                      + (1 - lam) * losses.cross_entropy(logits, y[perm]))
-                loss += config.ce_weight * ce
-                if kd:
-                    loss += config.kd_weight * losses.kd_kl(logits, t_logits, config.temperature)
-            if t_feats is not None:
-                loss += losses.normalized_feature_mse(features(model, x), t_feats)
-            return loss
-
-        loss, grads = nnx.value_and_grad(loss_fn)(model)
+    def _update(model, optimizer, grads):
         optimizer.update(model, grads)
         if constrain is not None:
             constrain(model)
+
+    update = nnx.jit(_update)
+
+    def micro_step(model, optimizer, teacher, x, y, key):
+        x, y_mixed, lam = _inputs(x, y, key)
+        loss, grads = _accumulated(model, teacher, x, y, y_mixed, lam, config, features,
+                                   _micro_parts(len(x), config.microbatch))
+        update(model, optimizer, grads)
         return loss
 
     rng = np.random.default_rng(config.seed)
@@ -194,7 +206,8 @@ def fit(
     for i in tqdm(range(1, config.steps + 1), desc=desc, leave=False, mininterval=2.0):
         x, y = next(batches)
         key, sub = jax.random.split(key)
-        running.append(step(model, optimizer, teacher, jnp.asarray(x), jnp.asarray(y), sub))
+        run = step if _micro_parts(len(x), config.microbatch) == 1 else micro_step
+        running.append(run(model, optimizer, teacher, jnp.asarray(x), jnp.asarray(y), sub))
         if i % config.log_every == 0 or i == config.steps:
             entry = {"step": i, "loss": float(np.mean(jax.device_get(running))),
                      "seconds": time.perf_counter() - start}
@@ -204,6 +217,71 @@ def fit(
                          entry["loss"], entry["seconds"])
     model.eval()
     return history
+
+
+def _loss(model, teacher, x, y, y_mixed, lam, config: FitConfig, features: Features | None,
+          share: tuple[jax.Array, jax.Array, jax.Array] | None = None) -> jax.Array:
+    """The training loss of ``model`` on a (mixed-up) batch: CE on ``y`` and ``y_mixed``,
+    KD against the teacher's logits, feature distillation. ``share``: the weights that make a
+    micro-batch's terms add up to the whole batch's means (its labelled rows / the batch's for
+    the two CE terms, its rows / the batch's for the rest); None: a whole batch."""
+    w_ce, w_mixed, w_rows = share or (1.0, 1.0, 1.0)
+    kd = config.kd_weight > 0
+    loss = jnp.zeros(())
+    if config.ce_weight > 0 or kd:
+        logits = model(x)
+        ce = (lam * w_ce * losses.cross_entropy(logits, y)
+              + (1 - lam) * w_mixed * losses.cross_entropy(logits, y_mixed))
+        loss += config.ce_weight * ce
+        if kd:
+            t_logits = jax.lax.stop_gradient(teacher(x))
+            loss += w_rows * config.kd_weight * losses.kd_kl(logits, t_logits,
+                                                             config.temperature)
+    if features is not None:
+        t_feats = jax.lax.stop_gradient(features(teacher, x))
+        loss += w_rows * losses.normalized_feature_mse(features(model, x), t_feats)
+    return loss
+
+
+def _micro_parts(batch: int, microbatch: int) -> int:
+    """How many equal micro-batches of at most ``microbatch`` rows split ``batch`` rows."""
+    if microbatch <= 0 or microbatch >= batch:
+        return 1
+    return next(k for k in range(-(-batch // microbatch), batch + 1) if batch % k == 0)
+
+
+@nnx.jit(static_argnames=("config", "features"))
+def _part_grads(model, teacher, x, y, y_mixed, lam, share, config: FitConfig,
+                features: Features | None) -> tuple[jax.Array, nnx.State]:
+    """One micro-batch's weighted loss and gradients (its BatchNorm statistics updated)."""
+    return nnx.value_and_grad(_loss)(model, teacher, x, y, y_mixed, lam, config, features,
+                                     share)
+
+
+@jax.jit
+def _add(a, b):
+    return jax.tree.map(jnp.add, a, b)
+
+
+def _accumulated(model, teacher, x, y, y_mixed, lam, config: FitConfig,
+                 features: Features | None, parts: int) -> tuple[jax.Array, nnx.State]:
+    """``nnx.value_and_grad(_loss)`` of the whole batch as a sum over ``parts`` equal
+    micro-batches, each its own compiled call, so only one micro-batch's activations are
+    alive at a time (one program with a loop over them runs convolutions ~20x slower on XLA
+    CPU, and one without a loop is free to keep them all); the model's BatchNorm statistics
+    move micro-batch by micro-batch."""
+    rows = len(x) // parts
+    labelled = [jnp.maximum(jnp.sum(v >= 0), 1) for v in (y, y_mixed)]
+    loss, grads = None, None
+    for i in range(parts):
+        part = slice(i * rows, (i + 1) * rows)
+        yi, mi = y[part], y_mixed[part]
+        share = (jnp.sum(yi >= 0) / labelled[0], jnp.sum(mi >= 0) / labelled[1],
+                 jnp.float32(rows / len(x)))
+        part_loss, g = _part_grads(model, teacher, x[part], yi, mi, lam, share, config,
+                                   features)
+        loss, grads = (part_loss, g) if grads is None else (loss + part_loss, _add(grads, g))
+    return loss, grads
 
 
 def _commit(modules) -> None:
