@@ -12,20 +12,18 @@ resumes), sweep.json and frontier.png.
 """
 
 from absl import flags
-from ml_collections import config_flags
 
 from taco_jax.run import common
 from taco_jax.run import dcvit as dcvit_run
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", common.shipped_config("dcvit/demo.py"),
+_CONFIG = common.define_config_flag(
+    common.shipped_config("dcvit/demo.py"),
     "Config file (ml_collections), optionally with a variant string: FILE:key=value,...; a "
     "shipped config's name (configs/taco/resnet50.py) works from any directory; any field "
     "can then be overridden with --config.FIELD=VALUE.", lock_config=True)
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Output directory for the report or sweep, the few-shot ids and the "
     "compressed checkpoint.")
-flags.mark_flag_as_required("workdir")
 
 
 if __name__ == "__main__":

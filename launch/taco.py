@@ -21,18 +21,17 @@ an interruption resumes from the last finished stage (or pruned layer group).
 """
 
 from absl import flags
-from ml_collections import config_flags
 
 from taco_jax.run import common, taco
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", common.shipped_config("taco/demo.py"),
+_CONFIG = common.define_config_flag(
+    common.shipped_config("taco/demo.py"),
     "Config file (ml_collections), optionally with a variant string: FILE:key=value,...; a "
     "shipped config's name (configs/taco/resnet50.py) works from any directory; any field "
     "can then be overridden with --config.FIELD=VALUE.", lock_config=True)
 _WORKDIR = flags.DEFINE_string(
-    "workdir", None, "Output directory for the report, the few-shot ids and the checkpoints.")
-flags.mark_flag_as_required("workdir")
+    "workdir", None, "Output directory (required) for the report, the few-shot ids and the "
+    "checkpoints.")
 
 
 if __name__ == "__main__":

@@ -10,13 +10,12 @@ uses it when its config has the same recipe.
 """
 
 from absl import app, flags
-from ml_collections import config_flags
 
 from taco_jax import generalist
 from taco_jax.run import common, taco
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", common.shipped_config("taco/demo.py"),
+_CONFIG = common.define_config_flag(
+    common.shipped_config("taco/demo.py"),
     "TACO config file[:variant]; its `model.name` and `generalist` fields are the recipe.")
 _OUT = flags.DEFINE_string(
     "out", None, "Directory to store the checkpoint in (taco_jax/assets for the shipped one).")

@@ -11,20 +11,18 @@ rerunning with the same --workdir resumes after the last stage.
 """
 
 from absl import flags
-from ml_collections import config_flags
 
 from taco_jax.run import common
 from taco_jax.run import transfer as transfer_run
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", common.shipped_config("transfer/demo.py"),
+_CONFIG = common.define_config_flag(
+    common.shipped_config("transfer/demo.py"),
     "Config file (ml_collections), optionally with a variant string: FILE:key=value,...; a "
     "shipped config's name (configs/taco/resnet50.py) works from any directory; any field "
     "can then be overridden with --config.FIELD=VALUE.", lock_config=True)
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Output directory for the report, the chosen ids and the checkpoints; an "
     "existing one is resumed.")
-flags.mark_flag_as_required("workdir")
 
 
 if __name__ == "__main__":

@@ -210,3 +210,36 @@ def test_config_names_resolve_to_the_shipped_files(tmp_path, monkeypatch):
     (tmp_path / "mine.py").write_text("")  # a file here wins; an unknown name is left alone
     for arg in ("--config=mine.py", "--config=configs/taco/nope.py"):
         assert common.resolve_config_argv([arg]) == [arg]
+
+
+@pytest.mark.parametrize("flag, expected", [
+    ("--config.shot=3", "--config.shot: the config has no field 'shot' (did you mean 'shots'?)"),
+    ("--config.prune.sparsty=0.5", "--config.prune.sparsty: the config has no field 'sparsty' "
+                                   "(did you mean 'sparsity'?)"),
+])
+def test_unknown_config_field_is_one_line_naming_it(tmp_path, flag, expected):
+    out = _run("launch.taco", flag, f"--workdir={tmp_path / 'run'}")
+    assert out.returncode != 0 and expected in out.stderr, out.stderr[-2000:]
+    assert "Traceback" not in out.stderr and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("module, config, line, helped_share", [
+    ("launch.taco", "configs/taco/resnet50.py:cpu", "recover.microbatch = 4  # Rows per", 0.5),
+    ("launch.dcvit", "configs/dcvit/demo.py", "recover.microbatch = 0  # rows per", 0.25),
+    ("launch.transfer", "configs/transfer/demo.py", "distill.microbatch = 0  # rows per", 0.1),
+])
+def test_print_config_lists_every_field_with_its_help_and_does_no_work(module, config, line,
+                                                                        helped_share, tmp_path):
+    """``--print_config`` needs no --workdir, prints the resolved config (overrides applied)
+    one field per line, with the help written beside the field in the shipped configs."""
+    out = subprocess.run([sys.executable, "-m", f"taco_jax.{module}", f"--config={config}",
+                          "--print_config",
+                          "--config.seed=7"], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.splitlines()
+    assert line in out.stdout and "seed = 7" in lines and list(tmp_path.iterdir()) == []
+    helped = [v for v in lines[1:] if "  # " in v]
+    assert len(helped) >= helped_share * len(lines[1:]), f"{len(helped)} of {len(lines) - 1}"
+    missing = _run(module, f"--config={config}")
+    assert missing.returncode != 0 and "--workdir is required" in missing.stderr

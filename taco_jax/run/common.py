@@ -10,6 +10,7 @@ import functools
 import json
 import os
 import platform
+import re
 import resource
 import sys
 from collections.abc import Callable
@@ -18,8 +19,9 @@ from pathlib import Path
 import jax
 import ml_collections
 import numpy as np
-from absl import app, logging
+from absl import app, flags, logging
 from flax import nnx
+from ml_collections import config_flags
 
 from taco_jax import convert, distributed, generalist, models
 from taco_jax.data import embedded, folder, pool, source, subtasks
@@ -254,15 +256,105 @@ def run_launcher(main: Callable[[list[str]], None]) -> None:
     distributed.run(main)
 
 
+def define_config_flag(default: str, help_text: str, **kwargs):
+    """``config_flags.DEFINE_config_file("config", default, ...)``. ml_collections applies the
+    ``--config.FIELD=VALUE`` overrides as it defines the flag, so an unknown field raised a
+    traceback there; here it exits with one line naming the flag and the field."""
+    try:
+        holder = config_flags.DEFINE_config_file("config", default, help_text, **kwargs)
+    except (AttributeError, KeyError) as e:
+        sys.exit(f"FATAL Flags parsing error: {_unknown_field(e)}")
+    flags.FLAGS.register_flag_by_module(sys.argv[0], flags.FLAGS[holder.name])  # its --help
+    return holder
+
+
+def _unknown_field(error: Exception) -> str:
+    """One line for ml_collections' unknown-field error ("'shot'\nDid you mean ...")."""
+    text = str(error)
+    name = re.search(r"\w+", text)
+    name = name.group(0) if name else "?"
+    guess = re.search(r'Did you mean "([\w.]+)"', text)
+    flag = next((a.partition("=")[0] for a in sys.argv[1:] if a.startswith("--config.")
+                 and name in a.partition("=")[0].split(".")), "--config")
+    hint = f" (did you mean {guess.group(1)!r}?)" if guess else ""
+    return (f"{flag}: the config has no field {name!r}{hint}; --print_config lists every "
+            "field")
+
+
+PRINT_CONFIG_HELP = ("Print the resolved config, one field per line with its help, and exit "
+                     "without any work.")
+
+
+def field_help(config_file: str) -> dict[str, str]:
+    """One line of help per config field (dotted path), from the comments of the shipped
+    config files of ``config_file``'s method (``demo.py`` first: it documents every field),
+    then of ``config_file`` itself: a comment on the field's line or the block just above."""
+    path = Path(config_file.partition(":")[0])
+    shipped = CONFIGS_DIR / path.parent.name
+    files = [shipped / "demo.py", *sorted(shipped.glob("*.py")), path]
+    out: dict[str, str] = {}
+    for file in files:
+        if not file.is_file():
+            continue
+        pending: list[str] = []
+        for line in file.read_text().splitlines():
+            stripped = line.strip()
+            if stripped.startswith("#"):
+                pending.append(stripped.lstrip("# "))
+                continue
+            field = re.match(r"c\.([\w.]+)\s*=(?!=)", stripped)
+            if field:
+                inline = stripped.partition("  # ")[2]
+                text = inline or " ".join(pending)
+                if text and field.group(1) not in out:
+                    out[field.group(1)] = _first_sentence(text)
+            pending = []
+    return out
+
+
+def _first_sentence(text: str, width: int = 110) -> str:
+    sentence = re.split(r"(?<!e\.g)(?<!i\.e)(?<=\.)\s", text, maxsplit=1)[0]
+    return sentence if len(sentence) <= width else sentence[:width - 3].rstrip() + "..."
+
+
+def describe_config(config: ml_collections.ConfigDict, config_file: str) -> str:
+    """The resolved config as ``path = value  # help`` lines (``--print_config``)."""
+    help_by_field = field_help(config_file)
+    lines = [f"# {config_file}, with the command line's overrides (--config.FIELD=VALUE "
+             "sets any field)"]
+
+    def walk(node: ml_collections.ConfigDict, prefix: str) -> None:
+        for key in sorted(node.keys()):
+            value, path = node[key], f"{prefix}{key}"
+            if isinstance(value, ml_collections.ConfigDict):
+                walk(value, f"{path}.")
+                continue
+            text = help_by_field.get(path)
+            lines.append(f"{path} = {value!r}" + (f"  # {text}" if text else ""))
+
+    walk(config, "")
+    return "\n".join(lines)
+
+
 def launcher_main(config_flag, workdir_flag, parse: Callable, work: Callable
                   ) -> Callable[[list[str]], None]:
     """The ``main`` of a method's absl launcher (``launch/*.py``): before any work, validate the
     config (``parse``) and the workdir (``check_workdir``), a bad value being an
-    ``app.UsageError`` that names it; log the config; then ``work(config, workdir)``."""
+    ``app.UsageError`` that names it; log the config; then ``work(config, workdir)``.
+    ``--print_config`` prints the resolved config with each field's help instead."""
+    print_config = flags.DEFINE_bool("print_config", False, PRINT_CONFIG_HELP,
+                                     module_name=sys.argv[0])
+
     def main(argv: list[str]) -> None:
         if len(argv) > 1:
             raise app.UsageError(f"unexpected arguments: {argv[1:]}")
         config, workdir = config_flag.value, workdir_flag.value
+        if print_config.value:
+            print(describe_config(config, config_flags.get_config_filename(
+                flags.FLAGS[config_flag.name])))
+            return
+        if not workdir:
+            raise app.UsageError("--workdir is required (the run's output directory)")
         try:
             parse(config)
             check_workdir(config, workdir)
