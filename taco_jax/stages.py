@@ -1,13 +1,16 @@
 """Stage checkpoints for a resumable pipeline: each finished stage leaves the model's weights
 (orbax), its masks (npz) and a JSON record under ``root/<stage>/``; a rerun restores it instead of
 recomputing. The JSON is written last, so a stage interrupted while saving counts as not done.
+Each record has the stage's wall time and resident memory (start, end, process peak so far).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -78,10 +81,31 @@ class StageStore:
         start = time.perf_counter()
         if self.done(stage):
             return self.load(stage, model)
+        rss = _rss_mib()
         masks, info = work()
         info["seconds"] = time.perf_counter() - start
+        info["memory_mib"] = {"start": rss, "end": _rss_mib(), "peak_so_far": _peak_rss_mib()}
+        logging.info("stage %s: %.0f s; resident memory %s -> %s MiB, process peak so far "
+                     "%.0f MiB", stage, info["seconds"], *(
+                         "?" if v is None else f"{v:.0f}" for v in (rss, _rss_mib())),
+                     info["memory_mib"]["peak_so_far"])
         self.save(stage, model, masks, info)
         scratch = self.path(stage)
         if scratch is not None and distributed.is_main():
             shutil.rmtree(scratch, ignore_errors=True)  # finer checkpoints, no longer needed
         return masks, info
+
+
+def _rss_mib() -> float | None:
+    """This process's resident memory now (MiB; Linux's /proc, else None)."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _peak_rss_mib() -> float:
+    """This process's peak resident memory so far (MiB)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS

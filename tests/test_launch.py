@@ -105,7 +105,7 @@ def _results(report):
     """A report without what differs run to run (timings, latencies, the environment)."""
     if isinstance(report, dict):
         return {k: _results(v) for k, v in report.items()
-                if not any(t in k for t in ("seconds", "latency", "environment"))}
+                if not any(t in k for t in ("seconds", "latency", "environment", "memory"))}
     if isinstance(report, list):
         return [_results(v) for v in report]
     return report
