@@ -243,3 +243,17 @@ def test_print_config_lists_every_field_with_its_help_and_does_no_work(module, c
     assert len(helped) >= helped_share * len(lines[1:]), f"{len(helped)} of {len(lines) - 1}"
     missing = _run(module, f"--config={config}")
     assert missing.returncode != 0 and "--workdir is required" in missing.stderr
+
+
+def test_impossible_shots_are_one_line_and_leave_no_workdir(tmp_path):
+    """A value only the data can refuse (more shots than a class has) fails as one line naming
+    the class, and the workdir this run created is gone; --verbose keeps the traceback."""
+    workdir = tmp_path / "run"
+    args = ("launch.taco", "--config=configs/taco/demo.py:runlocal", "--config.shots=100000",
+            f"--workdir={workdir}")
+    out = _run(*args)
+    assert out.returncode != 0 and "has only" in out.stderr and "cannot draw 100000 shots" \
+        in out.stderr, out.stderr[-2000:]
+    assert "Traceback" not in out.stderr and not workdir.exists()
+    out = _run(*args, "--verbose")
+    assert out.returncode != 0 and "Traceback" in out.stderr and not workdir.exists()

@@ -12,6 +12,7 @@ import os
 import platform
 import re
 import resource
+import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -344,6 +345,10 @@ def launcher_main(config_flag, workdir_flag, parse: Callable, work: Callable
     ``--print_config`` prints the resolved config with each field's help instead."""
     print_config = flags.DEFINE_bool("print_config", False, PRINT_CONFIG_HELP,
                                      module_name=sys.argv[0])
+    verbose = flags.DEFINE_bool(
+        "verbose", False, "On a bad value found once the data and the model are read, print "
+        "the Python traceback too (by default one line names the value).",
+        module_name=sys.argv[0])
 
     def main(argv: list[str]) -> None:
         if len(argv) > 1:
@@ -361,9 +366,22 @@ def launcher_main(config_flag, workdir_flag, parse: Callable, work: Callable
         except ValueError as e:
             raise app.UsageError(str(e)) from None
         logging.info("Config:\n%s", config)
-        work(config, workdir)
+        created = not Path(workdir).exists()
+        try:
+            work(config, workdir)
+        except Exception as e:
+            if created and not _any_stage_done(Path(workdir)):  # nothing worth resuming
+                shutil.rmtree(workdir, ignore_errors=True)
+            if verbose.value or not isinstance(e, ValueError):
+                raise
+            raise app.UsageError(str(e)) from None
 
     return main
+
+
+def _any_stage_done(workdir: Path) -> bool:
+    """Whether ``workdir`` holds a finished stage (``StageStore``'s records) to resume from."""
+    return any(workdir.glob("**/stages/*/info.json")) or (workdir / "report.json").exists()
 
 
 def resolved_config(config: ml_collections.ConfigDict) -> dict:
