@@ -176,6 +176,8 @@ def test_dcvit_on_a_vit_checkpoint_and_image_folder(image_folder, tmp_path):
     report = dcvit_run.run_dcvit(config, tmp_path / "run")
     assert report["model"] == str(ckpt) and report["task"]["classes"] == list(CLASSES)
     assert report["compressed"]["params"] < report["dense"]["params"]
+    again = dcvit_run.run_dcvit(config, tmp_path / "run")  # finished: its report, as written
+    assert again == json.loads(json.dumps(report, default=float))
 
 
 def test_transfer_from_a_checkpoint_with_an_image_folder_pool(checkpoint, image_folder,
@@ -190,6 +192,8 @@ def test_transfer_from_a_checkpoint_with_an_image_folder_pool(checkpoint, image_
     assert report["model"] == str(checkpoint) and report["adapt"]["method"] == "linear_probe"
     assert report["task"]["classes"] == list(CLASSES)
     assert evaluate.evaluate_workdir(tmp_path / "run")["top1"] == report["compressed"]["top1"]
+    again = transfer_run.run_transfer(config, tmp_path / "run")  # finished: its report
+    assert again == json.loads(json.dumps(report, default=float))
 
 
 @pytest.mark.parametrize("family, arch, learning_rate", [
