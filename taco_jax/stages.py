@@ -6,6 +6,9 @@ Each record has the stage's wall time and resident memory (start, end, process p
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import gc
 import json
 import os
 import resource
@@ -84,6 +87,7 @@ class StageStore:
         rss = _rss_mib()
         masks, info = work()
         info["seconds"] = time.perf_counter() - start
+        release_freed_memory()
         info["memory_mib"] = {"start": rss, "end": _rss_mib(), "peak_so_far": _peak_rss_mib()}
         logging.info("stage %s: %.0f s; resident memory %s -> %s MiB, process peak so far "
                      "%.0f MiB", stage, info["seconds"], *(
@@ -94,6 +98,18 @@ class StageStore:
         if scratch is not None and distributed.is_main():
             shutil.rmtree(scratch, ignore_errors=True)  # finer checkpoints, no longer needed
         return masks, info
+
+
+def release_freed_memory() -> None:
+    """Give memory freed by a stage back to the system (glibc's ``malloc_trim``; elsewhere a
+    no-op). XLA's CPU threads free into many malloc arenas that later stages do not reuse: after
+    a ResNet-50 prune stage the process held 3.7 GiB resident for 0.3 GiB of live arrays, 1.2
+    GiB after the trim (BUILD_NOTES)."""
+    gc.collect()
+    if not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError, AttributeError):  # not glibc (e.g. musl): nothing
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def _rss_mib() -> float | None:
