@@ -88,11 +88,12 @@ class StageStore:
         masks, info = work()
         info["seconds"] = time.perf_counter() - start
         release_freed_memory()
-        info["memory_mib"] = {"start": rss, "end": _rss_mib(), "peak_so_far": _peak_rss_mib()}
+        memory = {"start": rss, "end": _rss_mib(), "peak_so_far": _peak_rss_mib()}
+        info["memory_mib"] = memory
         logging.info("stage %s: %.0f s; resident memory %s -> %s MiB, process peak so far "
                      "%.0f MiB", stage, info["seconds"], *(
-                         "?" if v is None else f"{v:.0f}" for v in (rss, _rss_mib())),
-                     info["memory_mib"]["peak_so_far"])
+                         "?" if memory[k] is None else f"{memory[k]:.0f}"
+                         for k in ("start", "end")), memory["peak_so_far"])
         self.save(stage, model, masks, info)
         scratch = self.path(stage)
         if scratch is not None and distributed.is_main():

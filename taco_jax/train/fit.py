@@ -40,8 +40,8 @@ class FitConfig:
     ``fit``'s ``unlabelled`` images when it is given (ignored otherwise).
 
     ``microbatch``: rows per forward/backward pass (0 = the whole batch). Each batch's loss and
-    gradient are accumulated over equal micro-batches of at most this many rows in a loop
-    (``lax.scan``), so activation memory follows the micro-batch; every term is weighted so
+    gradient are accumulated over equal micro-batches of at most this many rows, each its own
+    compiled call, so activation memory follows the micro-batch; every term is weighted so
     that the sum is the whole batch's loss. Exact for models without BatchNorm; a BatchNorm in
     train mode normalises each micro-batch with its own statistics ("ghost" batch norm)."""
 
