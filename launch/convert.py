@@ -32,7 +32,9 @@ flags.DEFINE_enum("arch", None, names(), "Registered architecture to build.", re
 flags.DEFINE_string("out", None, "Output directory; must not exist yet.", required=True)
 flags.DEFINE_enum("naming", "auto", list(NAMINGS),
                   "Parameter names in --src: timm (also torchvision ResNets), hf (Hugging Face), "
-                  "augreg (Google's JAX ViT .npz), or auto (told apart by the keys).")
+                  "augreg (Google's JAX ViT .npz), torchvision (torchvision ViT / ConvNeXt; "
+                  "without --preprocess or metadata, torchvision's eval transform for those "
+                  "weights is stored), or auto (told apart by the keys).")
 flags.DEFINE_enum("preprocess", None, list(PRESETS),
                   "Eval preprocessing preset stored with the model, instead of the recipe in "
                   "the metadata beside --src (timm config.json, HF preprocessor_config.json) "

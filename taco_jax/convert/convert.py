@@ -13,12 +13,17 @@ from flax import nnx
 from taco_jax.convert.augreg_names import augreg_to_timm, is_augreg
 from taco_jax.convert.hf_names import hf_to_timm, is_hf
 from taco_jax.convert.load import CheckpointMismatchError, load_state_dict_into, torch_layout
+from taco_jax.convert.torchvision_names import (
+    is_torchvision,
+    torchvision_recipe,
+    torchvision_to_timm,
+)
 from taco_jax.models import create, names
 from taco_jax.models.convnext import ConvNeXt
 from taco_jax.models.preprocess import PRESETS, Preprocess
 from taco_jax.models.vit import VisionTransformer
 
-NAMINGS = ("auto", "timm", "hf", "augreg")
+NAMINGS = ("auto", "timm", "hf", "augreg", "torchvision")
 
 # Hugging Face configs use LayerNorm eps 1e-12 where timm uses 1e-6.
 _HF_OVERRIDES: dict[type, dict[str, Any]] = {
@@ -40,14 +45,16 @@ def convert_state_dict(sd: dict[str, np.ndarray], arch: str, *, naming: str = "a
                        preprocess: str | Preprocess | None = None,
                        num_classes: int | None = None,
                        **overrides) -> tuple[nnx.Module, ModelSpec]:
-    """Build ``arch`` with the weights of ``sd``: timm / torchvision names, Hugging Face names
-    (``hf``) or Google's JAX ViT ``.npz`` layout (``augreg``); ``auto`` tells them apart.
+    """Build ``arch`` with the weights of ``sd``: timm names (also torchvision ResNets),
+    Hugging Face names (``hf``), Google's JAX ViT ``.npz`` layout (``augreg``) or torchvision
+    ViT / ConvNeXt names (``torchvision``); ``auto`` tells them apart.
 
     The class count is read from the classifier weight. A checkpoint without a classifier (a
     backbone saved with ``num_classes=0``) needs ``num_classes``: the new classifier is
     zero-initialized. ``preprocess`` is the eval recipe: a Preprocess (e.g. read from the
     checkpoint's metadata, ``convert.recipe``), a preset name of ``taco_jax.models.PRESETS``, or
-    None (the architecture's own). ``overrides`` go to ``create``. A ViT is built at the input
+    None (the architecture's own; for torchvision names, the transform torchvision publishes
+    with those weights, logged). ``overrides`` go to ``create``. A ViT is built at the input
     size of its recipe, else of the checkpoint's position grid (a 384 checkpoint stays 384);
     ``img_size`` asks for another size (the position embedding is resized, and logged).
     The model is returned in eval mode (BatchNorm uses the running statistics).
@@ -64,12 +71,18 @@ def convert_state_dict(sd: dict[str, np.ndarray], arch: str, *, naming: str = "a
         raise CheckpointMismatchError(arch, [foreign])
     origin = None
     if naming == "auto":
-        naming = "hf" if is_hf(sd) else "augreg" if is_augreg(sd) else "timm"
+        naming = ("hf" if is_hf(sd) else "augreg" if is_augreg(sd)
+                  else "torchvision" if is_torchvision(sd) else "timm")
     if naming == "hf":
         sd, origin = hf_to_timm(sd)
         overrides = {**_HF_OVERRIDES.get(type(probe), {}), **overrides}
     elif naming == "augreg":
         sd, origin = augreg_to_timm(sd)
+    elif naming == "torchvision":
+        try:
+            sd, origin = torchvision_to_timm(sd)
+        except ValueError as e:  # a layer our model has no place for
+            raise CheckpointMismatchError(arch, [str(e)]) from None
     num_classes = _num_classes(sd, arch, probe.head_name, num_classes)
     if isinstance(probe, VisionTransformer) and "img_size" not in overrides:
         size = (preprocess.input_size if isinstance(preprocess, Preprocess)
@@ -91,24 +104,23 @@ def convert_state_dict(sd: dict[str, np.ndarray], arch: str, *, naming: str = "a
         model.preprocess = preprocess
     elif preprocess is not None:
         model.preprocess = PRESETS[preprocess].at_size(model.preprocess.input_size)
+    elif naming == "torchvision":
+        model.preprocess, which = torchvision_recipe(arch, model.preprocess.input_size)
+        logging.info("eval recipe: %s, %s", which, model.preprocess)
     model.eval()
     return model, spec
 
 
 # Key patterns of layouts no name map reads yet, and what they are.
 _FOREIGN = (
-    (("conv_proj.weight", "encoder.layers."), "a torchvision VisionTransformer (conv_proj, "
-     "encoder.layers.*)"),
-    (("features.0.0.weight", "classifier.2.weight"), "a torchvision ConvNeXt / classifier-"
-     "sequential model (features.*, classifier.*)"),
     (("layers.0.blocks.0.attn.relative_position_bias_table",), "a Swin Transformer"),
 )
 
 
 def foreign_layout(sd: dict[str, np.ndarray]) -> str | None:
-    """One line naming the state dict's layout when it is one no name map reads (torchvision
-    ViT / ConvNeXt, Swin), so the error says what the file is, not which tensors are missing;
-    None for timm, torchvision ResNet, Hugging Face and Google ``.npz`` names."""
+    """One line naming the state dict's layout when it is one no name map reads (Swin), so the
+    error says what the file is, not which tensors are missing; None for timm, torchvision,
+    Hugging Face and Google ``.npz`` names."""
     for prefixes, what in _FOREIGN:
         if all(any(k.startswith(p) for k in sd) for p in prefixes):
             return (f"layout: this is {what} state dict, whose names taco-jax does not read; "
