@@ -83,6 +83,7 @@ class StageStore:
         logging.info("=" * 20 + " %s " + "=" * 20, title)
         start = time.perf_counter()
         if self.done(stage):
+            self._drop_scratch(stage)  # a run killed between the save and this removal
             return self.load(stage, model)
         rss = _rss_mib()
         masks, info = work()
@@ -95,10 +96,14 @@ class StageStore:
                          "?" if memory[k] is None else f"{memory[k]:.0f}"
                          for k in ("start", "end")), memory["peak_so_far"])
         self.save(stage, model, masks, info)
-        scratch = self.path(stage)
-        if scratch is not None and distributed.is_main():
-            shutil.rmtree(scratch, ignore_errors=True)  # finer checkpoints, no longer needed
+        self._drop_scratch(stage)
         return masks, info
+
+    def _drop_scratch(self, stage: str) -> None:
+        """Remove a saved stage's finer checkpoints (``path``): no longer needed."""
+        scratch = self.path(stage)
+        if scratch is not None and scratch.exists() and distributed.is_main():
+            shutil.rmtree(scratch, ignore_errors=True)
 
 
 def release_freed_memory() -> None:
