@@ -8,11 +8,11 @@ from flax import nnx
 from test_prune_fixtures import TinyCNN, TinyViT, image_batches, randomize_batchnorm
 
 from taco_jax.models.paths import get_layer, named_layers
+from taco_jax.models.shrink import infer_pairs, shrink_pair
 from taco_jax.prune import sequential
 from taco_jax.prune.hessian import collect_hessians
 from taco_jax.prune.layout import layer_inputs, layer_matrix
 from taco_jax.prune.sequential import PruneConfig, apply_masks, forward_groups, prune_model
-from taco_jax.prune.shrink import infer_pairs, shrink_pair
 from taco_jax.prune.solver import prune_layer
 
 

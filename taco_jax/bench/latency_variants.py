@@ -21,9 +21,9 @@ from taco_jax.models import create
 from taco_jax.models.latency import paired_latency
 from taco_jax.models.layers import Mlp
 from taco_jax.models.paths import body_layers, named_layers
+from taco_jax.models.shrink import infer_pairs, shrink_pair
 from taco_jax.models.stats import param_count
 from taco_jax.models.vit import Attention
-from taco_jax.prune.shrink import infer_pairs, shrink_pair
 
 TOLERANCE = {"float32": 1e-2, "bfloat16": 5e-2}  # relative Frobenius error of the logits
 

@@ -3,7 +3,9 @@
 Layout of a checkpoint directory::
 
     model.json   {"format": 1, "arch", "num_classes", "overrides", "preprocess", "source",
-                  "labels" (optional: the class name of each classifier row)}
+                  "labels" (optional: the class name of each classifier row),
+                  "cuts" (optional: structured cuts, consumer layer -> its kept input
+                  channels and the ShrinkPair that cut them)}
     state/       orbax StandardCheckpointer: params and BatchNorm statistics (nnx state)
 
 Writing goes to a hidden temporary directory beside the target, renamed into place at the end,
@@ -16,26 +18,45 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from flax import nnx
 
 from taco_jax.checkpoint import restore_state, save_state
 from taco_jax.convert.convert import ModelSpec
 from taco_jax.models import create
 from taco_jax.models.preprocess import Preprocess
+from taco_jax.models.shrink import ShrinkPair, shrink_pair
 
 FORMAT = 1
 
 
+def build_abstract(spec: ModelSpec, cuts: Mapping[str, Mapping[str, Any]] | None = None
+                   ) -> nnx.Module:
+    """The abstract (shape-only) model of ``spec`` with ``cuts`` applied: consumer name ->
+    {"kept": input channels kept, "producers", "norms", "group_size", "repeat"} (its
+    ``ShrinkPair``). Which channels were kept does not matter here, only how many."""
+    def make() -> nnx.Module:
+        model = create(spec.arch, num_classes=spec.num_classes, **spec.overrides)
+        for name, cut in (cuts or {}).items():
+            pair = ShrinkPair(name, tuple(cut["producers"]), tuple(cut["norms"]),
+                              int(cut["group_size"]), int(cut["repeat"]))
+            shrink_pair(model, pair, np.arange(int(cut["kept"])))
+        return model
+    return nnx.eval_shape(make)
+
+
 def save_checkpoint(model: nnx.Module, spec: ModelSpec, directory: str | Path, *,
                     source: dict[str, Any] | None = None,
-                    labels: Sequence[str] | None = None) -> Path:
+                    labels: Sequence[str] | None = None,
+                    cuts: Mapping[str, Mapping[str, Any]] | None = None) -> Path:
     """Write ``model`` (params + BatchNorm stats) and how to rebuild it to a new ``directory``;
     ``labels``: the class name of each classifier row (lets a run restrict the classifier to
-    a task's classes by name)."""
+    a task's classes by name); ``cuts``: the structured cuts that made its shapes differ from
+    ``spec``'s (``build_abstract``)."""
     if labels is not None and len(labels) != spec.num_classes:
         raise ValueError(f"{len(labels)} labels for a {spec.num_classes}-class model")
     directory = Path(directory).absolute()
@@ -49,6 +70,8 @@ def save_checkpoint(model: nnx.Module, spec: ModelSpec, directory: str | Path, *
                 "source": source or {}}
         if labels is not None:
             meta["labels"] = [str(name) for name in labels]
+        if cuts:
+            meta["cuts"] = {name: dict(cut) for name, cut in cuts.items()}
         (tmp / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
         save_state(tmp / "state", model)
         os.rename(tmp, directory)
@@ -81,13 +104,12 @@ def read_meta(directory: str | Path) -> dict[str, Any]:
 
 
 def load_checkpoint(directory: str | Path) -> tuple[nnx.Module, ModelSpec]:
-    """Rebuild the model saved by ``save_checkpoint`` (restored against its abstract shape),
-    in eval mode."""
+    """Rebuild the model saved by ``save_checkpoint`` (restored against its abstract shape,
+    structured cuts included), in eval mode."""
     directory = Path(directory).expanduser().absolute()
     meta = read_meta(directory)
     spec = ModelSpec(meta["arch"], meta["num_classes"], meta["overrides"])
-    model = nnx.eval_shape(lambda: create(spec.arch, num_classes=spec.num_classes,
-                                          **spec.overrides))
+    model = build_abstract(spec, meta.get("cuts"))
     restore_state(directory / "state", model)
     model.preprocess = Preprocess.from_dict(meta["preprocess"])
     model.eval()

@@ -1,5 +1,6 @@
 """Layer-wise second-order pruning (BUILD_NOTES.md): patterns, Hessians, the solver, sequential."""
 
+from taco_jax.models.shrink import ShrinkPair, infer_pairs
 from taco_jax.prune.allocate import allocate_sparsity, error_curves
 from taco_jax.prune.hessian import HessianState, collect_hessians, collect_paired
 from taco_jax.prune.patterns import NM, Block, Structured, Unstructured, parse_pattern
@@ -10,7 +11,6 @@ from taco_jax.prune.sequential import (
     apply_masks,
     prune_model,
 )
-from taco_jax.prune.shrink import ShrinkPair, infer_pairs
 from taco_jax.prune.solver import SolveStats, prune_layer
 from taco_jax.prune.targets import dense_target
 

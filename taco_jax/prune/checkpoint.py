@@ -17,8 +17,8 @@ from flax import nnx
 
 from taco_jax.checkpoint import quiet_orbax
 from taco_jax.models.paths import dotted
+from taco_jax.models.shrink import shrink_pair
 from taco_jax.prune.result import LayerStats
-from taco_jax.prune.shrink import shrink_pair
 
 
 def _manager(directory: str) -> ocp.CheckpointManager:
