@@ -42,7 +42,7 @@ def _locked() -> dict[str, str]:
 def _requirements() -> list[Requirement]:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     reqs = [Requirement(r) for r in project["dependencies"]]
-    for extra in ("test", "images"):
+    for extra in ("test", "images", "onnx"):
         reqs += [Requirement(r) for r in project["optional-dependencies"][extra]]
     return [r for r in reqs if r.name != project["name"]
             and (r.marker is None or r.marker.evaluate(LOCK_ENV))]

@@ -3,15 +3,17 @@
 One timer for every report (TACO, DC-ViT, transfer, the model benchmark): the eval forward is
 jitted and compiled ahead of time, run ``warmup`` times, then ``repeats`` timed calls each ending
 in ``block_until_ready``. The median is the figure to report; min and max show the spread.
-``interleaved_latency`` times several models in turns, for comparisons on a loaded machine, and
-``paired_latency`` each of several models against a reference timed just before it.
+``interleaved_latency`` times several models in turns, for comparisons on a loaded machine,
+``paired_latency`` each of several models against a reference timed just before it, and
+``speedups`` several models against one reference in shared rounds (``call_speedups``: any
+runtime's calls, e.g. onnxruntime sessions).
 """
 
 from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -83,3 +85,62 @@ def paired_latency(dense: nnx.Module, models: Sequence[nnx.Module], x: jax.Array
                     "dense_min": d["min"], "compressed_min": m["min"], "batch": d["batch"],
                     "repeats": repeats})
     return out
+
+
+def speedups(reference: nnx.Module, candidates: Mapping[str, nnx.Module], x: jax.Array, *,
+             min_rounds: int = 5, max_rounds: int = 20, budget_seconds: float = 30.0,
+             warmup: int = 2) -> dict:
+    """Measured speedup of each candidate over ``reference`` on ``x`` (B, H, W, C), one shared
+    reference timed in the same rounds (ref, c1, c2, …, ref, c1, …); ``call_speedups`` says
+    what the figures are. The eval forwards are jitted and compiled before any timing."""
+    x = jnp.asarray(x)
+    return call_speedups(_compiled(reference, x),
+                         {name: _compiled(m, x) for name, m in candidates.items()},
+                         int(x.shape[0]), min_rounds=min_rounds, max_rounds=max_rounds,
+                         budget_seconds=budget_seconds, warmup=warmup)
+
+
+def call_speedups(reference: Callable[[], object], candidates: Mapping[str, Callable[[], object]],
+                  batch: int, *, min_rounds: int = 5, max_rounds: int = 20,
+                  budget_seconds: float = 30.0, warmup: int = 2) -> dict:
+    """Speedups of zero-argument calls that each run one forward to completion (JAX's ending
+    in ``block_until_ready``, an onnxruntime session's returning its outputs) over
+    ``reference``'s, timed in interleaved rounds (ref, c1, c2, …, ref, c1, …).
+
+    Rounds go on until ``max_rounds`` or until ``budget_seconds`` of timed calls have passed
+    (at least ``min_rounds``). A candidate's speedup is the median over rounds of (reference
+    time / its time in that round); ``spread`` is the 10th–90th percentile of those ratios, so a
+    claim "faster" holds only where ``spread[0] > 1``. Returns {"batch", "rounds",
+    "reference_seconds" (median), name: {"seconds", "speedup", "spread"}}.
+    """
+    if min_rounds < 1 or max_rounds < min_rounds:
+        raise ValueError(f"need 1 <= min_rounds <= max_rounds, got {min_rounds}, {max_rounds}")
+    names = list(candidates)
+    calls = [reference] + [candidates[n] for n in names]
+    for _ in range(warmup):
+        for call in calls:
+            call()
+    times: list[list[float]] = [[] for _ in calls]
+    spent = 0.0
+    while len(times[0]) < max_rounds and (len(times[0]) < min_rounds
+                                          or spent < budget_seconds):
+        for call, t in zip(calls, times, strict=True):
+            start = time.perf_counter()
+            call()
+            t.append(time.perf_counter() - start)
+            spent += t[-1]
+    out = {"batch": batch, "rounds": len(times[0]),
+           "reference_seconds": statistics.median(times[0])}
+    for name, t in zip(names, times[1:], strict=True):
+        ratios = sorted(r / c for r, c in zip(times[0], t, strict=True))
+        out[name] = {"seconds": statistics.median(t), "speedup": statistics.median(ratios),
+                     "spread": [_quantile(ratios, 0.1), _quantile(ratios, 0.9)]}
+    return out
+
+
+def _quantile(sorted_values: Sequence[float], q: float) -> float:
+    """Linear-interpolated quantile of an ascending list."""
+    pos = q * (len(sorted_values) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, len(sorted_values) - 1)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
