@@ -97,8 +97,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.prune.refit = True
     # "unstructured", "2:4" (any N:M), "block16x16", ...; an N:M pattern fixes its own level
     # (1 - N/M in every layer), so it ignores sparsity and takes no schedule ("auto": none).
+    # "structured": whole channels, heads and MLP neurons removed (group OBS compensating the
+    # consumer layer): a smaller dense model, faster on any runtime; sparsity is then the share
+    # of the cut layers' multiply-accumulates removed, and the run is one-shot.
     c.prune.pattern = v.get("pattern", "unstructured")
     c.prune.sparsity = v.get("sparsity", 0.9)  # the target: the final step's total sparsity
+    # Structured only: instead of sparsity, the level measured this many times faster than the
+    # dense model at latency_batch on this machine (bisection over candidate shapes); 0 = off.
+    c.prune.target_speedup = 0.0
     c.prune.blocksize = 128
     c.prune.percdamp = 0.01
     # Per-layer sparsities from each layer's measured error curve, meeting the same total
@@ -164,8 +170,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # TACO with its one-shot steps calibrated on as many generic images (the pool when
     # configured, else the dataset's other classes) and the same recovery: TACO's claim that
     # the task's own images calibrate better, measured.
-    c.baselines = ("magnitude", "magnitude_gmp", "dense_finetune", "task_agnostic")
-    c.latency_batch = 64  # measured dense vs compressed latency on this device; 0 = skip
+    # "auto": these four, and for a structured pattern ("magnitude_gmp" is for masks) "magnitude",
+    # "magnitude_uniform" (channel-norm pruning at uniform widths, Torch-Pruning's default),
+    # "dense_finetune", "task_agnostic".
+    c.baselines = ml_collections.FieldReference("auto", field_type=object)  # str or tuple
+    # Measured speed of every model vs dense at batch 1 and this batch on this device (one dense
+    # reference, interleaved rounds); also the batch of prune.target_speedup. 0 = skip.
+    c.latency_batch = 64
     c.sweep = ()  # extra sparsities for the accuracy-vs-compression plot, e.g. (0.5, 0.75, 0.95)
 
     if v.get("runlocal"):

@@ -21,6 +21,7 @@ import os
 import time
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
@@ -28,12 +29,13 @@ from flax import nnx
 
 from taco_jax import distributed, export, stages
 from taco_jax.data.task import TaskData, calibration_batches, few_shot_indices
+from taco_jax.export import onnx as onnx_export
 from taco_jax.methods import adapt, retrieval
 from taco_jax.methods.result import CompressedModel
 from taco_jax.models import paths
-from taco_jax.models.latency import model_latency
-from taco_jax.prune import patterns, sequential
-from taco_jax.prune.shrink import infer_pairs, shrink_pair
+from taco_jax.models.latency import speedups
+from taco_jax.models.shrink import infer_pairs, shrink_pair
+from taco_jax.prune import patterns, sequential, speed_budget
 from taco_jax.report import compression
 from taco_jax.train import batchnorm, fit
 
@@ -47,6 +49,9 @@ MAGNITUDE_BASELINES = {"magnitude": None, "magnitude_uniform": "uniform",
                        "magnitude_gmp": "magnitude"}
 BASELINES = (*MAGNITUDE_BASELINES, "dense_finetune", "task_agnostic")
 DEFAULT_BASELINES = ("magnitude", "magnitude_gmp", "dense_finetune", "task_agnostic")
+# Structured: channel-norm pruning at uniform widths (Torch-Pruning's default) instead of GMP (a
+# global |w| threshold is for masks; whole channels of different layers do not compare).
+STRUCTURED_BASELINES = ("magnitude", "magnitude_uniform", "dense_finetune", "task_agnostic")
 BASELINE_LABELS = {"magnitude": "magnitude, TACO's layer allocation",
                    "magnitude_uniform": "magnitude, uniform layer levels",
                    "magnitude_gmp": "global magnitude pruning (GMP)",
@@ -79,7 +84,8 @@ class TacoConfig:
 
     ``schedule``: gradual pruning, intermediate sparsities (increasing, below
     ``prune.sparsity``), or "auto": the ``schedule_levels`` below the target (none for an N:M
-    pattern, whose one level is fixed). After each, ``schedule_steps`` steps of the same KD
+    pattern, whose one level is fixed, nor for a structured one, whose cuts change the shapes
+    each level would be counted against). After each, ``schedule_steps`` steps of the same KD
     recovery, and the next step is solved on the recovered model; the final step prunes to
     ``prune.sparsity`` and is recovered for what is left of ``recover.steps``, the whole
     recovery budget (``levels()``, ``final_recover_steps()``). Magnitude gets the same
@@ -99,13 +105,18 @@ class TacoConfig:
     fit on the frozen features of the few-shot images, L2 weight ``probe_l2``, 0 = chosen by
     cross-validation on them; any task), or "auto": restrict when ``TaskData.class_ids`` is
     known, else probe.
+    ``baselines``: names of ``BASELINES``, or "auto": ``DEFAULT_BASELINES``, and for a structured
+    pattern ``STRUCTURED_BASELINES`` (``resolved_baselines``).
+    ``prune.target_speedup`` (structured): the ``prune.sparsity`` actually used is the level
+    measured that much faster than dense at ``latency_batch`` (``prune.speed_budget``; a stage of
+    the run), in place of the configured one.
     """
 
     shots: int = 32
     seed: int = 0
     prune: sequential.PruneConfig = dataclasses.field(default_factory=default_prune)
     recover: fit.FitConfig = dataclasses.field(default_factory=default_recover)
-    baselines: tuple[str, ...] = DEFAULT_BASELINES
+    baselines: tuple[str, ...] | str = "auto"
     calibration_batch: int = 64
     schedule: tuple[float, ...] | str = "auto"
     schedule_levels: tuple[float, ...] = GRADUAL_LEVELS
@@ -122,9 +133,24 @@ class TacoConfig:
         if self.probe_l2 < 0:
             raise ValueError(f"probe_l2 must be > 0, or 0 to cross-validate it, got "
                              f"{self.probe_l2}")
-        bad = [b for b in self.baselines if b not in BASELINES]
+        if isinstance(self.baselines, str) and self.baselines != "auto":
+            raise ValueError(f"baselines={self.baselines!r}; expected 'auto' or a tuple of "
+                             f"{BASELINES}")
+        bad = [b for b in self.resolved_baselines() if b not in BASELINES]
         if bad:
             raise ValueError(f"unknown baselines {bad}; allowed: {BASELINES}")
+        structured = isinstance(patterns.parse_pattern(self.prune.pattern), patterns.Structured)
+        if structured and "magnitude_gmp" in self.resolved_baselines():
+            raise ValueError("baseline magnitude_gmp (one |w| threshold over all layers) is for "
+                             f"masked patterns, not {self.prune.pattern!r}; structured runs "
+                             f"compare with magnitude_uniform (baselines='auto': "
+                             f"{STRUCTURED_BASELINES})")
+        if structured and self.schedule not in ("auto", ()):
+            raise ValueError(f"schedule={self.schedule}: structured cuts change the shapes each "
+                             "level counts against, so structured pruning is one-shot; use "
+                             "'auto' or ()")
+        if self.prune.target_speedup and not self.latency_batch:
+            raise ValueError("prune.target_speedup is measured at latency_batch, which is 0")
         if self.shots < 1 or self.calibration_batch < 1:
             raise ValueError(f"shots and calibration_batch must be >= 1, got {self.shots}, "
                              f"{self.calibration_batch}")
@@ -167,12 +193,20 @@ class TacoConfig:
         """Every pruning step's total sparsity: the schedule ("auto" resolved), then the target."""
         target = self.prune.sparsity
         if self.schedule == "auto":
-            nm = isinstance(patterns.parse_pattern(self.prune.pattern), patterns.NM)
-            below = () if nm else tuple(sorted({float(x) for x in self.schedule_levels
+            fixed = isinstance(patterns.parse_pattern(self.prune.pattern),
+                               patterns.NM | patterns.Structured)
+            below = () if fixed else tuple(sorted({float(x) for x in self.schedule_levels
                                                 if x < target}))
         else:
             below = tuple(self.schedule)
         return (*below, target)
+
+    def resolved_baselines(self) -> tuple[str, ...]:
+        """``baselines`` with "auto" resolved by the pattern."""
+        if self.baselines != "auto":
+            return tuple(self.baselines)
+        structured = isinstance(patterns.parse_pattern(self.prune.pattern), patterns.Structured)
+        return STRUCTURED_BASELINES if structured else DEFAULT_BASELINES
 
     def final_recover_steps(self) -> int:
         """The final step's recovery: what ``recover.steps`` leaves after the schedule's."""
@@ -306,6 +340,65 @@ def _task_agnostic(teacher, calib_x, calib_y, data: TaskData, config: TacoConfig
             "sparsity": compression.summarize(model, masks)}
 
 
+STRUCTURED_LABELS = {**BASELINE_LABELS,
+                     "magnitude": "channel-norm pruning, TACO's layer allocation",
+                     "magnitude_uniform": "channel-norm pruning, uniform widths (Torch-Pruning)"}
+
+
+def measure_speed(dense: nnx.Module, models: dict[str, nnx.Module], data: TaskData,
+                  batch: int, plain: dict[str, nnx.Module] | None = None) -> dict:
+    """Measured speed of ``models`` against ``dense`` at batch 1 and ``batch``: on this
+    device's XLA runtime, and in onnxruntime on the CPU when it is installed (``plain``: the
+    models to export there, without sparse-kernel layers). Per runtime all models share
+    interleaved rounds with one dense reference (``models.latency.speedups``): {runtime:
+    {"batch_<B>": {...}}}, or {runtime: {"skipped": why}}. The batch repeats the test images
+    as needed."""
+    out: dict[str, dict] = {}
+    runtimes = {f"xla-{jax.default_backend()}": (models, speedups)}
+    if onnx_export.available():
+        runtimes["onnxruntime-cpu"] = (plain or models, onnx_export.onnxruntime_speedups)
+    else:
+        out["onnxruntime-cpu"] = {"skipped": "pip install 'taco-jax[onnx]' to measure it"}
+    images = data.test_images
+    for runtime, (timed, measure) in runtimes.items():
+        out[runtime] = {}
+        for b in sorted({1, batch}):
+            x = data.preprocess(jnp.asarray(np.resize(images, (b, *images.shape[1:]))))
+            try:
+                row = out[runtime][f"batch_{b}"] = measure(dense, timed, x)
+            except (ValueError, ImportError) as e:  # an export that failed its own check
+                out[runtime] = {"skipped": str(e).splitlines()[0]}
+                logging.warning("speed in %s not measured: %s", runtime, out[runtime]["skipped"])
+                break
+            logging.info("speed in %s at batch %d: %s (dense %.1f ms)", runtime, b, ", ".join(
+                f"{n} {row[n]['speedup']:.2f}x" for n in timed), 1e3 * row["reference_seconds"])
+    return out
+
+
+def _speed_budget(teacher, calib_x, data: TaskData, config: TacoConfig, store
+                  ) -> tuple[TacoConfig, dict]:
+    """``config`` with ``prune.sparsity`` set to the level measured ``prune.target_speedup``
+    times faster than the teacher at ``latency_batch`` (a checkpointed stage: a resumed run
+    keeps the level it found), and the search's record."""
+    batches = _calibration_batches(calib_x, data, config)
+    x = data.preprocess(jnp.asarray(np.resize(calib_x, (config.latency_batch,
+                                                        *calib_x.shape[1:]))))
+    probe = nnx.clone(teacher)
+
+    def search():
+        level, info = speed_budget.sparsity_for_speedup(
+            probe, batches, config.prune, _layers_to_prune(probe, config.prune), x,
+            mesh=data.mesh)
+        return None, {"sparsity": level, **info}
+
+    _, info = store.run("speed_budget", f"speed budget: the structured level "
+                        f"{config.prune.target_speedup:g}x faster than dense at batch "
+                        f"{config.latency_batch}", None, search)
+    logging.info("speed budget: prune to %.3f of the pairs' MACs", info["sparsity"])
+    prune = dataclasses.replace(config.prune, sparsity=info["sparsity"])
+    return dataclasses.replace(config, prune=prune), dict(info)
+
+
 def _str(path: Path | None) -> str | None:
     return None if path is None else os.fspath(path)
 
@@ -335,6 +428,10 @@ def compress(model: nnx.Module, data: TaskData, config: TacoConfig, *,
         logging.info("recovery pool: the %d of %d images nearest to the few-shot set",
                      len(pool_ids), len(data.unlabelled_images))
         data = dataclasses.replace(data, unlabelled_images=data.unlabelled_images[pool_ids])
+    budget = None
+    if config.prune.target_speedup:
+        config, budget = _speed_budget(teacher, calib_x, data, config, store)
+        timings["speed_budget"] = budget.pop("seconds")
 
     student, masks, pruned, recovered = _prune_and_recover(
         teacher, calib_x, calib_y, data, config, config.prune.method, config.prune.allocation,
@@ -355,28 +452,38 @@ def compress(model: nnx.Module, data: TaskData, config: TacoConfig, *,
             "pool_ids": None if pool_ids is None else pool_ids.tolist()},
         "compressed_before_recovery": pruned["before_recovery"],
         "schedule": pruned["steps"],
-        "sparsity": compression.summarize(student, masks),
-        "macs": {"dense": compression.macs(teacher, {}, image_shape)["dense"],
-                 "compressed": compression.macs(student, masks, image_shape)},
+        "pattern": str(config.prune.pattern),
+        "size": compression.size(teacher, student, masks, image_shape),
         "layers": pruned["layers"],
         "baselines": {},
     }
+    if masks:  # masked patterns: the zeros; structured cuts are in "size" and "kept"
+        report["sparsity"] = compression.summarize(student, masks)
+    if budget is not None:
+        report["speed_budget"] = budget
+    structured = isinstance(patterns.parse_pattern(config.prune.pattern), patterns.Structured)
+    timed = {"taco": student}  # the models whose speed the report measures
     for name, allocation in MAGNITUDE_BASELINES.items():
-        if name not in config.baselines:
+        if name not in config.resolved_baselines():
             continue
         allocation = allocation or config.prune.resolved_allocation
         mag_model, mag_masks, mag_pruned, mag = _prune_and_recover(
             teacher, calib_x, calib_y, data, config, "magnitude", allocation, store, name)
         report["baselines"][name] = {
+            "label": (STRUCTURED_LABELS if structured else BASELINE_LABELS)[name],
             "compressed": mag["accuracy"], "before_recovery": mag_pruned["before_recovery"],
             "allocation": allocation, "schedule": mag_pruned["steps"],
-            "sparsity": compression.summarize(mag_model, mag_masks)}
+            "size": compression.size(teacher, mag_model, mag_masks, image_shape)}
+        if mag_masks:
+            report["baselines"][name]["sparsity"] = compression.summarize(mag_model, mag_masks)
+        if structured:  # other shapes than TACO's: timed too
+            timed[name] = mag_model
         timings.update({f"{name}_prune": mag_pruned["seconds"],
                         f"{name}_recover": mag["seconds"]})
-    if "task_agnostic" in config.baselines:
+    if "task_agnostic" in config.resolved_baselines():
         report["baselines"]["task_agnostic"] = _task_agnostic(
             teacher, calib_x, calib_y, data, config, store, timings)
-    if "dense_finetune" in config.baselines:
+    if "dense_finetune" in config.resolved_baselines():
         tuned = nnx.clone(teacher)
 
         budget = config.recover.steps
@@ -393,15 +500,14 @@ def compress(model: nnx.Module, data: TaskData, config: TacoConfig, *,
         report["baselines"]["dense_finetune"] = info["accuracy"]
         timings["dense_finetune"] = info["seconds"]
     if config.latency_batch:
-        t = _banner(f"latency: dense vs compressed, batch {config.latency_batch}")
-        x = data.preprocess(jnp.asarray(data.test_images[:config.latency_batch]))
+        t = _banner(f"speed: dense vs {', '.join(timed)}, batch 1 and {config.latency_batch}")
         # The compressed model as it is deployed: pruned Linears on the block-sparse kernels
         # where they beat dense on this device (on CPU, the masked dense matmul).
         deployed = nnx.clone(student)
         report["latency_paths"] = export.with_sparse_kernels(
             deployed, export.block_shape_for(str(config.prune.pattern)))
-        report["latency_seconds"] = {"dense": model_latency(teacher, x),
-                                     "compressed": model_latency(deployed, x)}
+        report["speed"] = measure_speed(teacher, {**timed, "taco": deployed}, data,
+                                        config.latency_batch, plain=timed)
         timings["latency"] = time.perf_counter() - t
     report["seconds"] = timings
     return CompressedModel(model=student, masks=masks, report=report)

@@ -13,7 +13,7 @@ levels one |w| threshold over all layers gives.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -232,13 +232,25 @@ def allocate_for_model(model, batches, config, names: Sequence[str], mesh=None
     """Per-layer sparsities meeting ``config.sparsity`` over ``names`` in total (parameters;
     FLOPs for structured, counting the producer outputs a consumer's cut removes): from the
     error curves, or for ``config.allocation == "magnitude"`` from one magnitude threshold."""
+    return allocator(model, batches, config, names, mesh)(config.sparsity)
+
+
+def allocator(model, batches, config, names: Sequence[str], mesh=None
+              ) -> Callable[[float], dict[str, float]]:
+    """``allocate_for_model`` as a function of the total sparsity: the error curves (the costly
+    part) are measured once, each call only re-solves the allocation (``speed_budget`` tries
+    several levels). "uniform" gives every layer the level."""
     pattern = parse_pattern(config.pattern)
+    if config.allocation == "uniform":
+        return lambda sparsity: {n: float(sparsity) for n in names}
     if config.allocation == "magnitude":
-        alloc = threshold_levels(model, names, pattern, config.sparsity, config.blocksize)
-        logging.info("prune: global magnitude threshold levels at %.3f over %d layers: %s",
-                     config.sparsity, len(alloc),
-                     ", ".join(f"{n}={s:.2f}" for n, s in alloc.items()))
-        return alloc
+        def by_threshold(sparsity: float) -> dict[str, float]:
+            alloc = threshold_levels(model, names, pattern, sparsity, config.blocksize)
+            logging.info("prune: global magnitude threshold levels at %.3f over %d layers: %s",
+                         sparsity, len(alloc),
+                         ", ".join(f"{n}={s:.2f}" for n, s in alloc.items()))
+            return alloc
+        return by_threshold
     grid = tuple(sorted(set(config.allocation_grid)))
     model.eval()
     measure = "output" if config.allocation == "output" else "layer"
@@ -247,7 +259,7 @@ def allocate_for_model(model, batches, config, names: Sequence[str], mesh=None
                           method=curve_method(config.method), mesh=mesh)
     size = {n: int(np.prod(get_layer(model, n).kernel.get_value().shape)) for n in names}
     if isinstance(pattern, Structured):
-        from taco_jax.prune.shrink import infer_pairs
+        from taco_jax.models.shrink import infer_pairs
 
         pairs = {p.consumer: p for p in (config.pairs or infer_pairs(model))}
         first = next(iter(batches))
@@ -259,8 +271,10 @@ def allocate_for_model(model, batches, config, names: Sequence[str], mesh=None
     else:
         weight = size
     costs = {n: [weight[n] * (1 - s) for s in grid] for n in names}
-    budget = (1 - config.sparsity) * sum(weight.values())
-    alloc = allocate_sparsity(curves, costs, grid, budget)
-    logging.info("prune: allocation from %s errors at %.3f over %d layers: %s", measure,
-                 config.sparsity, len(names), ", ".join(f"{n}={s:.2f}" for n, s in alloc.items()))
-    return alloc
+
+    def by_errors(sparsity: float) -> dict[str, float]:
+        alloc = allocate_sparsity(curves, costs, grid, (1 - sparsity) * sum(weight.values()))
+        logging.info("prune: allocation from %s errors at %.3f over %d layers: %s", measure,
+                     sparsity, len(names), ", ".join(f"{n}={s:.2f}" for n, s in alloc.items()))
+        return alloc
+    return by_errors

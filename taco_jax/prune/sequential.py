@@ -40,6 +40,7 @@ from taco_jax.models.paths import (
     resolve_stem,
     set_layer,
 )
+from taco_jax.models.shrink import ShrinkPair, infer_pairs, shrink_pair
 from taco_jax.prune import checkpoint as ckpt
 from taco_jax.prune.hessian import Probe, collect_hessians, collect_paired, segments_of
 from taco_jax.prune.layout import kernel_from_matrix, layer_matrix
@@ -53,7 +54,6 @@ from taco_jax.prune.patterns import (
 )
 from taco_jax.prune.refit import refit_groups
 from taco_jax.prune.result import LayerStats, PruneResult
-from taco_jax.prune.shrink import ShrinkPair, infer_pairs, shrink_pair
 from taco_jax.prune.solver import METHODS, check_finite, choose_method, prune_layer
 from taco_jax.prune.targets import dense_target
 
@@ -79,6 +79,10 @@ class PruneConfig:
     ``refit``: after SparseGPT picks a layer's mask, re-solve its kept weights exactly by least
     squares on that mask (``prune.refit``; 2–3x less layer error at 50–90%). Not for
     magnitude (the uncompensated baseline), OBC (already exact) or structured patterns.
+    ``target_speedup``: structured patterns only; 0 = prune to ``sparsity`` (the share of the
+    pairs' multiply-accumulates removed), else the level is the smallest whose model is
+    measured this many times faster than dense (``prune.speed_budget``; TACO resolves it to a
+    ``sparsity`` before pruning, and ``prune_model`` itself ignores it).
     """
 
     pattern: str | Pattern = "unstructured"
@@ -93,6 +97,7 @@ class PruneConfig:
     allocation_grid: tuple[float, ...] = (0.0, 0.3, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95)
     targets: str = "self"
     refit: bool = True
+    target_speedup: float = 0.0
 
     def __post_init__(self):
         parse_pattern(self.pattern)
@@ -115,6 +120,14 @@ class PruneConfig:
         if self.targets == "dense" and self.method == "magnitude":
             raise ValueError("targets='dense' needs a second-order method (it reshapes the "
                              "weights the solver prunes); magnitude pruning takes targets='self'")
+        if self.target_speedup and (isinstance(self.target_speedup, bool)
+                                    or not self.target_speedup > 1):
+            raise ValueError(f"target_speedup must be > 1 (or 0: prune to sparsity), got "
+                             f"{self.target_speedup!r}")
+        if self.target_speedup and not isinstance(parse_pattern(self.pattern), Structured):
+            raise ValueError(f"target_speedup={self.target_speedup} needs pattern='structured' "
+                             f"(smaller dense shapes); {self.pattern!r} keeps the model's shapes, "
+                             "and on a dense runtime its zeros are not skipped")
         if self.targets == "dense" and isinstance(parse_pattern(self.pattern), Structured):
             raise ValueError("targets='dense' is for unstructured, N:M and block patterns; "
                              f"structured pruning (pattern {self.pattern!r}) takes targets='self'")

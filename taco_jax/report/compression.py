@@ -51,3 +51,21 @@ def macs(model: nnx.Module, masks: dict[str, np.ndarray], image_shape: tuple[int
         saved += positions[name] * int(kernel.size - np.count_nonzero(kernel))
     return {"dense": int(dense), "sparse": int(dense - saved),
             "reduction": dense / max(dense - saved, 1)}
+
+
+def size(dense: nnx.Module, model: nnx.Module, masks: dict[str, np.ndarray],
+         image_shape: tuple[int, ...]) -> dict:
+    """What the compressed ``model`` saves against ``dense``, whether by zeros (``masks``) or by
+    smaller shapes (structured cuts): parameters, non-zero parameters and multiply-accumulates
+    per image (zeros of the masked layers skipped), each {"dense", "compressed", "reduction"}
+    (reduction = dense / compressed). ``image_shape`` is (H, W, C)."""
+    def params(m: nnx.Module) -> tuple[int, int]:
+        leaves = [np.asarray(x) for x in jax.tree.leaves(nnx.state(m, nnx.Param))]
+        return sum(x.size for x in leaves), sum(int(np.count_nonzero(x)) for x in leaves)
+
+    (p_dense, nz_dense), (p_model, nz_model) = params(dense), params(model)
+    m_dense = forward_macs(dense, (1, *image_shape))
+    m_model = macs(model, masks, image_shape)["sparse"]
+    row = lambda a, b: {"dense": int(a), "compressed": int(b), "reduction": a / max(b, 1)}
+    return {"params": row(p_dense, p_model), "nonzero": row(nz_dense, nz_model),
+            "macs": row(m_dense, m_model)}

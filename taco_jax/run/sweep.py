@@ -28,7 +28,7 @@ def run_sweep(model: nnx.Module, data: taco.TaskData, config: taco.TacoConfig,
     and the dense references. Writes ``sweep.json`` and ``sweep.png`` next to ``workdir``;
     returns the points."""
     workdir = Path(workdir)
-    baselines = tuple(b for b in config.baselines if b in CURVES)
+    baselines = tuple(b for b in config.resolved_baselines() if b in CURVES)
     points = [_point(main)]
     for s in sparsities:
         if abs(s - config.prune.sparsity) < 1e-9:

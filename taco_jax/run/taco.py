@@ -15,7 +15,7 @@ from taco_jax import checkpoint, distributed, export
 from taco_jax.data import pool
 from taco_jax.methods import taco
 from taco_jax.models import paths
-from taco_jax.prune import sequential
+from taco_jax.prune import patterns, sequential
 from taco_jax.run import common, sweep
 
 
@@ -42,6 +42,13 @@ def _schedule(value) -> tuple[float, ...] | str:
     return tuple(value) if isinstance(value, tuple | list) else (value,)
 
 
+def _baselines(value) -> tuple[str, ...] | str:
+    """``config.baselines`` as TacoConfig takes it: "auto" or a tuple (one name: a tuple of one)."""
+    if isinstance(value, str) and value != "auto":
+        return (value,)
+    return value if isinstance(value, str) else tuple(value)
+
+
 def parse(config: ml_collections.ConfigDict) -> tuple[taco.TacoConfig, common.Source]:
     """Typed, validated configs from a config file; raises ValueError naming a bad value.
 
@@ -64,7 +71,7 @@ def parse(config: ml_collections.ConfigDict) -> tuple[taco.TacoConfig, common.So
         taco_config = taco.TacoConfig(
             shots=config.shots, seed=config.seed, prune=prune,
             recover=common.fit_config(config.recover, config.seed),
-            baselines=tuple(config.baselines), schedule=_schedule(config.schedule),
+            baselines=_baselines(config.baselines), schedule=_schedule(config.schedule),
             schedule_levels=tuple(config.schedule_levels), schedule_steps=config.schedule_steps,
             latency_batch=config.latency_batch, calibration_views=config.calibration_views,
             pool_retrieve=config.pool.retrieve, adapt=config.adapt, probe_l2=config.probe_l2)
@@ -76,6 +83,11 @@ def parse(config: ml_collections.ConfigDict) -> tuple[taco.TacoConfig, common.So
     if config.sweep and jax.process_count() > 1:
         raise ValueError("config.sweep runs in a single process only; run the sweep's "
                          "sparsities as separate multi-process runs")
+    if config.sweep and isinstance(patterns.parse_pattern(taco_config.prune.pattern),
+                                   patterns.Structured):
+        raise ValueError(f"config.sweep={tuple(config.sweep)} sweeps the sparsity of masked "
+                         f"patterns; for {config.prune.pattern!r} run one prune.target_speedup "
+                         "(or prune.sparsity) per run")
     for s in config.sweep:
         if not 0 < s < 1:
             raise ValueError(f"config.sweep={tuple(config.sweep)}: every sparsity must be in "
@@ -106,7 +118,8 @@ def run_taco(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> d
         data = dataclasses.replace(data, unlabelled_images=pool_x)
         pool_info = pool.composition(np.arange(len(pool_y)), pool_y, *names)
         logging.info("recovery pool (unlabelled): %s", pool_info)
-    if "task_agnostic" in taco_config.baselines:  # generic images: the pool, else other classes
+    # Generic images for task_agnostic: the pool, else the dataset's other classes.
+    if "task_agnostic" in taco_config.resolved_baselines():
         generic = (pool_x if pool_task is not None else
                    common.generic_images(src.task, model.preprocess,
                                          taco_config.shots * len(data.class_names), config.seed))
@@ -143,17 +156,64 @@ def run_taco(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> d
     return report
 
 
+def _speed_cell(report: dict, name: str) -> str:
+    """"2.05x / 1.30x at batch 64 / 1 (xla-cpu), ..." for a timed row; "" for one not timed."""
+    cells = []
+    for runtime, rows in report.get("speed", {}).items():
+        timed = sorted((r for r in rows.values() if isinstance(r, dict) and name in r),
+                       key=lambda r: -r["batch"])
+        if timed:
+            cells.append(" / ".join(f"{r[name]['speedup']:.2f}x" for r in timed) + " at batch "
+                         + " / ".join(str(r["batch"]) for r in timed) + f" ({runtime})")
+    return ", ".join(cells)
+
+
+def verdict(report: dict) -> str:
+    """One sentence on the specialist's measured speed at the report's largest batch in each
+    runtime: faster or slower only where the 10–90% spread of the interleaved ratios lies
+    wholly on one side of 1, and what would be faster when it is not."""
+    said, faster = [], False
+    for runtime, rows in report.get("speed", {}).items():
+        timed = [r for r in rows.values() if isinstance(r, dict) and "taco" in r]
+        if not timed:
+            continue
+        top = max(timed, key=lambda r: r["batch"])
+        row = top["taco"]
+        lo, hi = row["spread"]
+        word = "faster than" if lo > 1.0 else "slower than" if hi < 1.0 else "no faster than"
+        faster |= lo > 1.0
+        said.append(f"{row['speedup']:.2f}x ({word} dense; 10-90% of rounds {lo:.2f}-{hi:.2f}x) "
+                    f"in {runtime} at batch {top['batch']}")
+    if not said:
+        return "TACO specialist: speed not measured (latency_batch=0)"
+    text = "TACO specialist on this machine: " + "; ".join(said)
+    if faster:
+        return text
+    if report.get("pattern", "").startswith("structured"):
+        return text + ". A larger prune.target_speedup cuts more"
+    return (text + f". These runtimes run {report.get('pattern', 'masked')} zeros as dense "
+            "weights: prune.pattern=structured with prune.target_speedup=2 makes smaller dense "
+            "shapes, which are faster")
+
+
 def _log_summary(report: dict) -> None:
-    s = report["sparsity"]["pruned_layers"]
-    rows = [("dense task teacher", report["dense"]["top1"]),
-            (f"TACO ({s['sparsity']:.0%} sparse, {s['compression']:.1f}x fewer non-zeros)",
-             report["compressed"]["top1"])]
+    size = report["size"]
+    if "sparsity" in report:
+        s = report["sparsity"]["pruned_layers"]
+        what = f"{s['sparsity']:.0%} sparse, {s['compression']:.1f}x fewer non-zeros"
+    else:
+        what = (f"{report['pattern']}, {size['macs']['reduction']:.1f}x fewer MACs, "
+                f"{size['params']['reduction']:.1f}x fewer parameters")
+    rows = [("dense task teacher", report["dense"]["top1"], ""),
+            (f"TACO ({what})", report["compressed"]["top1"], _speed_cell(report, "taco"))]
     for name, b in report["baselines"].items():
-        rows.append((f"baseline: {taco.BASELINE_LABELS[name]}",
-                     b["compressed"]["top1"] if "compressed" in b else b.get("top1")))
-    width = max(len(label) for label, _ in rows)
+        label = b.get("label", taco.BASELINE_LABELS[name])
+        rows.append((f"baseline: {label}", b["compressed"]["top1"] if "compressed" in b
+                     else b.get("top1"), _speed_cell(report, name)))
+    width = max(len(label) for label, _, _ in rows)
     lines = [f"{label:<{width}}  " + ("skipped" if acc is None else f"top-1 {acc:6.2f}%")
-             for label, acc in rows]
+             + (f"  {speed}" if speed else "") for label, acc, speed in rows]
+    lines.append(verdict(report))
     lines.append(f"run: {report['seconds']['total']:.0f} s, peak memory "
                  f"{report['environment']['peak_rss_mib'] / 1024:.1f} GiB")
     logging.info("Summary:\n  %s", "\n  ".join(lines))

@@ -1,0 +1,100 @@
+"""Structured pruning to a measured speed: the level whose model runs ``target_speedup`` times
+faster than the dense one on this runtime.
+
+The allocation spreads a multiply-accumulate budget over the producer/consumer pairs by their
+error curves (``allocate.allocator``), so which channels a level removes depends on the task's
+data; the speed a level gives depends on the runtime (on XLA CPU small convolutions are bound by
+memory traffic, not MACs: halving resnet_mini's inner widths gives about 1.4x, not 2x). So the
+level is found by measurement: bisect it, build each candidate's allocated shapes (weights do
+not matter for speed: the first channels are kept), time it interleaved with the dense model
+(``models.latency.speedups``), and keep the smallest level measured at the target or faster.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import jax
+import numpy as np
+from absl import logging
+from flax import nnx
+
+from taco_jax.models.latency import speedups
+from taco_jax.models.paths import get_layer, resolve_stem
+from taco_jax.models.shrink import infer_pairs, shrink_pair
+from taco_jax.prune.allocate import allocator
+from taco_jax.prune.patterns import Structured, parse_pattern
+from taco_jax.prune.sequential import PruneConfig, _layer_plan
+from taco_jax.prune.solver import prune_counts
+
+HIGHEST = 0.95  # the deepest level tried: the allocation grid's top
+
+
+def shaped_like(model: nnx.Module, levels: dict[str, float], pairs) -> nnx.Module:
+    """A copy of ``model`` with each consumer's input channels cut as the solver would at its
+    level (``prune_counts``: whole groups, floor), keeping the first ones: the candidate's
+    shapes, for timing only."""
+    out = nnx.clone(model)
+    for name, s in levels.items():
+        pair = pairs[name]
+        width = get_layer(out, name).in_features
+        units = width // pair.group_size
+        removed = int(prune_counts(Structured(pair.group_size), s, 0, width, width)[0])
+        kept = (units - removed) * pair.group_size
+        if kept < width:
+            shrink_pair(out, pair, np.arange(kept))
+    return out
+
+
+def sparsity_for_speedup(model: nnx.Module, batches: Sequence, config: PruneConfig,
+                         names: Sequence[str], x: jax.Array, *, steps: int = 6,
+                         mesh=None) -> tuple[float, dict]:
+    """The smallest total level (share of the pairs' MACs removed, ``config.sparsity``'s
+    meaning) whose allocated model is measured ``config.target_speedup`` times faster than
+    ``model`` on ``x`` (B, H, W, C, preprocessed). ``batches``: the calibration batches of the
+    error curves. Bisection over ``steps`` levels after the deepest one (``HIGHEST``, or the
+    allocation grid's top).
+
+    Returns (level, {"target_speedup", "batch", "tries": [{"sparsity", "speedup", "spread"}]}).
+    ValueError (one line) when even the deepest level in every allocated layer is slower than the
+    target: the pairs this model has cannot give that speed on this runtime.
+    """
+    if not isinstance(parse_pattern(config.pattern), Structured) or not config.target_speedup:
+        raise ValueError(f"sparsity_for_speedup needs a structured pattern and a target_speedup "
+                         f"> 1, got {config.pattern!r}, {config.target_speedup}")
+    model.eval()
+    config = dataclasses.replace(config, allocation=config.resolved_allocation,
+                                 overrides=resolve_stem(model, dict(config.overrides)))
+    pairs = {p.consumer: p for p in (config.pairs or infer_pairs(model))}
+    levels_at = allocator(model, batches, config, names, mesh)
+    top = min(HIGHEST, max(config.allocation_grid))
+    target = float(config.target_speedup)
+    tries = []
+
+    def measure(level: float) -> float:
+        levels = ({n: level for n in names} if level >= top  # the allocation's own limit
+                  else levels_at(level))
+        plan = _layer_plan(model, dataclasses.replace(config, sparsity=level), names, levels)
+        candidate = shaped_like(model, {n: s for n, (_, s) in plan.items()}, pairs)
+        timed = speedups(model, {"candidate": candidate}, x, min_rounds=5, max_rounds=15,
+                         budget_seconds=10.0)["candidate"]
+        tries.append({"sparsity": level, "speedup": timed["speedup"], "spread": timed["spread"]})
+        logging.info("speed budget: level %.3f -> %.2fx faster than dense (batch %d)", level,
+                     timed["speedup"], x.shape[0])
+        return timed["speedup"]
+
+    if measure(top) < target:
+        raise ValueError(
+            f"prune.target_speedup={target:g} is out of reach on this runtime: removing "
+            f"{top:.0%} of the prunable pairs' work gives {tries[-1]['speedup']:.2f}x at "
+            f"batch {x.shape[0]} (the layers outside producer/consumer pairs stay as they are); "
+            f"ask for at most {max(1.0, tries[-1]['speedup'] - 0.05):.2f}")
+    lo, hi = 0.0, top
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        if measure(mid) >= target:
+            hi = mid
+        else:
+            lo = mid
+    return hi, {"target_speedup": target, "batch": int(x.shape[0]), "tries": tries}
