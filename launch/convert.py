@@ -20,8 +20,9 @@ from absl import app, flags, logging
 
 from taco_jax import distributed
 from taco_jax.convert import convert_state_dict, load_state_dict, parity, recipe, save_checkpoint
-from taco_jax.convert.convert import NAMINGS
+from taco_jax.convert.convert import NAMINGS, detect_naming
 from taco_jax.convert.state_dict import SUFFIXES
+from taco_jax.convert.torchvision_names import torchvision_to_timm
 from taco_jax.data import subtasks
 from taco_jax.models import PRESETS, names
 
@@ -100,14 +101,18 @@ def main(argv: list[str]) -> None:
     model, spec = convert_state_dict(sd, FLAGS.arch, naming=FLAGS.naming,
                                      preprocess=preprocess, num_classes=FLAGS.num_classes,
                                      **overrides)
+    naming = detect_naming(sd) if FLAGS.naming == "auto" else FLAGS.naming
     where = ("--preprocess" if FLAGS.preprocess else meta.found_in.get("recipe")
-             or f"the {FLAGS.arch} default: no config.json / preprocessor_config.json beside "
-                "--src, check it or pass --preprocess")
+             or ("torchvision's published transform for these weights" if naming ==
+                 "torchvision" else f"the {FLAGS.arch} default: no config.json / "
+                 "preprocessor_config.json beside --src, check it or pass --preprocess"))
     print(f"eval recipe from {where}: {model.preprocess}")
     if labels is not None:
         print(f"labels from {'--labels' if FLAGS.labels else meta.found_in['labels']}: "
               f"{len(labels)} names")
-    max_diff = parity.timm_max_logit_diff(sd, FLAGS.arch, model)
+    # timm holds torchvision's ViT / ConvNeXt weights under its own names: compare on those.
+    timm_sd = torchvision_to_timm(sd)[0] if naming == "torchvision" else sd
+    max_diff = parity.timm_max_logit_diff(timm_sd, FLAGS.arch, model)
     if max_diff is not None:
         print(f"parity with timm's {FLAGS.arch}: max |logit difference| {max_diff:.2e}")
     if labels is not None and len(labels) != spec.num_classes:

@@ -181,3 +181,31 @@ def test_detection_leaves_hugging_face_names_alone():
           "convnext.encoder.stages.1.downsampling_layer.1.weight",
           "resnet.embedder.embedder.convolution.weight", "classifier.1.weight"]
     assert not is_torchvision(hf)
+
+
+def test_launch_convert_checks_a_torchvision_vit_against_timm(tmp_path):
+    """The converter's own parity line runs on torchvision names too (timm holds those weights
+    under its names), and says where the eval recipe came from."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from safetensors.numpy import save_file
+
+    timm = _timm()
+    ref = randomize(timm.create_model("vit_tiny_patch16_224", img_size=32, num_classes=10))
+    sd = {_vit_to_torchvision(k, False): np.ascontiguousarray(v.numpy())
+          for k, v in ref.state_dict().items()}
+    save_file(sd, str(tmp_path / "tv.safetensors"))
+    tests = Path(__file__).resolve().parent
+    run = ("import sys, runpy; sys.path.insert(0, sys.argv.pop(1)); "  # timm needs the stand-in
+           "import torchvision_standin; torchvision_standin.import_timm(); "
+           "runpy.run_module('launch.convert', run_name='__main__')")
+    out = subprocess.run(
+        [sys.executable, "-c", run, str(tests), f"--src={tmp_path / 'tv.safetensors'}",
+         "--arch=vit_tiny_patch16_224", "--img_size=32", f"--out={tmp_path / 'ckpt'}"],
+        cwd=tests.parent, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "eval recipe from torchvision's published transform" in out.stdout
+    diff = float(out.stdout.split("max |logit difference| ")[1].split()[0])
+    assert diff < TOL

@@ -71,8 +71,7 @@ def convert_state_dict(sd: dict[str, np.ndarray], arch: str, *, naming: str = "a
         raise CheckpointMismatchError(arch, [foreign])
     origin = None
     if naming == "auto":
-        naming = ("hf" if is_hf(sd) else "augreg" if is_augreg(sd)
-                  else "torchvision" if is_torchvision(sd) else "timm")
+        naming = detect_naming(sd)
     if naming == "hf":
         sd, origin = hf_to_timm(sd)
         overrides = {**_HF_OVERRIDES.get(type(probe), {}), **overrides}
@@ -109,6 +108,13 @@ def convert_state_dict(sd: dict[str, np.ndarray], arch: str, *, naming: str = "a
         logging.info("eval recipe: %s, %s", which, model.preprocess)
     model.eval()
     return model, spec
+
+
+def detect_naming(sd: dict[str, np.ndarray]) -> str:
+    """The parameter naming of a state dict, as ``naming="auto"`` resolves it: "hf", "augreg",
+    "torchvision" (ViT / ConvNeXt) or "timm" (also torchvision ResNets)."""
+    return ("hf" if is_hf(sd) else "augreg" if is_augreg(sd)
+            else "torchvision" if is_torchvision(sd) else "timm")
 
 
 # Key patterns of layouts no name map reads yet, and what they are.
