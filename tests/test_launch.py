@@ -65,13 +65,27 @@ def test_unknown_task_class_is_named(tmp_path):
     assert out.returncode != 0 and "'unicorn'" in out.stderr
 
 
-def test_workdir_of_another_config_is_refused_before_work(tmp_path):
+def test_workdir_of_another_config_is_refused_naming_the_fields_or_overwritten(tmp_path):
     workdir = tmp_path / "run"
     workdir.mkdir()
-    (workdir / "config.json").write_text('{"model": "something else"}')
+    (workdir / "config.json").write_text('{"model": {"name": "vit_mini"}, "shots": 8}')
     out = _run("launch.taco", "--config=configs/taco/demo.py:runlocal", f"--workdir={workdir}")
-    assert out.returncode != 0 and "holds a run of a different config" in out.stderr
+    assert out.returncode != 0 and "holds a run of another config (" in out.stderr
+    assert "model.name: 'vit_mini' -> 'resnet_mini'" in out.stderr and "Traceback" not in out.stderr
     assert sorted(p.name for p in workdir.iterdir()) == ["config.json"]
+    # --overwrite replaces that run; a value only the data refuses then fails in one line and
+    # the workdir this run made is removed: the old run is gone, nothing half-written stays.
+    out = _run("launch.taco", "--config=configs/taco/demo.py:runlocal", "--overwrite",
+               "--config.shots=100000", f"--workdir={workdir}")
+    assert out.returncode != 0 and "--overwrite: removing the run" in out.stderr
+    assert not workdir.exists()
+    # A directory that holds no run is never removed.
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    out = _run("launch.taco", "--config=configs/taco/demo.py:runlocal", "--overwrite",
+               f"--workdir={tmp_path / 'mine'}")
+    assert out.returncode != 0 and "holds no run (no config.json); not removing" in out.stderr
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
 
 
 @pytest.mark.parametrize("field, value, message", [

@@ -121,6 +121,8 @@ def test_accuracy_top1_top5():
     logits = np.array([[0.1, 0.9, 0, 0, 0, 0], [0.9, 0.1, 0, 0, 0, 0.5]])
     acc = fit.accuracy(logits, np.array([1, 5]))
     assert acc["top1"] == 50.0 and acc["top5"] == 100.0
+    five = fit.accuracy(logits[:, :5], np.array([1, 4]))  # top-5 of 5 classes says nothing
+    assert five["top1"] == 50.0 and five["top5"] is None
 
 
 def test_bad_fit_config_names_the_value():

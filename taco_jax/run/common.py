@@ -215,12 +215,34 @@ def write_json(path: Path, obj) -> None:
     os.replace(tmp, path)  # never a half-written file at `path`
 
 
+def config_differences(old: dict, new: dict, limit: int = 4) -> list[str]:
+    """``field: old -> new`` for each leaf (dotted) where two resolved configs differ, changed
+    values before fields only one of them has; the first ``limit`` and a count of the rest."""
+    def flat(d: dict, prefix: str = "") -> dict:
+        out = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        return out
+
+    a, b = flat(old), flat(new)
+    changed = [f"{k}: {a[k]!r} -> {b[k]!r}" for k in sorted(a.keys() & b.keys()) if a[k] != b[k]]
+    diffs = changed + [f"{k}: {a.get(k, 'unset')!r} -> {b.get(k, 'unset')!r}"
+                       for k in sorted(a.keys() ^ b.keys())]  # fields only one config has
+    return diffs[:limit] + ([f"and {len(diffs) - limit} more"] if len(diffs) > limit else [])
+
+
 def check_workdir(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> None:
-    """A workdir holds one run: resuming needs the same resolved config (else ValueError)."""
+    """A workdir holds one run: resuming needs the same resolved config (else a ValueError
+    naming the fields that differ)."""
     path = Path(workdir) / "config.json"
-    if path.exists() and json.loads(path.read_text()) != resolved_config(config):
-        raise ValueError(f"{workdir} holds a run of a different config ({path}); resume with "
-                         "the same config or use a new --workdir")
+    if not path.exists():
+        return
+    old = json.loads(path.read_text())
+    if old != resolved_config(config):
+        raise ValueError(f"{workdir} holds a run of another config ("
+                         + "; ".join(config_differences(old, resolved_config(config)))
+                         + "): resume with the same config, use a new --workdir, or --overwrite "
+                         "to replace that run")
 
 
 # The shipped configs: ``configs/`` of a checkout, ``taco_jax/configs`` of an installed package
@@ -345,6 +367,10 @@ def launcher_main(config_flag, workdir_flag, parse: Callable, work: Callable
     ``--print_config`` prints the resolved config with each field's help instead."""
     print_config = flags.DEFINE_bool("print_config", False, PRINT_CONFIG_HELP,
                                      module_name=sys.argv[0])
+    overwrite = flags.DEFINE_bool(
+        "overwrite", False, "Replace the run --workdir holds (finished or not, any config) "
+        "instead of resuming it; refused for a directory that holds no run (no config.json).",
+        module_name=sys.argv[0])
     verbose = flags.DEFINE_bool(
         "verbose", False, "On a bad value found once the data and the model are read, print "
         "the Python traceback too (by default one line names the value).",
@@ -362,6 +388,8 @@ def launcher_main(config_flag, workdir_flag, parse: Callable, work: Callable
             raise app.UsageError("--workdir is required (the run's output directory)")
         try:
             parse(config)
+            if overwrite.value and Path(workdir).exists():
+                replace_run(Path(workdir))
             check_workdir(config, workdir)
         except ValueError as e:
             raise app.UsageError(str(e)) from None
@@ -377,6 +405,18 @@ def launcher_main(config_flag, workdir_flag, parse: Callable, work: Callable
             raise app.UsageError(str(e)) from None
 
     return main
+
+
+def replace_run(workdir: Path) -> None:
+    """Remove a previous run's directory for ``--overwrite``; ValueError for a directory that
+    is not a run's (no ``config.json``), which is never removed."""
+    if not (workdir / "config.json").is_file():
+        raise ValueError(f"--overwrite: {workdir} holds no run (no config.json); not removing "
+                         "it")
+    logging.info("--overwrite: removing the run in %s", workdir)
+    if distributed.is_main():
+        shutil.rmtree(workdir)
+    distributed.barrier("overwrite")
 
 
 def _any_stage_done(workdir: Path) -> bool:

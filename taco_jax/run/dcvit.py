@@ -240,7 +240,8 @@ def _sweep(config, s: Settings, prep: dcvit.Prepared, data, header: dict, workdi
         se = float(top1.std(ddof=1) / np.sqrt(len(top1))) if len(top1) > 1 else 0.0
         point = {"plan": plan.label(), "attn": list(plan.attn), "mlp_keep": list(plan.mlp_keep),
                  "top1": float(top1.mean()), "top1_se": se, "top1_seeds": top1.tolist(),
-                 "top5": float(np.mean([info["top5"] for _, info in runs])),
+                 "top5": (None if runs[0][1]["top5"] is None else  # 5 classes or fewer
+                          float(np.mean([info["top5"] for _, info in runs]))),
                  **dcvit.size(runs[0][0], shape), "structure": runs[0][1]["structure"],
                  "seconds": [info["seconds"] for _, info in runs]}
         logging.info("%s %s: top-1 %.2f ± %.2f%% over seeds %s", method, plan.label(),

@@ -365,11 +365,12 @@ def predict_logits(
 
 
 def accuracy(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    """Top-1 and top-5 accuracy (in %) of logits (N, C) against labels (N,)."""
+    """Top-1 and top-5 accuracy (in %) of logits (N, C) against labels (N,); top-5 only for
+    more than 5 classes (with 5 or fewer it is 100% by construction), else None."""
     order = np.argsort(-logits, axis=1)
     top1 = float(np.mean(order[:, 0] == labels) * 100)
-    k = min(5, logits.shape[1])
-    top5 = float(np.mean(np.any(order[:, :k] == labels[:, None], axis=1)) * 100)
+    top5 = (float(np.mean(np.any(order[:, :5] == labels[:, None], axis=1)) * 100)
+            if logits.shape[1] > 5 else None)
     return {"top1": top1, "top5": top5, "n": len(labels)}
 
 
