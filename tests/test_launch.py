@@ -239,8 +239,8 @@ def test_unknown_config_field_is_one_line_naming_it(tmp_path, flag, expected):
 
 @pytest.mark.parametrize("module, config, line, helped_share", [
     ("launch.taco", "configs/taco/resnet50.py:cpu", "recover.microbatch = 4  # Rows per", 0.5),
-    ("launch.dcvit", "configs/dcvit/demo.py", "recover.microbatch = 0  # rows per", 0.25),
-    ("launch.transfer", "configs/transfer/demo.py", "distill.microbatch = 0  # rows per", 0.1),
+    ("launch.dcvit", "configs/dcvit/demo.py", "recover.microbatch = 0  # rows per", 0.4),
+    ("launch.transfer", "configs/transfer/demo.py", "distill.microbatch = 0  # rows per", 0.8),
 ])
 def test_print_config_lists_every_field_with_its_help_and_does_no_work(module, config, line,
                                                                         helped_share, tmp_path):
@@ -252,7 +252,8 @@ def test_print_config_lists_every_field_with_its_help_and_does_no_work(module, c
                          timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     lines = out.stdout.splitlines()
-    assert line in out.stdout and "seed = 7" in lines and list(tmp_path.iterdir()) == []
+    assert line in out.stdout and list(tmp_path.iterdir()) == []
+    assert any(v == "seed = 7" or v.startswith("seed = 7  # ") for v in lines)
     helped = [v for v in lines[1:] if "  # " in v]
     assert len(helped) >= helped_share * len(lines[1:]), f"{len(helped)} of {len(lines) - 1}"
     missing = _run(module, f"--config={config}")

@@ -308,15 +308,22 @@ PRINT_CONFIG_HELP = ("Print the resolved config, one field per line with its hel
                      "without any work.")
 
 
+# The sections every method's config copies from the TACO demo, documented there.
+TACO_DEMO = CONFIGS_DIR / "taco" / "demo.py"
+SHARED_SECTIONS = ("model.", "task.", "generalist.")
+
+
 def field_help(config_file: str) -> dict[str, str]:
     """One line of help per config field (dotted path), from the comments of the shipped
     config files of ``config_file``'s method (``demo.py`` first: it documents every field),
-    then of ``config_file`` itself: a comment on the field's line or the block just above."""
+    then of ``config_file`` itself: a comment on the field's line or the block just above;
+    the sections shared with TACO (``SHARED_SECTIONS``) last from ``configs/taco/demo.py``."""
     path = Path(config_file.partition(":")[0])
     shipped = CONFIGS_DIR / path.parent.name
-    files = [shipped / "demo.py", *sorted(shipped.glob("*.py")), path]
+    files = [(f, ()) for f in (shipped / "demo.py", *sorted(shipped.glob("*.py")), path)]
+    files.append((TACO_DEMO, SHARED_SECTIONS))  # only these sections from the fallback
     out: dict[str, str] = {}
-    for file in files:
+    for file, only in files:
         if not file.is_file():
             continue
         pending: list[str] = []
@@ -326,7 +333,7 @@ def field_help(config_file: str) -> dict[str, str]:
                 pending.append(stripped.lstrip("# "))
                 continue
             field = re.match(r"c\.([\w.]+)\s*=(?!=)", stripped)
-            if field:
+            if field and (not only or field.group(1).startswith(only)):
                 inline = stripped.partition("  # ")[2]
                 text = inline or " ".join(pending)
                 if text and field.group(1) not in out:
