@@ -37,6 +37,13 @@ def test_tfds_round_trip_matches_package_arrays(data_dir):
     assert source.class_names(source.EMBEDDED, data_dir)[:3] == ["bear", "bird", "cat"]
 
 
+def test_preparing_the_embedded_dataset_does_not_claim_a_download(tmp_path, capfd):
+    source.builder(source.EMBEDDED, str(tmp_path))  # a fresh data_dir: prepared here
+    out, err = capfd.readouterr()
+    assert "Download" not in out + err  # tfds prints "Downloading and preparing dataset"
+    assert source.builder(source.EMBEDDED, str(tmp_path)).is_prepared()
+
+
 def test_task_subset_remaps_labels(data_dir):
     task = Task(source.EMBEDDED, ("dog", "cat", 18), data_dir=data_dir)
     np.testing.assert_array_equal(task.source_class_ids(), [4, 2, 18])

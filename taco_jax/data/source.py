@@ -19,8 +19,10 @@ Nothing is ever downloaded: every dataset but the embedded default must already 
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import fcntl
 import functools
+import io
 import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -74,8 +76,12 @@ def builder(name: str, data_dir: str | None = None) -> tfds.core.DatasetBuilder:
                 fcntl.flock(lock, fcntl.LOCK_EX)  # two runs on a fresh machine prepare it once
                 b = embedded.TacoEmbedded(data_dir=data_dir, file_format="array_record")
                 if not b.is_prepared():
-                    logging.info("Preparing the embedded dataset under %s (once).", b.data_dir)
-                    b.download_and_prepare()
+                    logging.info("Preparing the embedded dataset under %s (once, from the "
+                                 "images inside its two packages: nothing is downloaded).",
+                                 b.data_dir)
+                    # tfds prints "Downloading and preparing dataset ...": untrue here.
+                    with contextlib.redirect_stdout(io.StringIO()):
+                        b.download_and_prepare()
         return b
     if (Path(name).expanduser() / "dataset_info.json").is_file():  # a prepared builder directory
         return tfds.builder_from_directory(str(Path(name).expanduser()))
