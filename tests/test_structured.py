@@ -171,6 +171,7 @@ def test_structured_taco_run_to_a_speed_writes_a_faster_specialist(leaves, tmp_p
         for b in ("batch_1", "batch_32"):
             assert {"taco", "magnitude_uniform", "reference_seconds"} <= set(runtime[b])
     assert r["baselines"]["magnitude_uniform"]["label"].startswith("channel-norm pruning")
+    assert r["plot"] == "summary.png" and (workdir / "summary.png").stat().st_size > 10_000
     assert "TACO specialist on this machine:" in out.stderr
     assert "in onnxruntime-cpu at batch 32" in out.stderr
     cuts = json.loads((workdir / "specialist" / "model.json").read_text())["cuts"]

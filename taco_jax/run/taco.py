@@ -16,6 +16,7 @@ from taco_jax.data import pool
 from taco_jax.methods import taco
 from taco_jax.models import paths
 from taco_jax.prune import patterns, sequential
+from taco_jax.report import plots
 from taco_jax.run import common, sweep
 
 
@@ -98,9 +99,10 @@ def parse(config: ml_collections.ConfigDict) -> tuple[taco.TacoConfig, common.So
 def run_taco(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
     """Compress the configured generalist for the configured task; write everything to workdir.
 
-    Outputs: config.json (resolved), few_shot_ids.json, report.json, compressed/ (orbax state of
-    the compressed model), masks.npz, export/ (BSR weights), stages/ (checkpoints: a rerun with
-    the same config resumes), and with ``config.sweep`` sweep.json + sweep.png. Returns the report.
+    Outputs: config.json (resolved), few_shot_ids.json, report.json, summary.png (top-1 vs
+    measured speed), compressed/ (orbax state of the compressed model), masks.npz, export/ (BSR
+    weights), stages/ (checkpoints: a rerun with the same config resumes), and with
+    ``config.sweep`` sweep.json + sweep.png. Returns the report.
     """
     taco_config, src = parse(config)
     workdir = common.open_workdir(config, workdir)
@@ -151,6 +153,11 @@ def run_taco(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> d
         report["sweep"] = sweep.run_sweep(model, data, taco_config, tuple(config.sweep),
                                           workdir / "sweep", report)
     report["seconds"]["total"] = time.perf_counter() - start
+    labels = {"taco": "TACO", **{name: b.get("label", taco.BASELINE_LABELS[name])
+                                 for name, b in report["baselines"].items()
+                                 if isinstance(b, dict)}}
+    if plots.speed_accuracy_plot(report, labels, workdir / "summary.png"):
+        report["plot"] = "summary.png"
     common.write_json(workdir / "report.json", report)
     _log_summary(report)
     return report
