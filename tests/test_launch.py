@@ -3,6 +3,7 @@
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -258,6 +259,17 @@ def test_print_config_lists_every_field_with_its_help_and_does_no_work(module, c
     assert len(helped) >= helped_share * len(lines[1:]), f"{len(helped)} of {len(lines) - 1}"
     missing = _run(module, f"--config={config}")
     assert missing.returncode != 0 and "--workdir is required" in missing.stderr
+
+
+def test_a_pattern_that_cannot_tile_the_model_is_refused_before_any_data(tmp_path):
+    start = time.perf_counter()
+    out = _run("launch.taco", "--config=configs/taco/demo.py:runlocal",
+               "--config.prune.pattern=block64x64", f"--workdir={tmp_path / 'run'}")
+    assert out.returncode != 0 and "Traceback" not in out.stderr
+    assert ("config.prune.pattern='block64x64' cannot tile 11 of the 14 layers to prune of "
+            "'resnet_mini', e.g. layer1.0.conv1: block64x64 tiles need d_out % 64 == 0") \
+        in out.stderr
+    assert not (tmp_path / "run").exists() and time.perf_counter() - start < 25
 
 
 def test_impossible_shots_are_one_line_and_leave_no_workdir(tmp_path):

@@ -39,7 +39,7 @@ def one_shot(data: TaskData, teacher: nnx.Module, config: sequential.PruneConfig
     student = nnx.clone(teacher)
     t0 = time.perf_counter()
     result = sequential.prune_model(student, calibration_batches(x, data.preprocess, 64), config,
-                                    layers=taco._layers_to_prune(student, config))
+                                    layers=taco.layers_to_prune(student, config))
     seconds = time.perf_counter() - t0
     batchnorm.reestimate(student, x, data.preprocess)
     return (data.evaluate(student)["top1"], float(np.mean([s.rel_error for s in result.stats])),

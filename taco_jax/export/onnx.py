@@ -21,7 +21,7 @@ import os
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -238,19 +238,25 @@ def available() -> bool:
 
 
 def onnxruntime_speedups(reference: nnx.Module, candidates: Mapping[str, nnx.Module],
-                         x: np.ndarray | jax.Array, **rounds: Any) -> dict[str, Any]:
-    """``models.latency.speedups`` in onnxruntime on the CPU: every model exported
-    (``export_onnx``, checked on the first images of ``x``) to a temporary folder, then all
-    timed on ``x`` (B, H, W, C) against the reference's file in shared interleaved rounds
-    (``models.latency.call_speedups``; ``rounds``: its round settings)."""
-    x = np.asarray(x, np.float32)
+                         inputs: Sequence[np.ndarray | jax.Array], **rounds: Any
+                         ) -> list[dict[str, Any]]:
+    """``models.latency.speedups`` in onnxruntime on the CPU, for each of ``inputs`` (each
+    (B, H, W, C); e.g. batch 1 and 64): every model exported once (``export_onnx``, checked on
+    the first images of the largest input) to a temporary folder, then, per input, all timed
+    against the reference's file in shared interleaved rounds (``models.latency.call_speedups``;
+    ``rounds``: its round settings)."""
+    inputs = [np.asarray(x, np.float32) for x in inputs]
+    sample = max(inputs, key=len)[:8]
     models = {"": reference, **candidates}
     with tempfile.TemporaryDirectory(prefix="taco-onnx-") as folder:
-        calls = {}
+        runs = {}
         for i, (name, model) in enumerate(models.items()):
             path = Path(folder) / f"{i}.onnx"
-            export_onnx(model, path, x[:8])
-            run = session_call(path)
-            calls[name] = lambda run=run: run(x)
-        reference_call = calls.pop("")
-        return call_speedups(reference_call, calls, int(x.shape[0]), **rounds)
+            export_onnx(model, path, sample)
+            runs[name] = session_call(path)
+        out = []
+        for x in inputs:
+            calls = {name: (lambda run=run, x=x: run(x)) for name, run in runs.items()}
+            reference_call = calls.pop("")
+            out.append(call_speedups(reference_call, calls, int(x.shape[0]), **rounds))
+        return out

@@ -225,7 +225,7 @@ def _replay_cuts(model: nnx.Module, kept: dict[str, list[int]], config: TacoConf
         shrink_pair(model, pairs[name], np.asarray(channels))
 
 
-def _layers_to_prune(model: nnx.Module, config: sequential.PruneConfig) -> list[str]:
+def layers_to_prune(model: nnx.Module, config: sequential.PruneConfig) -> list[str]:
     """The solver's default layers minus those an override keeps dense (sparsity 0): they are
     not pruned, so they take no part in the global allocation nor in the pruned-layer counts."""
     def dense(spec) -> bool:
@@ -269,7 +269,7 @@ def _prune_and_recover(teacher, calib_x, calib_y, data, config, method, allocati
 
         def prune(prune_config=prune_config, step=step):
             result = sequential.prune_model(student, batches, prune_config,
-                                            layers=_layers_to_prune(student, prune_config),
+                                            layers=layers_to_prune(student, prune_config),
                                             checkpoint_dir=_str(store.path(f"{tag}_prune{step}")),
                                             mesh=data.mesh)
             if config.reestimate_bn:
@@ -349,29 +349,33 @@ def measure_speed(dense: nnx.Module, models: dict[str, nnx.Module], data: TaskDa
                   batch: int, plain: dict[str, nnx.Module] | None = None) -> dict:
     """Measured speed of ``models`` against ``dense`` at batch 1 and ``batch``: on this
     device's XLA runtime, and in onnxruntime on the CPU when it is installed (``plain``: the
-    models to export there, without sparse-kernel layers). Per runtime all models share
-    interleaved rounds with one dense reference (``models.latency.speedups``): {runtime:
+    models to export there, without sparse-kernel layers). Per runtime and batch all models
+    share interleaved rounds with one dense reference (``models.latency.speedups``): {runtime:
     {"batch_<B>": {...}}}, or {runtime: {"skipped": why}}. The batch repeats the test images
     as needed."""
+    images = data.test_images
+    xs = [data.preprocess(jnp.asarray(np.resize(images, (b, *images.shape[1:]))))
+          for b in sorted({1, batch})]
+    runtimes = {f"xla-{jax.default_backend()}":
+                lambda: [speedups(dense, models, x) for x in xs]}
     out: dict[str, dict] = {}
-    runtimes = {f"xla-{jax.default_backend()}": (models, speedups)}
     if onnx_export.available():
-        runtimes["onnxruntime-cpu"] = (plain or models, onnx_export.onnxruntime_speedups)
+        runtimes["onnxruntime-cpu"] = lambda: onnx_export.onnxruntime_speedups(
+            dense, plain or models, xs)
     else:
         out["onnxruntime-cpu"] = {"skipped": "pip install 'taco-jax[onnx]' to measure it"}
-    images = data.test_images
-    for runtime, (timed, measure) in runtimes.items():
-        out[runtime] = {}
-        for b in sorted({1, batch}):
-            x = data.preprocess(jnp.asarray(np.resize(images, (b, *images.shape[1:]))))
-            try:
-                row = out[runtime][f"batch_{b}"] = measure(dense, timed, x)
-            except (ValueError, ImportError) as e:  # an export that failed its own check
-                out[runtime] = {"skipped": str(e).splitlines()[0]}
-                logging.warning("speed in %s not measured: %s", runtime, out[runtime]["skipped"])
-                break
-            logging.info("speed in %s at batch %d: %s (dense %.1f ms)", runtime, b, ", ".join(
-                f"{n} {row[n]['speedup']:.2f}x" for n in timed), 1e3 * row["reference_seconds"])
+    for runtime, measure in runtimes.items():
+        try:
+            rows = measure()
+        except (ValueError, ImportError) as e:  # an export that failed its own check
+            out[runtime] = {"skipped": str(e).splitlines()[0]}
+            logging.warning("speed in %s not measured: %s", runtime, out[runtime]["skipped"])
+            continue
+        out[runtime] = {f"batch_{row['batch']}": row for row in rows}
+        for row in rows:
+            logging.info("speed in %s at batch %d: %s (dense %.1f ms)", runtime, row["batch"],
+                         ", ".join(f"{n} {row[n]['speedup']:.2f}x" for n in models),
+                         1e3 * row["reference_seconds"])
     return out
 
 
@@ -387,7 +391,7 @@ def _speed_budget(teacher, calib_x, data: TaskData, config: TacoConfig, store
 
     def search():
         level, info = speed_budget.sparsity_for_speedup(
-            probe, batches, config.prune, _layers_to_prune(probe, config.prune), x,
+            probe, batches, config.prune, layers_to_prune(probe, config.prune), x,
             mesh=data.mesh)
         return None, {"sparsity": level, **info}
 

@@ -22,6 +22,7 @@ same way, beside the model's (twice the cache memory).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from collections.abc import Mapping, Sequence
 
@@ -43,7 +44,7 @@ from taco_jax.models.paths import (
 from taco_jax.models.shrink import ShrinkPair, infer_pairs, shrink_pair
 from taco_jax.prune import checkpoint as ckpt
 from taco_jax.prune.hessian import Probe, collect_hessians, collect_paired, segments_of
-from taco_jax.prune.layout import kernel_from_matrix, layer_matrix
+from taco_jax.prune.layout import groups, kernel_from_matrix, layer_matrix, weight_matrix
 from taco_jax.prune.patterns import (
     NM,
     Pattern,
@@ -324,6 +325,24 @@ def _log(st: LayerStats) -> None:
 
 
 # ----------------------------------------------------------------------------- prune_model
+
+
+def untileable(model: nnx.Module, config: PruneConfig, layers: Sequence[str]) -> dict[str, str]:
+    """layer -> why its pattern (``config.pattern``, or its override's) cannot tile it, for the
+    ``layers`` that cannot be tiled. Shapes only: an abstract model (``nnx.eval_shape``) serves,
+    so a launcher checks a pattern before reading any data."""
+    overrides = resolve_stem(model, dict(config.overrides))
+    base = parse_pattern(config.pattern)
+    out = {}
+    for name in layers:
+        spec = overrides.get(name)
+        pattern = parse_pattern(spec[0]) if isinstance(spec, tuple) else base
+        layer = get_layer(model, name)
+        shape = jax.eval_shape(functools.partial(weight_matrix, n_groups=groups(layer)),
+                               layer.kernel.value).shape
+        if (why := tiling_problem(pattern, shape, config.blocksize)) is not None:
+            out[name] = why
+    return out
 
 
 def default_layers(model: nnx.Module, config: PruneConfig) -> list[str]:

@@ -78,6 +78,15 @@ def parse(config: ml_collections.ConfigDict) -> tuple[taco.TacoConfig, common.So
             pool_retrieve=config.pool.retrieve, adapt=config.adapt, probe_l2=config.probe_l2)
     except ValueError as e:
         raise ValueError(f"config: {e}") from None
+    abstract = src.model.abstract()  # the pattern against the layers' shapes, before any data
+    layers = taco.layers_to_prune(abstract, prune)
+    bad = sequential.untileable(abstract, prune, layers)
+    if bad and (prune.resolved_allocation != "uniform" or len(bad) == len(layers)):
+        first = next(iter(bad))
+        raise ValueError(f"config.prune.pattern={prune.pattern!r} cannot tile {len(bad)} of the "
+                         f"{len(layers)} layers to prune of {src.model.describe()!r}, e.g. "
+                         f"{first}: {bad[first]}; keep those dense (prune.overrides) or choose "
+                         "a pattern that divides their shapes")
     if common.parse_pool(config.pool) is None and config.pool.retrieve:
         raise ValueError(f"config.pool.retrieve={config.pool.retrieve} needs a pool to retrieve "
                          "from: set config.pool.dataset (or the variant key pool)")
