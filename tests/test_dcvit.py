@@ -259,6 +259,7 @@ def test_library_compress_cuts_recovers_and_reports_without_a_workdir():
     assert r["params"]["compressed"] == stats.param_count(out.model) < r["params"]["dense"]
     assert len(r["task"]["few_shot_ids"]) == 12 and r["dense"]["n"] == 30
     assert set(out.masks) and r["then_prune"]["sparsity"] == 0.5
+    assert 0.45 <= r["sparsity"]["pruned_layers"]["sparsity"] <= 0.55  # zeros: then_prune's
     kept = np.mean([np.asarray(m).mean() for m in out.masks.values()])
     assert 0.45 <= kept <= 0.55
     assert set(r["baselines"]) == {"block_drop"} and "latency" in r

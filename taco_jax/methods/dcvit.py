@@ -463,7 +463,8 @@ def compress(model: VisionTransformer, data: TaskData, config: DcvitConfig
                                 "layers": [dataclasses.asdict(x) for x in result.stats]}
         logging.info("DC-ViT + TACO (%s at %.0f%%): top-1 %.2f%%", config.then_prune.pattern,
                      100 * config.then_prune.sparsity, acc["top1"])
-    report["sparsity"] = compression.summarize(student, masks)
+    if masks:  # composition with TACO; a DC-ViT cut alone has no zeros to count
+        report["sparsity"] = compression.summarize(student, masks)
     report["layers"] = point["layers"]
     if "latency" in point:
         report["latency"] = point["latency"]
