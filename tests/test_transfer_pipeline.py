@@ -46,6 +46,11 @@ def test_transfer_report_sets_and_resume(tiny_task, tmp_path):
     rids = np.asarray(r["transfer"]["random_ids"])
     assert len(rids) == 60 == len(set(rids.tolist())) and rids.max() < len(pool)
     assert not any(pool[i].tobytes() in shots for i in rids)
+    # The pool's size is the whole pool's; the candidates are it less its copies of the shots.
+    copies = sum(pool[i].tobytes() in shots for i in range(len(pool)))
+    assert copies > 0  # the tiny pool holds some of the labelled images
+    assert r["transfer"]["pool"] == len(pool)
+    assert r["transfer"]["pool_candidates"] == len(pool) - copies
 
     assert r["cost"]["student"]["params"] < r["cost"]["teacher"]["params"] / 3
     assert r["compressed"]["n"] == len(data.test_labels)

@@ -258,7 +258,10 @@ def compress(generalist: nnx.Module, data: TaskData, config: TransferConfig, *,
         "cost": _costs({"teacher": teacher, "student": student}, data, config.latency_batch),
         "transfer": {"set": config.transfer_set, "images": len(chosen),
                      "labelled": len(shots_x), "mix_labelled": config.mix_labelled,
-                     "pool": len(pool_ids), "ids": np.asarray(chosen).tolist(),
+                     # The whole pool, and what retrieval and the random subset drew from:
+                     # the pool without its copies of the labelled images.
+                     "pool": len(pool), "pool_candidates": len(pool_ids),
+                     "ids": np.asarray(chosen).tolist(),
                      "random_ids": random_ids.tolist()},
         "baselines": baselines,
         "seconds": timings,
