@@ -18,9 +18,7 @@ import importlib.metadata
 import importlib.util
 import logging
 import os
-import statistics
 import tempfile
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,7 +27,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from taco_jax.models.latency import call_speedups
+from taco_jax.models.latency import call_speedups, latency_summary, timed_rounds
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
@@ -135,15 +133,9 @@ def onnxruntime_latency(path: str | os.PathLike, x: np.ndarray, *, repeats: int 
         raise ValueError(f"repeats must be >= 1 and warmup >= 0, got {repeats}, {warmup}")
     call = session_call(path, threads=threads)
     x = np.asarray(x, np.float32)
-    for _ in range(warmup):
-        call(x)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call(x)
-        times.append(time.perf_counter() - start)
-    return {"median": statistics.median(times), "min": min(times), "max": max(times),
-            "batch": int(x.shape[0]), "times": times}
+    times = timed_rounds([lambda: call(x)], warmup=warmup, min_rounds=repeats,
+                         max_rounds=repeats)[0]
+    return latency_summary(times, int(x.shape[0]))
 
 
 def _convert(model: nnx.Module, image_shape: tuple[int, int, int], opset: int) -> Any:

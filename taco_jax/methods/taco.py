@@ -139,7 +139,7 @@ class TacoConfig:
         bad = [b for b in self.resolved_baselines() if b not in BASELINES]
         if bad:
             raise ValueError(f"unknown baselines {bad}; allowed: {BASELINES}")
-        structured = isinstance(patterns.parse_pattern(self.prune.pattern), patterns.Structured)
+        structured = self.prune.structured
         if structured and "magnitude_gmp" in self.resolved_baselines():
             raise ValueError("baseline magnitude_gmp (one |w| threshold over all layers) is for "
                              f"masked patterns, not {self.prune.pattern!r}; structured runs "
@@ -205,8 +205,7 @@ class TacoConfig:
         """``baselines`` with "auto" resolved by the pattern."""
         if self.baselines != "auto":
             return tuple(self.baselines)
-        structured = isinstance(patterns.parse_pattern(self.prune.pattern), patterns.Structured)
-        return STRUCTURED_BASELINES if structured else DEFAULT_BASELINES
+        return STRUCTURED_BASELINES if self.prune.structured else DEFAULT_BASELINES
 
     def final_recover_steps(self) -> int:
         """The final step's recovery: what ``recover.steps`` leaves after the schedule's."""
@@ -465,7 +464,7 @@ def compress(model: nnx.Module, data: TaskData, config: TacoConfig, *,
         report["sparsity"] = compression.summarize(student, masks)
     if budget is not None:
         report["speed_budget"] = budget
-    structured = isinstance(patterns.parse_pattern(config.prune.pattern), patterns.Structured)
+    structured = config.prune.structured
     timed = {"taco": student}  # the models whose speed the report measures
     for name, allocation in MAGNITUDE_BASELINES.items():
         if name not in config.resolved_baselines():

@@ -11,6 +11,7 @@ runtime's calls, e.g. onnxruntime sessions).
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -54,18 +55,40 @@ def interleaved_latency(models: Sequence[nnx.Module], x: jax.Array, *, repeats: 
     for m in models:
         if id(m) not in compiled:
             compiled[id(m)] = _compiled(m, x)
-    calls = [compiled[id(m)] for m in models]
+    times = timed_rounds([compiled[id(m)] for m in models], warmup=warmup,
+                         min_rounds=repeats, max_rounds=repeats)
+    return [latency_summary(t, int(x.shape[0])) for t in times]
+
+
+def timed_rounds(calls: Sequence[Callable[[], object]], *, warmup: int, min_rounds: int,
+                 max_rounds: int, budget_seconds: float = math.inf) -> list[list[float]]:
+    """Seconds of each call, timed in rounds (c0, c1, …, c0, c1, …) after ``warmup`` untimed
+    rounds: each call runs one forward to completion (JAX's ending in ``block_until_ready``).
+    Rounds go on until ``max_rounds``, or once ``min_rounds`` are done, until
+    ``budget_seconds`` of timed calls have passed. One list of seconds per call."""
+    if min_rounds < 1 or max_rounds < min_rounds or warmup < 0:
+        raise ValueError(f"need 1 <= min_rounds <= max_rounds and warmup >= 0, got "
+                         f"{min_rounds}, {max_rounds}, {warmup}")
     for _ in range(warmup):
         for call in calls:
             call()
     times: list[list[float]] = [[] for _ in calls]
-    for _ in range(repeats):
+    spent = 0.0
+    while len(times[0]) < max_rounds and (len(times[0]) < min_rounds
+                                          or spent < budget_seconds):
         for call, t in zip(calls, times, strict=True):
             start = time.perf_counter()
             call()
             t.append(time.perf_counter() - start)
-    return [{"median": statistics.median(t), "min": min(t), "max": max(t),
-             "batch": int(x.shape[0]), "times": t} for t in times]
+            spent += t[-1]
+    return times
+
+
+def latency_summary(times: Sequence[float], batch: int) -> dict:
+    """{median, min, max, batch, times} of one call's timed seconds: the median is the figure
+    to report, min and max show the spread."""
+    return {"median": statistics.median(times), "min": min(times), "max": max(times),
+            "batch": batch, "times": list(times)}
 
 
 def paired_latency(dense: nnx.Module, models: Sequence[nnx.Module], x: jax.Array, *,
@@ -113,22 +136,10 @@ def call_speedups(reference: Callable[[], object], candidates: Mapping[str, Call
     claim "faster" holds only where ``spread[0] > 1``. Returns {"batch", "rounds",
     "reference_seconds" (median), name: {"seconds", "speedup", "spread"}}.
     """
-    if min_rounds < 1 or max_rounds < min_rounds:
-        raise ValueError(f"need 1 <= min_rounds <= max_rounds, got {min_rounds}, {max_rounds}")
     names = list(candidates)
-    calls = [reference] + [candidates[n] for n in names]
-    for _ in range(warmup):
-        for call in calls:
-            call()
-    times: list[list[float]] = [[] for _ in calls]
-    spent = 0.0
-    while len(times[0]) < max_rounds and (len(times[0]) < min_rounds
-                                          or spent < budget_seconds):
-        for call, t in zip(calls, times, strict=True):
-            start = time.perf_counter()
-            call()
-            t.append(time.perf_counter() - start)
-            spent += t[-1]
+    times = timed_rounds([reference] + [candidates[n] for n in names], warmup=warmup,
+                         min_rounds=min_rounds, max_rounds=max_rounds,
+                         budget_seconds=budget_seconds)
     out = {"batch": batch, "rounds": len(times[0]),
            "reference_seconds": statistics.median(times[0])}
     for name, t in zip(names, times[1:], strict=True):

@@ -114,7 +114,7 @@ class PruneConfig:
             raise ValueError(f"allocation={self.allocation!r}: an N:M pattern ({self.pattern}) "
                              "has one fixed level in every layer, nothing to allocate; use "
                              "'auto' or 'uniform'")
-        if self.allocation == "magnitude" and isinstance(parse_pattern(self.pattern), Structured):
+        if self.allocation == "magnitude" and self.structured:
             raise ValueError("allocation='magnitude' (one |w| threshold over all layers) is for "
                              "unstructured, N:M and block patterns, got structured pattern "
                              f"{self.pattern!r}")
@@ -125,13 +125,18 @@ class PruneConfig:
                                     or not self.target_speedup > 1):
             raise ValueError(f"target_speedup must be > 1 (or 0: prune to sparsity), got "
                              f"{self.target_speedup!r}")
-        if self.target_speedup and not isinstance(parse_pattern(self.pattern), Structured):
+        if self.target_speedup and not self.structured:
             raise ValueError(f"target_speedup={self.target_speedup} needs pattern='structured' "
                              f"(smaller dense shapes); {self.pattern!r} keeps the model's shapes, "
                              "and on a dense runtime its zeros are not skipped")
-        if self.targets == "dense" and isinstance(parse_pattern(self.pattern), Structured):
+        if self.targets == "dense" and self.structured:
             raise ValueError("targets='dense' is for unstructured, N:M and block patterns; "
                              f"structured pruning (pattern {self.pattern!r}) takes targets='self'")
+
+    @property
+    def structured(self) -> bool:
+        """Whether the pattern removes whole channels / heads / neurons (cut shapes, no masks)."""
+        return isinstance(parse_pattern(self.pattern), Structured)
 
     @property
     def resolved_allocation(self) -> str:
@@ -347,7 +352,7 @@ def untileable(model: nnx.Module, config: PruneConfig, layers: Sequence[str]) ->
 
 def default_layers(model: nnx.Module, config: PruneConfig) -> list[str]:
     """Every Linear/Conv, minus ``model.head_name`` unless ``prune_head``; structured: consumers."""
-    if isinstance(parse_pattern(config.pattern), Structured):
+    if config.structured:
         return [p.consumer for p in (config.pairs or infer_pairs(model))]
     return list(named_layers(model) if config.prune_head else body_layers(model))
 

@@ -24,7 +24,7 @@ from taco_jax.models.latency import speedups
 from taco_jax.models.paths import get_layer, resolve_stem
 from taco_jax.models.shrink import infer_pairs, shrink_pair
 from taco_jax.prune.allocate import allocator
-from taco_jax.prune.patterns import Structured, parse_pattern
+from taco_jax.prune.patterns import Structured
 from taco_jax.prune.sequential import PruneConfig, _layer_plan
 from taco_jax.prune.solver import prune_counts
 
@@ -60,7 +60,7 @@ def sparsity_for_speedup(model: nnx.Module, batches: Sequence, config: PruneConf
     ValueError (one line) when even the deepest level in every allocated layer is slower than the
     target: the pairs this model has cannot give that speed on this runtime.
     """
-    if not isinstance(parse_pattern(config.pattern), Structured) or not config.target_speedup:
+    if not config.structured or not config.target_speedup:
         raise ValueError(f"sparsity_for_speedup needs a structured pattern and a target_speedup "
                          f"> 1, got {config.pattern!r}, {config.target_speedup}")
     model.eval()

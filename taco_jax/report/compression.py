@@ -11,6 +11,12 @@ from taco_jax.models.stats import forward_macs
 from taco_jax.prune.allocate import positions_per_image
 
 
+def param_counts(model: nnx.Module) -> tuple[int, int]:
+    """(parameters, non-zero parameters) over every nnx.Param of ``model``."""
+    leaves = [np.asarray(x) for x in jax.tree.leaves(nnx.state(model, nnx.Param))]
+    return sum(int(x.size) for x in leaves), sum(int(np.count_nonzero(x)) for x in leaves)
+
+
 def summarize(model: nnx.Module, masks: dict[str, np.ndarray]) -> dict:
     """Counts over the masked layers and over the whole model (every nnx.Param).
 
@@ -26,9 +32,7 @@ def summarize(model: nnx.Module, masks: dict[str, np.ndarray]) -> dict:
                            "sparsity": 1 - nnz / kernel.size}
         layer_params += kernel.size
         layer_nonzero += nnz
-    leaves = jax.tree.leaves(nnx.state(model, nnx.Param))
-    total = sum(int(np.size(x)) for x in leaves)
-    total_nnz = sum(int(np.count_nonzero(np.asarray(x))) for x in leaves)
+    total, total_nnz = param_counts(model)
     return {
         "pruned_layers": {"params": int(layer_params), "nonzero": int(layer_nonzero),
                           "sparsity": 1 - layer_nonzero / max(layer_params, 1),
@@ -59,11 +63,7 @@ def size(dense: nnx.Module, model: nnx.Module, masks: dict[str, np.ndarray],
     smaller shapes (structured cuts): parameters, non-zero parameters and multiply-accumulates
     per image (zeros of the masked layers skipped), each {"dense", "compressed", "reduction"}
     (reduction = dense / compressed). ``image_shape`` is (H, W, C)."""
-    def params(m: nnx.Module) -> tuple[int, int]:
-        leaves = [np.asarray(x) for x in jax.tree.leaves(nnx.state(m, nnx.Param))]
-        return sum(x.size for x in leaves), sum(int(np.count_nonzero(x)) for x in leaves)
-
-    (p_dense, nz_dense), (p_model, nz_model) = params(dense), params(model)
+    (p_dense, nz_dense), (p_model, nz_model) = param_counts(dense), param_counts(model)
     m_dense = forward_macs(dense, (1, *image_shape))
     m_model = macs(model, masks, image_shape)["sparse"]
     row = lambda a, b: {"dense": int(a), "compressed": int(b), "reduction": a / max(b, 1)}

@@ -237,10 +237,10 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: str | os.PathLike)
     path = Path(workdir) / "config.json"
     if not path.exists():
         return
-    old = json.loads(path.read_text())
-    if old != resolved_config(config):
+    old, new = json.loads(path.read_text()), resolved_config(config)
+    if old != new:
         raise ValueError(f"{workdir} holds a run of another config ("
-                         + "; ".join(config_differences(old, resolved_config(config)))
+                         + "; ".join(config_differences(old, new))
                          + "): resume with the same config, use a new --workdir, or --overwrite "
                          "to replace that run")
 

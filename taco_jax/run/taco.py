@@ -15,7 +15,7 @@ from taco_jax import checkpoint, distributed, export
 from taco_jax.data import pool
 from taco_jax.methods import taco
 from taco_jax.models import paths
-from taco_jax.prune import patterns, sequential
+from taco_jax.prune import sequential
 from taco_jax.report import plots
 from taco_jax.run import common, sweep
 
@@ -60,8 +60,9 @@ def parse(config: ml_collections.ConfigDict) -> tuple[taco.TacoConfig, common.So
     """
     src = common.parse_source(config)
     overrides = _overrides(config.prune.overrides)
+    abstract = src.model.abstract()  # the config against the model's layers, before any data
     try:
-        paths.resolve_stem(src.model.abstract(), overrides)  # every name a layer of the model
+        paths.resolve_stem(abstract, overrides)  # every name a layer of the model
     except ValueError as e:
         raise ValueError(f"config.prune.overrides of {src.model.describe()!r}: {e}") from None
     try:
@@ -78,8 +79,7 @@ def parse(config: ml_collections.ConfigDict) -> tuple[taco.TacoConfig, common.So
             pool_retrieve=config.pool.retrieve, adapt=config.adapt, probe_l2=config.probe_l2)
     except ValueError as e:
         raise ValueError(f"config: {e}") from None
-    abstract = src.model.abstract()  # the pattern against the layers' shapes, before any data
-    layers = taco.layers_to_prune(abstract, prune)
+    layers = taco.layers_to_prune(abstract, prune)  # the pattern against the layers' shapes
     bad = sequential.untileable(abstract, prune, layers)
     if bad and (prune.resolved_allocation != "uniform" or len(bad) == len(layers)):
         first = next(iter(bad))
@@ -93,8 +93,7 @@ def parse(config: ml_collections.ConfigDict) -> tuple[taco.TacoConfig, common.So
     if config.sweep and jax.process_count() > 1:
         raise ValueError("config.sweep runs in a single process only; run the sweep's "
                          "sparsities as separate multi-process runs")
-    if config.sweep and isinstance(patterns.parse_pattern(taco_config.prune.pattern),
-                                   patterns.Structured):
+    if config.sweep and taco_config.prune.structured:
         raise ValueError(f"config.sweep={tuple(config.sweep)} sweeps the sparsity of masked "
                          f"patterns; for {config.prune.pattern!r} run one prune.target_speedup "
                          "(or prune.sparsity) per run")
