@@ -46,16 +46,21 @@ def test_cached_segments_match_whole_forward_calibration(name):
 
 
 def test_each_segment_runs_once_per_batch(monkeypatch):
-    """Calibration is linear in depth: the cache advances through every block exactly once, and
-    each group's Hessian pass runs its own block only."""
+    """Calibration is linear in depth: the cache advances through every half block exactly
+    once, and each group's Hessian pass runs its own half block only."""
     xs = _batches(n=3)
     model = create("vit_mini", num_classes=4)
-    advances, hessian_segments = [], []
+    advances, hessian_segments, moving = [], [], []
     real_fwd, real_collect = sequential._jit_segment_forward, sequential.collect_hessians
+    real_module = sequential.segment_module
 
-    def fwd(graphdef, state, x, segment):
-        advances.append(segment)
-        return real_fwd(graphdef, state, x, segment)
+    def module(model, segment):  # the cache's own lookups: which segment it moves through
+        moving.append(segment)
+        return real_module(model, segment)
+
+    def fwd(graphdef, state, x, fn):
+        advances.append(moving[-1])
+        return real_fwd(graphdef, state, x, fn)
 
     def collect(*a, segment=None, **k):
         hessian_segments.append(segment)
@@ -63,11 +68,13 @@ def test_each_segment_runs_once_per_batch(monkeypatch):
 
     monkeypatch.setattr(sequential, "_jit_segment_forward", fwd)
     monkeypatch.setattr(sequential, "collect_hessians", collect)
+    monkeypatch.setattr(sequential, "segment_module", module)
     res = prune_model(model, xs, PruneConfig(sparsity=0.5, blocksize=32))
     n_blocks = len(model.blocks)
-    # segments: 0 embed (patch conv), 1..n blocks, n+1 head (dense by default, never reached)
-    assert advances == [s for s in range(n_blocks) for _ in xs]
-    assert hessian_segments == [0] + [1 + b for b in range(n_blocks) for _ in range(4)]
+    # segments: 0 embed (patch conv), then per block b its attention half 2b + 1 (qkv, proj)
+    # and MLP half 2b + 2 (fc1, fc2), last the head (dense by default, never reached)
+    assert advances == [s for s in range(2 * n_blocks) for _ in xs]
+    assert hessian_segments == [0] + [2 * b + h for b in range(n_blocks) for h in (1, 1, 2, 2)]
     assert len(res.stats) == 1 + 4 * n_blocks
 
 

@@ -82,12 +82,20 @@ class Block(nnx.Module):
         self.ls2 = LayerScale(dim, init_values) if init_values else None
         self.drop_path2 = drop_path(drop_path_rate, 3, rngs=rngs)
 
+    def attn_half(self, x: jax.Array) -> jax.Array:
+        """``x + attn(norm1(x))`` (x itself without an attention branch). (B, N, D)."""
+        if self.attn is None:
+            return x
+        return x + residual_branch(self.attn(self.norm1(x)), self.ls1, self.drop_path1)
+
+    def mlp_half(self, x: jax.Array) -> jax.Array:
+        """``x + mlp(norm2(x))`` (x itself without an MLP branch). (B, N, D)."""
+        if self.mlp is None:
+            return x
+        return x + residual_branch(self.mlp(self.norm2(x)), self.ls2, self.drop_path2)
+
     def __call__(self, x: jax.Array) -> jax.Array:
-        if self.attn is not None:
-            x = x + residual_branch(self.attn(self.norm1(x)), self.ls1, self.drop_path1)
-        if self.mlp is not None:
-            x = x + residual_branch(self.mlp(self.norm2(x)), self.ls2, self.drop_path2)
-        return x
+        return self.mlp_half(self.attn_half(x))
 
 
 class VisionTransformer(nnx.Module):
@@ -147,12 +155,16 @@ class VisionTransformer(nnx.Module):
         return (self.head(t[:, 0]) + self.head_dist(t[:, 1])) / 2
 
     def segments(self) -> list:
-        """The forward pass as a chain: embed, every block, then final norm + head(s).
+        """The forward pass as a chain: embed, each block's attention half then MLP half, then
+        final norm + head(s).
 
         Composing them is ``__call__``; sequential pruning caches each segment's inputs so its
-        calibration runs every image through each block once (cost linear in depth).
+        calibration runs every image through each half block once (cost linear in depth). Half
+        blocks, not blocks: ``fc1``/``fc2`` then start from the cached residual stream instead of
+        recomputing the attention (ViT-S/16: 2.4 → 1.6 block forwards per block).
         """
-        return [self.embed, *self.blocks, lambda x: self.head_logits(self.norm(x))]
+        halves = [h for b in self.blocks for h in (b.attn_half, b.mlp_half)]
+        return [self.embed, *halves, lambda x: self.head_logits(self.norm(x))]
 
     def forward_tokens(self, x: jax.Array) -> jax.Array:
         """(B, H, W, C) → final-normed tokens (B, prefix + N, D); prefix = [cls(, dist)]."""

@@ -14,7 +14,8 @@ images: what pruning toward the reference's outputs needs (``prune.targets``).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import dataclasses
+from collections.abc import Callable, Iterable, Sequence
 from typing import NamedTuple
 
 import jax
@@ -50,7 +51,11 @@ def update(state: HessianState, X: jax.Array, axis_name: str | None = None,
     Y = X if Y is None else Y.astype(jnp.float32)
     if X.ndim == 2:
         X, Y = X[:, None], Y.reshape(Y.shape[0], 1, -1)
-    h = 2.0 * jnp.einsum("ngi,ngj->gij", Y, X, precision=lax.Precision.HIGHEST)
+    if X.shape[1] == 1:  # a plain 2-D product: XLA CPU runs the batched form ~2x slower
+        h = 2.0 * lax.dot_general(Y[:, 0], X[:, 0], (((0,), (0,)), ((), ())),
+                                  precision=lax.Precision.HIGHEST)[None]
+    else:
+        h = 2.0 * jnp.einsum("ngi,ngj->gij", Y, X, precision=lax.Precision.HIGHEST)
     n = jnp.float32(X.shape[0])
     if axis_name is not None:
         h, n = lax.psum(h, axis_name), lax.psum(n, axis_name)
@@ -150,20 +155,56 @@ def segments_of(model: nnx.Module) -> list:
     return list(model.segments()) if hasattr(model, "segments") else [model]
 
 
-def _forward_sums(graphdef, state, x, segment):
-    model = nnx.merge(graphdef, state)
-    (model if segment is None else segments_of(model)[segment])(x)
-    return nnx.state(model, HessianSum)
+def _call(module: nnx.Module, x: jax.Array) -> jax.Array:
+    return module(x)
 
 
-_jit_forward_sums = jax.jit(_forward_sums, static_argnums=(0, 3))
+@dataclasses.dataclass(frozen=True)
+class _Nth:
+    """Segment ``index`` of a whole model: the fallback for segments that are plain functions."""
+
+    index: int
+
+    def __call__(self, model: nnx.Module, x: jax.Array) -> jax.Array:
+        return segments_of(model)[self.index](x)
+
+
+def segment_module(model: nnx.Module, segment: int | None) -> tuple[nnx.Module, Callable]:
+    """(module, fn) with ``fn(module, x)`` = ``segments_of(model)[segment](x)`` (the whole
+    model for ``segment=None``), ``module`` the smallest one that holds the segment: the
+    segment itself if it is a module, the owner of a bound method (``block.attn_half``), else
+    the model. Jitting ``fn`` over ``module`` (static ``fn`` and graphdef) compiles one program
+    for all alike blocks instead of one per segment index (ViT-S/16: 24 half blocks)."""
+    if segment is None:
+        return model, _call
+    seg = segments_of(model)[segment]
+    if isinstance(seg, nnx.Module):
+        return seg, _call
+    owner = getattr(seg, "__self__", None)
+    if isinstance(owner, nnx.Module):
+        return owner, seg.__func__
+    return model, _Nth(segment)
+
+
+def _forward_sums(graphdef, sums, rest, x, fn):
+    module = nnx.merge(graphdef, sums, rest)
+    fn(module, x)
+    return nnx.state(module, HessianSum)
+
+
+_jit_forward_sums = jax.jit(_forward_sums, static_argnums=(0, 4))
 
 
 def run_taps(model: nnx.Module, batches: Iterable, mesh=None, segment: int | None = None) -> None:
     """One jitted forward pass per batch, accumulating into the model's HessianTaps.
 
     ``segment``: run only ``segments_of(model)[segment]`` on each batch (its cached inputs).
+    The segment's module is split once: only the taps' sums change from batch to batch.
     """
+    module, fn = segment_module(model, segment)
+    graphdef, sums, rest = nnx.split(module, HessianSum, ...)
+    if mesh is not None:
+        sums, rest = distributed.replicated((sums, rest), mesh)
     for x in batches:
         x = jnp.asarray(x, jnp.float32)
         if mesh is not None:
@@ -172,11 +213,8 @@ def run_taps(model: nnx.Module, batches: Iterable, mesh=None, segment: int | Non
 
             if x.shape[0] % mesh.devices.size == 0:
                 x = jax.device_put(x, NamedSharding(mesh, P(mesh.axis_names[0])))
-        graphdef, state = nnx.split(model)
-        if mesh is not None:
-            state = distributed.replicated(state, mesh)
-        sums = _jit_forward_sums(graphdef, state, x, segment)
-        nnx.update(model, sums)
+        sums = _jit_forward_sums(graphdef, sums, rest, x, fn)
+    nnx.update(module, sums)
 
 
 def collect_hessians(model: nnx.Module, batches: Iterable, layer_names: Iterable[str],

@@ -43,7 +43,13 @@ from taco_jax.models.paths import (
 )
 from taco_jax.models.shrink import ShrinkPair, infer_pairs, shrink_pair
 from taco_jax.prune import checkpoint as ckpt
-from taco_jax.prune.hessian import Probe, collect_hessians, collect_paired, segments_of
+from taco_jax.prune.hessian import (
+    Probe,
+    collect_hessians,
+    collect_paired,
+    segment_module,
+    segments_of,
+)
 from taco_jax.prune.layout import groups, kernel_from_matrix, layer_matrix, weight_matrix
 from taco_jax.prune.patterns import (
     NM,
@@ -198,8 +204,8 @@ def forward_groups(model: nnx.Module, x: jax.Array, names: Sequence[str]
     return out
 
 
-def _segment_forward(graphdef, state, x, segment: int):
-    return segments_of(nnx.merge(graphdef, state))[segment](x)
+def _segment_forward(graphdef, state, x, fn):
+    return fn(nnx.merge(graphdef, state), x)
 
 
 _jit_segment_forward = jax.jit(_segment_forward, static_argnums=(0, 3))
@@ -223,11 +229,11 @@ class _InputCache:
             raise ValueError(f"input cache is at segment {self.index}, cannot go back to "
                              f"{segment}")
         while self.index < segment:
-            graphdef, state = nnx.split(self.model)
+            module, fn = segment_module(self.model, self.index)
+            graphdef, state = nnx.split(module)
             if self.mesh is not None:
                 state = distributed.replicated(state, self.mesh)
-            self.inputs = [_jit_segment_forward(graphdef, state, x, self.index)
-                           for x in self.inputs]
+            self.inputs = [_jit_segment_forward(graphdef, state, x, fn) for x in self.inputs]
             self.index += 1
         return self.inputs
 
@@ -443,6 +449,7 @@ def prune_model(model: nnx.Module, batches: Sequence, config: PruneConfig, *,
                 n: dense_target(layer_matrix(get_layer(model, n)),
                                 layer_matrix(get_layer(reference, n)), H, C, config.percdamp)
                 for n in todo}
+            jax.block_until_ready((H, C, targets))  # so the time is the collection's own
             share = (time.perf_counter() - t0) / len(todo)
             devices = _layer_devices(todo, plan, mesh)
             if devices is None:
