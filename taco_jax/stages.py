@@ -18,20 +18,26 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import jax
 import numpy as np
 from absl import logging
 from flax import nnx
 
-from taco_jax import checkpoint, distributed
+from taco_jax import checkpoint, distributed, files
 
 _INFO = "info.json"
 
 
 class StageStore:
-    """Checkpoints of finished stages under ``root`` (None: nothing is saved or restored)."""
+    """Checkpoints of finished stages under ``root`` (None: nothing is saved or restored).
+
+    ``memory``: stage -> its resident memory (MiB: start, end, process peak so far) as
+    measured when it ran, for every stage run or restored through ``run``: a report's
+    ``memory_mib`` (its ``environment`` has the process's peak)."""
 
     def __init__(self, root: str | os.PathLike | None):
         self.root = None if root is None else Path(root)
+        self.memory: dict[str, dict] = {}
 
     def done(self, stage: str) -> bool:
         return self.root is not None and (self.root / stage / _INFO).exists()
@@ -53,9 +59,7 @@ class StageStore:
         if main and masks is not None:
             np.savez(d / "masks.npz", **{k: np.asarray(v) for k, v in masks.items()})
         if main:
-            tmp = d / (_INFO + ".tmp")
-            tmp.write_text(json.dumps(info, default=float))
-            os.replace(tmp, d / _INFO)
+            files.write_json(d / _INFO, info, indent=None)
         distributed.barrier(f"stage {stage}: saved")
 
     def load(self, stage: str, model: nnx.Module | None = None
@@ -76,21 +80,28 @@ class StageStore:
         return None if self.root is None else self.root / f"{stage}.partial"
 
     def run(self, stage: str, title: str, model: nnx.Module | None,
-            work: Callable[[], tuple[dict | None, dict]]) -> tuple[dict | None, dict]:
+            work: Callable[[], tuple[dict | None, dict]], *, drop_programs: bool = False
+            ) -> tuple[dict | None, dict]:
         """Run ``work`` (trains ``model`` in place; returns masks, info) as a checkpointed stage
         under a banner, or restore it into ``model`` if it is done. ``info["seconds"]`` is the
-        stage's wall time when it ran."""
+        stage's wall time when it ran. ``drop_programs``: clear JAX's compiled programs at the
+        end, for a stage whose programs no later stage runs (a prune's solves)."""
         logging.info("=" * 20 + " %s " + "=" * 20, title)
         start = time.perf_counter()
         if self.done(stage):
             self._drop_scratch(stage)  # a run killed between the save and this removal
-            return self.load(stage, model)
+            masks, info = self.load(stage, model)
+            if "memory_mib" in info:
+                self.memory[stage] = info["memory_mib"]
+            return masks, info
         rss = _rss_mib()
         masks, info = work()
         info["seconds"] = time.perf_counter() - start
+        if drop_programs:
+            jax.clear_caches()
         release_freed_memory()
-        memory = {"start": rss, "end": _rss_mib(), "peak_so_far": _peak_rss_mib()}
-        info["memory_mib"] = memory
+        memory = {"start": rss, "end": _rss_mib(), "peak_so_far": peak_rss_mib()}
+        info["memory_mib"] = self.memory[stage] = memory
         logging.info("stage %s: %.0f s; resident memory %s -> %s MiB, process peak so far "
                      "%.0f MiB", stage, info["seconds"], *(
                          "?" if memory[k] is None else f"{memory[k]:.0f}"
@@ -127,7 +138,7 @@ def _rss_mib() -> float | None:
     return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def _peak_rss_mib() -> float:
+def peak_rss_mib() -> float:
     """This process's peak resident memory so far (MiB)."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS

@@ -13,7 +13,7 @@ import pathlib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 LAYERS = (
-    {"distributed", "checkpoint", "config_variants", "models", "convert", "kernels"},
+    {"distributed", "checkpoint", "config_variants", "files", "models", "convert", "kernels"},
     {"train"},
     {"data"},
     {"prune"},

@@ -44,12 +44,15 @@ CONFIGS = {
 def _fake_checkpoint(arch: str) -> str:
     """A converted-checkpoint directory with only model.json and an empty state/: all a parse
     reads (no weights)."""
+    import atexit
     import json
+    import shutil
     import tempfile
 
     from taco_jax.models import PRESETS
 
     root = Path(tempfile.mkdtemp(prefix="fake-ckpt-"))
+    atexit.register(shutil.rmtree, root, True)  # shared by the module's tests; gone at exit
     (root / "state").mkdir()
     (root / "model.json").write_text(json.dumps(
         {"format": 1, "arch": arch, "num_classes": 1000, "overrides": {},

@@ -231,7 +231,7 @@ def test_interleaved_latency_times_each_model_in_turn():
         latency.interleaved_latency([model], _batches()[0], repeats=0)
 
 
-def test_library_compress_cuts_recovers_and_reports_without_a_workdir():
+def test_library_compress_cuts_recovers_and_reports_without_a_workdir(monkeypatch):
     """methods.dcvit.compress on in-memory data, no workdir: the student has the cut it reports
     (one block without attention, MLPs at their fractions), is smaller than the teacher,
     then_prune leaves masks at its sparsity, the baseline and latency are reported, and the
@@ -250,6 +250,10 @@ def test_library_compress_cuts_recovers_and_reports_without_a_workdir():
         calibration_batch=6, attn_blocks=1, mlp_keep=(0.5, 0.25),
         then_prune=sequential.PruneConfig(sparsity=0.5), then_recover_steps=1,
         baseline_drop_blocks=1, latency_batch=4, latency_repeats=2)
+    sessions, paired = [], latency.paired_latency
+    monkeypatch.setattr(latency, "paired_latency",
+                        lambda dense, models, *a, **k: sessions.append(len(models))
+                        or paired(dense, models, *a, **k))
     out = dcvit.compress(model, data, config)
     r = out.report
     structure = dcvit.structure(out.model)["blocks"]
@@ -263,4 +267,6 @@ def test_library_compress_cuts_recovers_and_reports_without_a_workdir():
     kept = np.mean([np.asarray(m).mean() for m in out.masks.values()])
     assert 0.45 <= kept <= 0.55
     assert set(r["baselines"]) == {"block_drop"} and "latency" in r
+    assert sessions == [2]  # DC-ViT and the baseline timed in one session against one dense
+    assert r["latency"] is r["compressed"]["latency"] and "latency" in r["baselines"]["block_drop"]
     assert model.head.kernel.value.shape[1] == 8  # the input model is not modified

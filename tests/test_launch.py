@@ -152,6 +152,9 @@ def test_runlocal_taco_beats_magnitude_and_a_rerun_reports_it_done(tmp_path):
     assert taco >= teacher - TACO_DROP_MAX, (taco, teacher)
     assert taco >= magnitude + TACO_OVER_MAGNITUDE_MIN, (taco, magnitude)
     assert not list(tmp_path.rglob("*.partial")), "a stage's scratch folder survived the run"
+    stages = {p.parent.name for p in (tmp_path / "stages").glob("*/info.json")}
+    assert set(a["memory_mib"]) == stages and "taco_prune_2" in stages  # per-stage memory
+    assert all(0 < m["end"] <= m["peak_so_far"] for m in a["memory_mib"].values())
 
     written = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()}
     again = _run(*args)

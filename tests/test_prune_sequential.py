@@ -40,7 +40,13 @@ def test_hessian_of_conv_matches_explicit_patches():
     X = np.float64(layer_inputs(cnn.grouped, h))
     ref = 2 * np.einsum("ngi,ngj->gij", X, X) / X.shape[0]
     np.testing.assert_allclose(np.asarray(H["grouped"]), ref, rtol=1e-4, atol=1e-5)
+    # an ungrouped conv takes the plain 2-D product: the same sums
+    b = cnn.block
+    stem = nnx.relu(cnn.conv_stem(jnp.asarray(x)))
+    X2 = np.float64(layer_inputs(b.conv2, nnx.relu(b.bn1(b.conv1(stem)))))[:, 0]
     assert H["block.conv2"].shape == (16 * 9, 16 * 9)
+    np.testing.assert_allclose(np.asarray(H["block.conv2"]), 2 * X2.T @ X2 / len(X2),
+                               rtol=1e-4, atol=1e-5)
 
 
 def test_sequential_inputs_flow_through_pruned_layers():

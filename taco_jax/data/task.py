@@ -15,7 +15,7 @@ from absl import logging
 from flax import nnx
 from tqdm.auto import tqdm
 
-from taco_jax import distributed
+from taco_jax import distributed, files
 from taco_jax.data import preprocess as preprocess_lib
 from taco_jax.data import source
 from taco_jax.models.preprocess import Preprocess
@@ -155,10 +155,7 @@ class FewShot:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the chosen example ids with the run (atomically: never a half-written file)."""
-        path = Path(path)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps(self.to_json(), indent=1))
-        os.replace(tmp, path)
+        files.write_json(path, self.to_json(), indent=1)
 
     @classmethod
     def load(cls, path: str | os.PathLike, task: Task) -> FewShot:

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 from flax import nnx
 
+from taco_jax import files
 from taco_jax.kernels.bsr import BSR, bsr_from_dense
 from taco_jax.kernels.layers import DispatchTable, SparseLinear, SparseMLP
 from taco_jax.models.layers import Mlp
@@ -59,9 +60,8 @@ def save_bsr(path: str | os.PathLike, weights: dict[str, BSR]) -> dict:
                          "blocks": int(b.data.shape[0]),
                          "block_density": b.data.shape[0] / max(n_blocks, 1)}
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez_compressed(tmp, **arrays)
-    os.replace(tmp, path)
+    with files.replaced_atomically(path) as tmp:
+        np.savez_compressed(tmp, **arrays)
     path.with_suffix(".json").write_text(json.dumps(summary, indent=2))
     return summary
 

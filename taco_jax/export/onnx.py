@@ -27,6 +27,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from taco_jax import files
 from taco_jax.models.latency import call_speedups, latency_summary, timed_rounds
 
 INPUT_NAME = "images"
@@ -191,9 +192,7 @@ def export_onnx(model: nnx.Module, path: str | os.PathLike, sample: np.ndarray |
         entry.key, entry.value = str(key), str(value)
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with files.replaced_atomically(path) as tmp:
         onnx.save_model(proto, tmp)
         try:
             call = session_call(tmp)
@@ -213,10 +212,6 @@ def export_onnx(model: nnx.Module, path: str | os.PathLike, sample: np.ndarray |
         if zeros_in_file < zeros:
             raise ValueError(f"ONNX zeros check failed: the file's kernels hold {zeros_in_file} "
                              f"exact zeros, the model's {zeros} (pruned weights must stay zero)")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return {"path": str(path), "opset": opset, "parity_max_rel_error": err,
             "parity_batch": int(sample.shape[0]), "zeros_checked": zeros,
             "zeros_in_file": zeros_in_file,

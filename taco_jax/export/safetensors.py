@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx, traverse_util
 
+from taco_jax import files
 from taco_jax.convert.checkpoint import build_abstract
 from taco_jax.convert.convert import ModelSpec
 from taco_jax.convert.safetensors_io import _DTYPES, read_safetensors
@@ -65,18 +66,11 @@ def export_safetensors(model: nnx.Module, path: str | os.PathLike,
     head = json.dumps(header, separators=(",", ":")).encode()
     head += b" " * (-len(head) % 8)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with tmp.open("wb") as f:
-            f.write(struct.pack("<Q", len(head)))
-            f.write(head)
-            for name in sorted(arrays):
-                f.write(np.ascontiguousarray(arrays[name]).tobytes())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with files.replaced_atomically(path) as tmp, tmp.open("wb") as f:
+        f.write(struct.pack("<Q", len(head)))
+        f.write(head)
+        for name in sorted(arrays):
+            f.write(np.ascontiguousarray(arrays[name]).tobytes())
     return {"path": str(path), "tensors": len(arrays), "bytes": path.stat().st_size}
 
 

@@ -408,7 +408,7 @@ def size(model: nnx.Module, input_shape: tuple[int, ...]) -> dict:
 
 def evaluate_cut(prep: Prepared, plan: Plan, data: TaskData, config: DcvitConfig, desc: str
                  ) -> tuple[VisionTransformer, dict]:
-    """Cut + recover one plan; its accuracy, size, layers, seconds and (when timed) latency."""
+    """Cut + recover one plan; its accuracy, size, layers and seconds (latency: ``timed``)."""
     student, info = cut_and_recover(prep.teacher, plan, prep.images, data.preprocess, config,
                                     desc=desc)
     acc = data.evaluate(student)
@@ -417,14 +417,24 @@ def evaluate_cut(prep: Prepared, plan: Plan, data: TaskData, config: DcvitConfig
              **size(student, (1, *data.test_images.shape[1:])),
              "structure": structure(student), "layers": info["layers"],
              "seconds": info["seconds"]}
-    if prep.latency_x is not None:
-        [lat] = latency.paired_latency(prep.teacher, [student], prep.latency_x,
-                                       repeats=config.latency_repeats)
-        point["latency"] = lat
-        logging.info("%s %s: top-1 %.2f%%, latency %.1f ms vs dense %.1f ms (%.1f%% lower)",
-                     desc, plan.label(), acc["top1"], 1e3 * lat["compressed"],
-                     1e3 * lat["dense"], 100 * lat["reduction"])
+    logging.info("%s %s: top-1 %.2f%%", desc, plan.label(), acc["top1"])
     return student, point
+
+
+def timed(prep: Prepared, models: dict[str, nnx.Module], points: dict[str, dict],
+          config: DcvitConfig) -> None:
+    """Each point's ``latency``: its model against the dense teacher, all models in one
+    interleaved session (``latency.paired_latency``), so every reduction in a report is
+    measured in the same period against the same dense model. Nothing without ``latency_x``."""
+    if prep.latency_x is None:
+        return
+    lats = latency.paired_latency(prep.teacher, list(models.values()), prep.latency_x,
+                                  repeats=config.latency_repeats)
+    for (name, _), lat in zip(models.items(), lats, strict=True):
+        points[name]["latency"] = lat
+        logging.info("%s %s: latency %.1f ms vs dense %.1f ms (%.1f%% lower)", name,
+                     points[name]["plan"], 1e3 * lat["compressed"], 1e3 * lat["dense"],
+                     100 * lat["reduction"])
 
 
 def compress(model: VisionTransformer, data: TaskData, config: DcvitConfig
@@ -466,14 +476,17 @@ def compress(model: VisionTransformer, data: TaskData, config: DcvitConfig
     if masks:  # composition with TACO; a DC-ViT cut alone has no zeros to count
         report["sparsity"] = compression.summarize(student, masks)
     report["layers"] = point["layers"]
-    if "latency" in point:
-        report["latency"] = point["latency"]
     report["params"] = {"dense": report["dense"]["params"], "compressed": point["params"]}
     report["macs"] = {"dense": report["dense"]["macs"], "compressed": point["macs"]}
+    models, points = {"dcvit": student}, {"dcvit": point}
     if config.baseline_drop_blocks:
         drop = cut_plan(len(prep.teacher.blocks), prep.drop_order[:config.baseline_drop_blocks],
                         0.0)
-        _, report["baselines"]["block_drop"] = evaluate_cut(prep, drop, data, config,
-                                                            "block_drop")
+        models["block_drop"], points["block_drop"] = evaluate_cut(prep, drop, data, config,
+                                                                  "block_drop")
+        report["baselines"]["block_drop"] = points["block_drop"]
+    timed(prep, models, points, config)
+    if "latency" in point:
+        report["latency"] = point["latency"]
     report["seconds"]["total"] = time.perf_counter() - start
     return CompressedModel(model=student, masks=masks, report=report)

@@ -265,5 +265,6 @@ def compress(generalist: nnx.Module, data: TaskData, config: TransferConfig, *,
                      "random_ids": random_ids.tolist()},
         "baselines": baselines,
         "seconds": timings,
+        "memory_mib": dict(store.memory),
     }
     return CompressedModel(model=student, masks={}, report=report)

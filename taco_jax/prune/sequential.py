@@ -5,12 +5,13 @@ groups layers that read the same input with the same unfolding (q/k/v, a block's
 they share one Hessian, then for each group: collect its Hessian over all ``batches`` through the
 already-pruned model, solve every layer of the group, write the weights back, checkpoint.
 
-Block-input caching: a model with ``segments()`` (every zoo family: stem, blocks, head — their
-composition is the forward pass) has the calibration inputs of its current segment cached, so a
-group's Hessian costs one pass through its own block, and the cache moves on through each pruned
-block once. Calibration cost is linear in depth; memory is one segment input for all images
-(e.g. 1,000 ViT-S/16 images: 1000·197·384 floats = 0.3 GB). A model without ``segments()`` is
-one segment (each group then reruns the forward pass from the images).
+Block-input caching: a model with ``segments()`` (every zoo family: stem, blocks — ViT half
+blocks —, head: their composition is the forward pass) has the calibration inputs of its current
+segment cached, so a group's Hessian costs one pass through its own segment, and the cache moves
+on through each pruned segment once. Calibration cost is linear in depth; memory is one segment
+input for all images (e.g. 1,000 ViT-S/16 images: 1000·197·384 floats = 0.3 GB). A segment is
+jitted over its own module (``hessian.segment_module``), so alike blocks share one program. A
+model without ``segments()`` is one segment (each group then reruns the forward pass).
 
 ``PruneConfig(targets="dense")``: each layer is solved toward the reference (dense) model's
 outputs rather than its own (``prune.targets``); the reference's segment inputs are cached the

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from matplotlib.figure import Figure  # the OO API: no pyplot, no GUI backend
 
+from taco_jax import files
+
 
 def speed_accuracy_plot(report: dict, labels: dict[str, str], path: str | os.PathLike) -> bool:
     """Top-1 vs measured speedup over dense at the report's largest batch, one panel per
@@ -40,7 +42,6 @@ def speed_accuracy_plot(report: dict, labels: dict[str, str], path: str | os.Pat
                  f"{report.get('pattern', '')}", fontsize=9)
     fig.tight_layout()
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
-    os.replace(tmp, path)
+    with files.replaced_atomically(path) as tmp:
+        fig.savefig(tmp)
     return True

@@ -11,7 +11,6 @@ import json
 import os
 import platform
 import re
-import resource
 import shutil
 import sys
 from collections.abc import Callable
@@ -24,7 +23,7 @@ from absl import app, flags, logging
 from flax import nnx
 from ml_collections import config_flags
 
-from taco_jax import convert, distributed, generalist, models
+from taco_jax import convert, distributed, files, generalist, models, stages
 from taco_jax.data import embedded, folder, pool, source, subtasks
 from taco_jax.data.task import Task, TaskData
 from taco_jax.export import specialist
@@ -208,13 +207,6 @@ def generic_images(task: Task, recipe: Preprocess, count: int, seed: int
     return x
 
 
-def write_json(path: Path, obj) -> None:
-    """``obj`` as JSON at ``path``, atomically (a temporary file renamed into place)."""
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=float))
-    os.replace(tmp, path)  # never a half-written file at `path`
-
-
 def config_differences(old: dict, new: dict, limit: int = 4) -> list[str]:
     """``field: old -> new`` for each leaf (dotted) where two resolved configs differ, changed
     values before fields only one of them has; the first ``limit`` and a count of the rest."""
@@ -320,10 +312,10 @@ def field_help(config_file: str) -> dict[str, str]:
     the sections shared with TACO (``SHARED_SECTIONS``) last from ``configs/taco/demo.py``."""
     path = Path(config_file.partition(":")[0])
     shipped = CONFIGS_DIR / path.parent.name
-    files = [(f, ()) for f in (shipped / "demo.py", *sorted(shipped.glob("*.py")), path)]
-    files.append((TACO_DEMO, SHARED_SECTIONS))  # only these sections from the fallback
+    sources = [(f, ()) for f in (shipped / "demo.py", *sorted(shipped.glob("*.py")), path)]
+    sources.append((TACO_DEMO, SHARED_SECTIONS))  # only these sections from the fallback
     out: dict[str, str] = {}
-    for file, only in files:
+    for file, only in sources:
         if not file.is_file():
             continue
         pending: list[str] = []
@@ -443,7 +435,7 @@ def open_workdir(config: ml_collections.ConfigDict, workdir: str | os.PathLike) 
     if distributed.is_main():  # several processes share the workdir: process 0 writes
         workdir.mkdir(parents=True, exist_ok=True)
         if not (workdir / "config.json").exists():  # else the same config (checked above)
-            write_json(workdir / "config.json", resolved_config(config))
+            files.write_json(workdir / "config.json", resolved_config(config))
     distributed.barrier("workdir")
     return workdir
 
@@ -489,7 +481,7 @@ def environment() -> dict:
     return {"jax": jax.__version__, "backend": jax.default_backend(),
             "devices": [str(d) for d in jax.devices()], "machine": platform.machine(),
             "cpus": os.cpu_count(), "load_average": list(os.getloadavg()),
-            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            "peak_rss_mib": stages.peak_rss_mib()}
 
 
 def load_model(src: ModelSource, generalist_config: fit.FitConfig, *,
@@ -521,7 +513,7 @@ def load_task_data(config: ml_collections.ConfigDict, src: Source, workdir: Path
     for a flat one) are listed in ``workdir/task_files.json``."""
     task = src.task
     if task.dataset == source.IMAGE_FOLDER and distributed.is_main():
-        write_json(workdir / "task_files.json", folder.scan(task.data_dir).manifest())
+        files.write_json(workdir / "task_files.json", folder.scan(task.data_dir).manifest())
     embedded_dir = task.data_dir if task.dataset == source.EMBEDDED else None
     model, info = load_model(src.model, src.generalist, data_dir=embedded_dir,
                              cache_dir=config.cache_dir or None)

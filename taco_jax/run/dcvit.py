@@ -26,7 +26,7 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from taco_jax import stages
+from taco_jax import files, stages
 from taco_jax.data.task import calibration_batches
 from taco_jax.methods import dcvit
 from taco_jax.models import latency
@@ -150,7 +150,7 @@ def run_dcvit(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> 
     model, generalist, data = common.load_task_data(config, s.source, workdir)
     if config.mode == "sweep":
         prep = dcvit.prepare(model, data, s.dcvit)
-        common.write_json(workdir / "few_shot_ids.json", prep.ids.tolist())
+        files.write_json(workdir / "few_shot_ids.json", prep.ids.tolist())
         header = {"model": s.source.model.describe(), "generalist": generalist,
                   "task": {"classes": list(data.class_names), "shots": s.dcvit.shots,
                            "unlabeled_images": len(prep.ids),
@@ -162,7 +162,7 @@ def run_dcvit(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> 
     else:
         result = dcvit.compress(model, data, s.dcvit)
         ids = result.report["task"].pop("few_shot_ids")
-        common.write_json(workdir / "few_shot_ids.json", ids)
+        files.write_json(workdir / "few_shot_ids.json", ids)
         out = {"model": s.source.model.describe(), "generalist": generalist, **result.report}
         dcvit.save(workdir / "compressed", result.model)
         if result.masks:
@@ -170,7 +170,7 @@ def run_dcvit(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> 
                                 **{k: np.asarray(v) for k, v in result.masks.items()})
     out["seconds"]["total"] = time.perf_counter() - start
     out["environment"] = common.environment()
-    common.write_json(workdir / ("sweep.json" if config.mode == "sweep" else "report.json"), out)
+    files.write_json(workdir / ("sweep.json" if config.mode == "sweep" else "report.json"), out)
     return out
 
 

@@ -16,6 +16,7 @@ from absl import logging
 
 from taco_jax.data import folder, preprocess, source
 from taco_jax.export import specialist
+from taco_jax.files import replaced_atomically
 from taco_jax.run import common
 from taco_jax.train import fit
 
@@ -70,13 +71,10 @@ def predict_folder(workdir: str | os.PathLike, images: str | os.PathLike,
         prob = np.asarray(jax.nn.softmax(fit.predict_logits(model, x, normalize, batch_size)))
         for f, p in zip(chunk, prob, strict=True):
             rows.append((str(f), meta["labels"][int(p.argmax())], f"{float(p.max()):.6f}"))
-    out_csv = Path(out_csv)
-    tmp = out_csv.with_name(f".{out_csv.name}.tmp")
-    with tmp.open("w", newline="") as fh:
+    with replaced_atomically(out_csv) as tmp, tmp.open("w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(("path", "class", "probability"))
         writer.writerows(rows)
-    os.replace(tmp, out_csv)
     logging.info("wrote %d predictions to %s", len(rows), out_csv)
     return len(rows)
 

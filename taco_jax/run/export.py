@@ -16,6 +16,7 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
+from taco_jax import files
 from taco_jax.data import preprocess
 from taco_jax.export import onnx, safetensors, specialist
 from taco_jax.run import common
@@ -78,9 +79,7 @@ def export_safetensors_checked(model: nnx.Module, out: Path, record: dict[str, A
                                sample: np.ndarray) -> dict[str, Any]:
     """``export.safetensors.export_safetensors``, then the file read back: its model's logits on
     ``sample`` must equal the specialist's exactly, else the file is removed (ValueError)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.check-{os.getpid()}")
-    try:
+    with files.replaced_atomically(out) as tmp:
         result = safetensors.export_safetensors(model, tmp, record)
         rebuilt, _ = safetensors.load_safetensors(tmp)
         err = onnx.relative_error(onnx.jax_logits(rebuilt, sample),
@@ -88,8 +87,4 @@ def export_safetensors_checked(model: nnx.Module, out: Path, record: dict[str, A
         if err != 0:
             raise ValueError(f"safetensors check failed: the model read back differs from the "
                              f"specialist by {err:.3g} (max |Δ| / max |logit|), expected 0")
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return {**result, "path": str(out), "parity_max_rel_error": err}

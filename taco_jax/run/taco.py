@@ -11,7 +11,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from taco_jax import checkpoint, distributed, export
+from taco_jax import checkpoint, distributed, export, files
 from taco_jax.data import pool
 from taco_jax.methods import taco
 from taco_jax.models import paths
@@ -147,7 +147,7 @@ def run_taco(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> d
     checkpoint.save_state(workdir / "compressed", result.model)  # every process takes part
     if not distributed.is_main():
         return report
-    common.write_json(workdir / "few_shot_ids.json", report["task"]["few_shot_ids"])
+    files.write_json(workdir / "few_shot_ids.json", report["task"]["few_shot_ids"])
     np.savez_compressed(workdir / "masks.npz", **{k: np.asarray(v)
                                                   for k, v in result.masks.items()})
     if result.masks:
@@ -166,7 +166,7 @@ def run_taco(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> d
                                  if isinstance(b, dict)}}
     if plots.speed_accuracy_plot(report, labels, workdir / "summary.png"):
         report["plot"] = "summary.png"
-    common.write_json(workdir / "report.json", report)
+    files.write_json(workdir / "report.json", report)
     _log_summary(report)
     return report
 

@@ -11,7 +11,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from taco_jax import checkpoint
+from taco_jax import checkpoint, files
 from taco_jax.data import pool, source
 from taco_jax.data.task import Task
 from taco_jax.methods import transfer
@@ -80,8 +80,8 @@ def run_transfer(config: ml_collections.ConfigDict, workdir: str | os.PathLike) 
     report["generalist"] = model_info
     report["environment"] = common.environment()
     report["seconds"]["total"] = time.perf_counter() - start
-    common.write_json(workdir / "few_shot_ids.json", report["task"]["few_shot_ids"])
-    common.write_json(workdir / "transfer_ids.json", {"set": cfg.transfer_set,
+    files.write_json(workdir / "few_shot_ids.json", report["task"]["few_shot_ids"])
+    files.write_json(workdir / "transfer_ids.json", {"set": cfg.transfer_set,
                                                      "ids": transfer_ids.tolist()})
     if not (workdir / "student").exists():
         checkpoint.save_state(workdir / "student", result.model)
@@ -90,7 +90,7 @@ def run_transfer(config: ml_collections.ConfigDict, workdir: str | os.PathLike) 
                                       overrides_json=json.dumps(dict(config.student_overrides))))
     report["specialist"] = common.write_specialist(workdir, result.model, student_src,
                                                    data.class_names, "transfer")
-    common.write_json(workdir / "report.json", report)
+    files.write_json(workdir / "report.json", report)
     _log_summary(report)
     return report
 
