@@ -12,7 +12,6 @@ run (the best of a Gram product and a forward-shaped product).
 from __future__ import annotations
 
 import argparse
-import resource
 import time
 
 import jax
@@ -30,6 +29,7 @@ from taco_jax.prune.allocate import positions_per_image
 from taco_jax.prune.hessian import input_dim
 from taco_jax.prune.layout import groups
 from taco_jax.prune.sequential import PruneConfig, default_layers, forward_groups, prune_model
+from taco_jax.stages import peak_rss_mib
 
 
 def floor_macs(model, image: np.ndarray, config: PruneConfig) -> tuple[int, int]:
@@ -86,7 +86,7 @@ def main() -> None:
     total = time.perf_counter() - t0
     hess = sum(s.hessian_seconds for s in res.stats)
     solve = sum(s.seconds - s.hessian_seconds for s in res.stats)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    peak = peak_rss_mib() / 1024
     floor = (fwd_macs + hess_macs) * args.images / rate
     print(f"{args.model} {args.pattern} {args.sparsity} images={args.images} "
           f"layers={len(res.stats)} jax={jax.__version__}")

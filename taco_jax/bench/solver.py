@@ -13,7 +13,6 @@ XLA plans per device (arguments + outputs + temporaries of the compiled solve):
 from __future__ import annotations
 
 import argparse
-import resource
 import statistics
 import time
 
@@ -23,6 +22,7 @@ import numpy as np
 from taco_jax.distributed import device_mesh
 from taco_jax.prune.patterns import parse_pattern
 from taco_jax.prune.solver import _prune_core, _sharded_core, prune_counts, prune_layer
+from taco_jax.stages import peak_rss_mib
 
 SHAPES = {  # (d_out, d_in) of W
     "vit_b16.attn.qkv-like 768x768": (768, 768),
@@ -103,7 +103,7 @@ def main() -> None:
                 pattern = "structured9"  # a 3x3 conv's input channel = 9 columns
             c, r = time_one(W, H, pattern, args.sparsity, args.method, args.repeats)
             print(f"{name:40s} {pattern:12s} {c:10.2f} {r:15.3f}", flush=True)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    peak = peak_rss_mib() / 1024
     print(f"peak host RSS: {peak:.2f} GiB")
 
 
