@@ -18,7 +18,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import jax
 import numpy as np
 from absl import logging
 from flax import nnx
@@ -80,12 +79,10 @@ class StageStore:
         return None if self.root is None else self.root / f"{stage}.partial"
 
     def run(self, stage: str, title: str, model: nnx.Module | None,
-            work: Callable[[], tuple[dict | None, dict]], *, drop_programs: bool = False
-            ) -> tuple[dict | None, dict]:
+            work: Callable[[], tuple[dict | None, dict]]) -> tuple[dict | None, dict]:
         """Run ``work`` (trains ``model`` in place; returns masks, info) as a checkpointed stage
         under a banner, or restore it into ``model`` if it is done. ``info["seconds"]`` is the
-        stage's wall time when it ran. ``drop_programs``: clear JAX's compiled programs at the
-        end, for a stage whose programs no later stage runs (a prune's solves)."""
+        stage's wall time when it ran."""
         logging.info("=" * 20 + " %s " + "=" * 20, title)
         start = time.perf_counter()
         if self.done(stage):
@@ -97,8 +94,6 @@ class StageStore:
         rss = _rss_mib()
         masks, info = work()
         info["seconds"] = time.perf_counter() - start
-        if drop_programs:
-            jax.clear_caches()
         release_freed_memory()
         memory = {"start": rss, "end": _rss_mib(), "peak_so_far": peak_rss_mib()}
         info["memory_mib"] = self.memory[stage] = memory

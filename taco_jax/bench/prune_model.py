@@ -69,14 +69,16 @@ def main() -> None:
     ap.add_argument("--model", default="vit_small_patch16_224", help="a zoo model name")
     ap.add_argument("--images", type=int, default=32, help="calibration images")
     ap.add_argument("--batch", type=int, default=16, help="images per calibration batch")
-    ap.add_argument("--size", type=int, default=224, help="image side in pixels")
+    ap.add_argument("--size", type=int, default=0,
+                    help="image side in pixels (0: the model's input size)")
     ap.add_argument("--pattern", default="unstructured", help="sparsity pattern")
     ap.add_argument("--sparsity", type=float, default=0.9, help="share of weights removed")
     args = ap.parse_args()
     logging.set_verbosity(logging.WARNING)
     model = registry.create(args.model, num_classes=1000)
+    size, channels = args.size or model.preprocess.input_size, len(model.preprocess.mean)
     rng = np.random.default_rng(0)
-    batches = [rng.normal(size=(min(args.batch, args.images - i), args.size, args.size, 3))
+    batches = [rng.normal(size=(min(args.batch, args.images - i), size, size, channels))
                .astype(np.float32) for i in range(0, args.images, args.batch)]
     config = PruneConfig(pattern=args.pattern, sparsity=args.sparsity)
     fwd_macs, hess_macs = floor_macs(model, batches[0][:1], config)

@@ -35,7 +35,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16, help="images per step")
     ap.add_argument("--microbatch", type=int, default=0,
                     help="rows per forward/backward pass (0 = the whole batch)")
-    ap.add_argument("--size", type=int, default=224, help="image side in pixels")
+    ap.add_argument("--size", type=int, default=0,
+                    help="image side in pixels (0: the model's input size)")
     ap.add_argument("--sparsity", type=float, default=0.9, help="share of weights masked")
     ap.add_argument("--steps", type=int, default=5, help="timed steps (after one warm-up)")
     args = ap.parse_args()
@@ -46,7 +47,8 @@ def main() -> None:
     masks = {n: rng.random(get_layer(student, n).kernel.get_value().shape) >= args.sparsity
              for n in body_layers(student)}
     apply_masks(student, masks)
-    images = rng.integers(0, 256, (4 * args.batch, args.size, args.size, 3), dtype=np.uint8)
+    size, channels = args.size or teacher.preprocess.input_size, len(teacher.preprocess.mean)
+    images = rng.integers(0, 256, (4 * args.batch, size, size, channels), dtype=np.uint8)
     labels = rng.integers(0, 10, len(images))
     config = fit.FitConfig(steps=args.steps + 1, batch_size=args.batch, learning_rate=1e-4,
                            kd_weight=1.0, log_every=1, microbatch=args.microbatch)
@@ -55,7 +57,7 @@ def main() -> None:
                       constrain=lambda m: apply_masks(m, masks))
     seconds = np.diff([0.0] + [h["seconds"] for h in history])[1:]  # the first compiles
     step = statistics.median(seconds)
-    macs = 4 * forward_macs(teacher, (args.batch, args.size, args.size, 3))
+    macs = 4 * forward_macs(teacher, (args.batch, size, size, channels))
     floor = macs / gemm_rate()
     peak = peak_rss_mib() / 1024
     print(f"{args.model} batch {args.batch} microbatch {args.microbatch or args.batch} "

@@ -288,7 +288,7 @@ def _prune_and_recover(teacher, calib_x, calib_y, data, config, method, allocati
         rule = prune_config.resolved_allocation
         masks, pruned = store.run(name, f"{tag}: prune ({method}, {prune_config.pattern}"
                                f"{level}, {rule} levels) on {len(solver_x)} {what} images",
-                               student, prune, drop_programs=True)
+                               student, prune)
 
         def recover(masks=masks, recover_config=recover_config, step=step):
             fit.fit(student, calib_x, calib_y, recover_config, data.preprocess, teacher=teacher,
