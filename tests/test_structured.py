@@ -38,10 +38,11 @@ class _Matmul(nnx.Module):
 
 def test_speedups_times_candidates_against_one_interleaved_reference():
     x = jnp.ones((256, 8, 8, 1))
-    big, small = _Matmul(1024), _Matmul(64)
+    big, small = _Matmul(2048), _Matmul(64)
     out = speedups(big, {"small": small, "itself": big}, x, min_rounds=5, max_rounds=5)
     assert out["batch"] == 256 and out["rounds"] == 5
-    # 256x fewer MACs: far faster whatever the load; the same model: within noise of 1.
+    # 1024x fewer MACs (1 GMAC, some ms, vs a call's overhead): far faster whatever the load
+    # (at d = 1024, 4.3x with a spread from 1.7 under load); the same model: within noise of 1.
     assert out["small"]["speedup"] > 4 and out["small"]["spread"][0] > 2
     assert 0.5 < out["itself"]["speedup"] < 2
     lo, hi = out["itself"]["spread"]
