@@ -23,6 +23,7 @@ from jax import lax
 import taco_jax.models.resnet  # registers the zoo
 import taco_jax.models.vit  # noqa: F401
 from taco_jax.models import registry
+from taco_jax.models.latency import timed_rounds
 from taco_jax.models.paths import get_layer
 from taco_jax.models.stats import forward_macs
 from taco_jax.prune.allocate import positions_per_image
@@ -54,12 +55,8 @@ def gemm_rate(repeats: int = 5) -> float:
     fwd = jax.jit(lambda x, w: x[:, :384] @ w)
     best = 0.0
     for fn, args, macs in ((gram, (x,), 3152 * 1536**2), (fwd, (x, w), 3152 * 384 * 1536)):
-        jax.block_until_ready(fn(*args))
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            jax.block_until_ready(fn(*args))
-            times.append(time.perf_counter() - t0)
+        [times] = timed_rounds([lambda fn=fn, args=args: jax.block_until_ready(fn(*args))],
+                               warmup=1, min_rounds=repeats, max_rounds=repeats)
         best = max(best, macs / min(times))
     return best
 
