@@ -286,3 +286,17 @@ def test_library_defaults_are_the_shipped_demo_configs():
     assert dcvit_run.parse(load("configs/dcvit/demo.py")).dcvit == dcvit.DcvitConfig()
     transfer_config, _, _ = transfer_run.parse(load("configs/transfer/demo.py"))
     assert transfer_config == transfer.TransferConfig()
+
+
+def test_name_lists_take_commas_and_empty_on_the_command_line():
+    for text, expected in [("", ()), ("magnitude", ("magnitude",)),
+                           ("magnitude,task_agnostic", ("magnitude", "task_agnostic")),
+                           ("('magnitude',)", ("magnitude",))]:
+        taco_config, _ = taco_run.parse(load("configs/taco/demo.py",
+                                             f"--config.baselines={text}"))
+        assert taco_config.baselines == expected, text
+    cfg, _, _ = transfer_run.parse(load("configs/transfer/demo.py",
+                                        "--config.baselines=task_agnostic,random_pool"))
+    assert cfg.baselines == ("task_agnostic", "random_pool")  # was split into characters
+    with pytest.raises(ValueError, match=r"unknown baselines \['magnitud'\]"):
+        taco_run.parse(load("configs/taco/demo.py", "--config.baselines=magnitud"))

@@ -41,6 +41,15 @@ def generalist_steps(model: str, steps: int) -> int:
     return generalist.recipe(model, steps).steps
 
 
+def names(value) -> tuple[str, ...]:
+    """A config field that lists names, as a tuple: a tuple or list as it is, a string split at
+    commas (``""`` is none, ``"a,b"`` two; ml_collections hands a tuple field's ``a,b`` over
+    as ``("a,b",)``), so ``--config.baselines=magnitude,task_agnostic``
+    and ``--config.baselines=`` both mean what they say on the command line."""
+    items = [value] if isinstance(value, str) else list(value)  # a tuple field wraps "a,b"
+    return tuple(n.strip() for item in items for n in str(item).split(",") if n.strip())
+
+
 def fit_config(c: ml_collections.ConfigDict, seed: int, **replace) -> fit.FitConfig:
     """``c`` as a FitConfig seeded with ``seed`` unless ``c`` sets its own ``seed``; the fields
     of ``replace`` (resolved values, e.g. ``steps``) take the place of ``c``'s."""

@@ -44,10 +44,8 @@ def _schedule(value) -> tuple[float, ...] | str:
 
 
 def _baselines(value) -> tuple[str, ...] | str:
-    """``config.baselines`` as TacoConfig takes it: "auto" or a tuple (one name: a tuple of one)."""
-    if isinstance(value, str) and value != "auto":
-        return (value,)
-    return value if isinstance(value, str) else tuple(value)
+    """``config.baselines`` as TacoConfig takes it: "auto" or a tuple of names."""
+    return value if value == "auto" else common.names(value)
 
 
 def parse(config: ml_collections.ConfigDict) -> tuple[taco.TacoConfig, common.Source]:

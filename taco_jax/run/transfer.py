@@ -39,7 +39,7 @@ def parse(config: ml_collections.ConfigDict
         teacher_finetune=finetune_teacher,
         distill=fit.FitConfig(seed=config.seed, **config.distill.to_dict()),
         finetune=fit.FitConfig(seed=config.seed, **config.finetune.to_dict()),
-        baselines=tuple(config.baselines), latency_batch=config.latency_batch,
+        baselines=common.names(config.baselines), latency_batch=config.latency_batch,
         adapt=config.adapt)
     return cfg, src, pool
 
