@@ -6,14 +6,9 @@ Each record has the stage's wall time and resident memory (start, end, process p
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import gc
 import json
 import os
-import resource
 import shutil
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,7 +17,7 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from taco_jax import checkpoint, distributed, files
+from taco_jax import checkpoint, distributed, files, memory
 
 _INFO = "info.json"
 
@@ -91,16 +86,16 @@ class StageStore:
             if "memory_mib" in info:
                 self.memory[stage] = info["memory_mib"]
             return masks, info
-        rss = _rss_mib()
+        rss = memory.rss_mib()
         masks, info = work()
         info["seconds"] = time.perf_counter() - start
-        release_freed_memory()
-        memory = {"start": rss, "end": _rss_mib(), "peak_so_far": peak_rss_mib()}
-        info["memory_mib"] = self.memory[stage] = memory
+        memory.end_of_stage()
+        used = {"start": rss, "end": memory.rss_mib(), "peak_so_far": memory.peak_rss_mib()}
+        info["memory_mib"] = self.memory[stage] = used
         logging.info("stage %s: %.0f s; resident memory %s -> %s MiB, process peak so far "
                      "%.0f MiB", stage, info["seconds"], *(
-                         "?" if memory[k] is None else f"{memory[k]:.0f}"
-                         for k in ("start", "end")), memory["peak_so_far"])
+                         "?" if used[k] is None else f"{used[k]:.0f}"
+                         for k in ("start", "end")), used["peak_so_far"])
         self.save(stage, model, masks, info)
         self._drop_scratch(stage)
         return masks, info
@@ -110,30 +105,3 @@ class StageStore:
         scratch = self.path(stage)
         if scratch is not None and scratch.exists() and distributed.is_main():
             shutil.rmtree(scratch, ignore_errors=True)
-
-
-def release_freed_memory() -> None:
-    """Give memory freed by a stage back to the system (glibc's ``malloc_trim``; elsewhere a
-    no-op). XLA's CPU threads free into many malloc arenas that later stages do not reuse: after
-    a ResNet-50 prune stage the process held 3.7 GiB resident for 0.3 GiB of live arrays, 1.2
-    GiB after the trim (BUILD_NOTES)."""
-    gc.collect()
-    if not sys.platform.startswith("linux"):
-        return
-    with contextlib.suppress(OSError, AttributeError):  # not glibc (e.g. musl): nothing
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-
-def _rss_mib() -> float | None:
-    """This process's resident memory now (MiB; Linux's /proc, else None)."""
-    try:
-        pages = int(Path("/proc/self/statm").read_text().split()[1])
-    except (OSError, IndexError, ValueError):
-        return None
-    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def peak_rss_mib() -> float:
-    """This process's peak resident memory so far (MiB)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS

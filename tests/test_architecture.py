@@ -13,7 +13,8 @@ import pathlib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 LAYERS = (
-    {"distributed", "checkpoint", "config_variants", "files", "models", "convert", "kernels"},
+    {"distributed", "checkpoint", "config_variants", "files", "memory", "models", "convert",
+     "kernels"},
     {"train"},
     {"data"},
     {"prune"},

@@ -22,6 +22,7 @@ from jax import lax
 
 import taco_jax.models.resnet  # registers the zoo
 import taco_jax.models.vit  # noqa: F401
+from taco_jax.memory import peak_rss_mib
 from taco_jax.models import registry
 from taco_jax.models.latency import timed_rounds
 from taco_jax.models.paths import get_layer
@@ -29,8 +30,8 @@ from taco_jax.models.stats import forward_macs
 from taco_jax.prune.allocate import positions_per_image
 from taco_jax.prune.hessian import input_dim
 from taco_jax.prune.layout import groups
-from taco_jax.prune.sequential import PruneConfig, default_layers, forward_groups, prune_model
-from taco_jax.stages import peak_rss_mib
+from taco_jax.prune.segments import forward_groups
+from taco_jax.prune.sequential import PruneConfig, default_layers, prune_model
 
 
 def floor_macs(model, image: np.ndarray, config: PruneConfig) -> tuple[int, int]:

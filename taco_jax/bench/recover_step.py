@@ -21,11 +21,11 @@ from flax import nnx
 import taco_jax.models.resnet  # registers the zoo
 import taco_jax.models.vit  # noqa: F401
 from taco_jax.bench.prune_model import gemm_rate
+from taco_jax.memory import peak_rss_mib
 from taco_jax.models import registry
 from taco_jax.models.paths import body_layers, get_layer
 from taco_jax.models.stats import forward_macs
 from taco_jax.prune.sequential import apply_masks
-from taco_jax.stages import peak_rss_mib
 from taco_jax.train import fit
 
 

@@ -20,9 +20,9 @@ import jax
 import numpy as np
 
 from taco_jax.distributed import device_mesh
+from taco_jax.memory import peak_rss_mib
 from taco_jax.prune.patterns import parse_pattern
 from taco_jax.prune.solver import _prune_core, _sharded_core, prune_counts, prune_layer
-from taco_jax.stages import peak_rss_mib
 
 SHAPES = {  # (d_out, d_in) of W
     "vit_b16.attn.qkv-like 768x768": (768, 768),

@@ -23,7 +23,7 @@ from absl import app, flags, logging
 from flax import nnx
 from ml_collections import config_flags
 
-from taco_jax import convert, distributed, files, generalist, models, stages
+from taco_jax import convert, distributed, files, generalist, memory, models
 from taco_jax.data import embedded, folder, pool, source, subtasks
 from taco_jax.data.task import Task, TaskData
 from taco_jax.export import specialist
@@ -275,8 +275,11 @@ def resolve_config_argv(argv: list[str]) -> list[str]:
 
 def run_launcher(main: Callable[[list[str]], None]) -> None:
     """Run a launcher's absl ``main`` (``distributed.run``) with ``--config`` names resolved
-    (``resolve_config_argv``)."""
+    (``resolve_config_argv``), in a process set up to free each stage's memory
+    (``memory.configure_process``; compiled programs cached under the cache root,
+    ``$TACO_JAX_CACHE`` or ~/.cache/taco_jax)."""
     sys.argv[:] = resolve_config_argv(sys.argv)
+    memory.configure_process(generalist.default_cache_dir())
     distributed.run(main)
 
 
@@ -490,7 +493,7 @@ def environment() -> dict:
     return {"jax": jax.__version__, "backend": jax.default_backend(),
             "devices": [str(d) for d in jax.devices()], "machine": platform.machine(),
             "cpus": os.cpu_count(), "load_average": list(os.getloadavg()),
-            "peak_rss_mib": stages.peak_rss_mib()}
+            "peak_rss_mib": memory.peak_rss_mib()}
 
 
 def load_model(src: ModelSource, generalist_config: fit.FitConfig, *,
