@@ -5,7 +5,7 @@ import pytest
 from flax import nnx
 
 from taco_jax.models import create, get_layer
-from taco_jax.prune import sequential
+from taco_jax.prune import segments, sequential
 from taco_jax.prune.sequential import PruneConfig, prune_model
 
 
@@ -51,8 +51,8 @@ def test_each_segment_runs_once_per_batch(monkeypatch):
     xs = _batches(n=3)
     model = create("vit_mini", num_classes=4)
     advances, hessian_segments, moving = [], [], []
-    real_fwd, real_collect = sequential._jit_segment_forward, sequential.collect_hessians
-    real_module = sequential.segment_module
+    real_fwd, real_collect = segments._jit_segment_forward, sequential.collect_hessians
+    real_module = segments.segment_module
 
     def module(model, segment):  # the cache's own lookups: which segment it moves through
         moving.append(segment)
@@ -66,9 +66,9 @@ def test_each_segment_runs_once_per_batch(monkeypatch):
         hessian_segments.append(segment)
         return real_collect(*a, segment=segment, **k)
 
-    monkeypatch.setattr(sequential, "_jit_segment_forward", fwd)
+    monkeypatch.setattr(segments, "_jit_segment_forward", fwd)
     monkeypatch.setattr(sequential, "collect_hessians", collect)
-    monkeypatch.setattr(sequential, "segment_module", module)
+    monkeypatch.setattr(segments, "segment_module", module)
     res = prune_model(model, xs, PruneConfig(sparsity=0.5, blocksize=32))
     n_blocks = len(model.blocks)
     # segments: 0 embed (patch conv), then per block b its attention half 2b + 1 (qkv, proj)

@@ -12,7 +12,8 @@ from taco_jax.models.shrink import infer_pairs, shrink_pair
 from taco_jax.prune import sequential
 from taco_jax.prune.hessian import collect_hessians
 from taco_jax.prune.layout import layer_inputs, layer_matrix
-from taco_jax.prune.sequential import PruneConfig, apply_masks, forward_groups, prune_model
+from taco_jax.prune.segments import forward_groups
+from taco_jax.prune.sequential import PruneConfig, apply_masks, prune_model
 from taco_jax.prune.solver import prune_layer
 
 

@@ -11,7 +11,8 @@ from taco_jax.models.paths import get_layer, set_layer
 from taco_jax.prune import sequential
 from taco_jax.prune.hessian import Probe, collect_paired
 from taco_jax.prune.layout import layer_inputs, layer_matrix
-from taco_jax.prune.sequential import PruneConfig, forward_groups, prune_model
+from taco_jax.prune.segments import forward_groups
+from taco_jax.prune.sequential import PruneConfig, prune_model
 from taco_jax.prune.solver import prune_layer
 from taco_jax.prune.targets import dense_target
 

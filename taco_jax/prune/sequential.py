@@ -5,12 +5,12 @@ groups layers that read the same input with the same unfolding (q/k/v, a block's
 they share one Hessian, then for each group: collect its Hessian over all ``batches`` through the
 already-pruned model, solve every layer of the group, write the weights back, checkpoint.
 
-Block-input caching: a model with ``segments()`` (every zoo family: stem, blocks — ViT half
-blocks —, head: their composition is the forward pass) has the calibration inputs of its current
-segment cached, so a group's Hessian costs one pass through its own segment, and the cache moves
-on through each pruned segment once. Calibration cost is linear in depth; memory is one segment
-input for all images (e.g. 1,000 ViT-S/16 images: 1000·197·384 floats = 0.3 GB). A segment is
-jitted over its own module (``hessian.segment_module``), so alike blocks share one program. A
+Block-input caching (``segments.InputCache``): a model with ``segments()`` (every zoo family: stem,
+blocks — ViT half blocks —, head: their composition is the forward pass) has the calibration inputs
+of its current segment cached, so a group's Hessian costs one pass through its own segment, and the
+cache moves on through each pruned segment once. Calibration cost is linear in depth; memory is one
+segment input for all images (e.g. 1,000 ViT-S/16 images: 1000·197·384 floats = 0.3 GB). A segment
+is jitted over its own module (``hessian.segment_module``), so alike blocks share one program. A
 model without ``segments()`` is one segment (each group then reruns the forward pass).
 
 ``PruneConfig(targets="dense")``: each layer is solved toward the reference (dense) model's
@@ -34,22 +34,18 @@ from absl import logging
 from flax import nnx
 from tqdm.auto import tqdm
 
-from taco_jax import distributed
+from taco_jax import distributed, memory
 from taco_jax.models.paths import (
     body_layers,
     get_layer,
     named_layers,
     resolve_stem,
-    set_layer,
 )
 from taco_jax.models.shrink import ShrinkPair, infer_pairs, shrink_pair
 from taco_jax.prune import checkpoint as ckpt
 from taco_jax.prune.hessian import (
-    Probe,
     collect_hessians,
     collect_paired,
-    segment_module,
-    segments_of,
 )
 from taco_jax.prune.layout import groups, kernel_from_matrix, layer_matrix, weight_matrix
 from taco_jax.prune.patterns import (
@@ -62,6 +58,7 @@ from taco_jax.prune.patterns import (
 )
 from taco_jax.prune.refit import refit_groups
 from taco_jax.prune.result import LayerStats, PruneResult
+from taco_jax.prune.segments import InputCache, forward_groups
 from taco_jax.prune.solver import METHODS, check_finite, choose_method, prune_layer
 from taco_jax.prune.targets import dense_target
 
@@ -153,104 +150,10 @@ class PruneConfig:
         return "uniform" if isinstance(parse_pattern(self.pattern), NM) else "global"
 
 
-# ----------------------------------------------------------------------------- forward order
-
-
-def _geometry(layer) -> tuple:
-    if isinstance(layer, nnx.Linear):
-        return ("linear", layer.in_features)
-    return ("conv", tuple(layer.kernel_size), str(layer.strides), str(layer.padding),
-            str(layer.kernel_dilation), layer.feature_group_count, layer.in_features)
-
-
-def forward_groups(model: nnx.Module, x: jax.Array, names: Sequence[str]
-                   ) -> list[tuple[int, list[str]]]:
-    """(segment index, names) in call order: one group per (input array, unfolding geometry).
-
-    Identity, not value: two blocks that happen to compute equal values (e.g. residual blocks at
-    a zero-initialised BatchNorm) must stay separate; q/k/v get the very same array object.
-    """
-    calls: list[tuple[int, str, jax.Array]] = []  # holds the arrays, so no id is reused
-    layers = {n: get_layer(model, n) for n in names}
-    segment = [0]
-    for n, layer in layers.items():
-        set_layer(model, n, Probe(layer, lambda v, n=n: calls.append((segment[0], n, v))))
-    try:
-        y = jnp.asarray(x, jnp.float32)
-        for i, fn in enumerate(segments_of(model)):
-            segment[0] = i
-            y = fn(y)
-    finally:
-        for n, layer in layers.items():
-            set_layer(model, n, layer)
-    out: list[tuple[int, list[str]]] = []
-    keys: list[tuple] = []
-    seen = set()
-    for si, n, v in calls:
-        if n in seen:
-            continue
-        seen.add(n)
-        key = _geometry(layers[n])
-        for i, (k, ref) in enumerate(keys):
-            if k == key and ref is v:
-                out[i][1].append(n)
-                break
-        else:
-            keys.append((key, v))
-            out.append((si, [n]))
-    missing = set(names) - seen
-    if missing:
-        logging.warning("prune: layers never called in the forward pass, left dense: %s",
-                        sorted(missing))
-    return out
-
-
-def _segment_forward(graphdef, state, x, fn):
-    return fn(nnx.merge(graphdef, state), x)
-
-
-_jit_segment_forward = jax.jit(_segment_forward, static_argnums=(0, 3))
-
-
-class _InputCache:
-    """Calibration inputs of segment ``index``, computed from the images through the (pruned)
-    segments before it; ``at(i)`` moves forward, each segment run once per image.
-
-    ``mesh`` (this process's devices): each batch whose size divides evenly is split over
-    them, so the cache and its forward passes are data parallel."""
-
-    def __init__(self, model: nnx.Module, batches: Sequence, mesh=None):
-        self.model = model
-        self.mesh = mesh
-        self.index = 0
-        self.inputs = [_spread(jnp.asarray(b, jnp.float32), mesh) for b in batches]
-
-    def at(self, segment: int) -> list[jax.Array]:
-        if segment < self.index:
-            raise ValueError(f"input cache is at segment {self.index}, cannot go back to "
-                             f"{segment}")
-        while self.index < segment:
-            module, fn = segment_module(self.model, self.index)
-            graphdef, state = nnx.split(module)
-            if self.mesh is not None:
-                state = distributed.replicated(state, self.mesh)
-            self.inputs = [_jit_segment_forward(graphdef, state, x, fn) for x in self.inputs]
-            self.index += 1
-        return self.inputs
-
-
 def _uncommitted(x: jax.Array) -> jax.Array:
     """``x`` via the host: on the default device, free to join any jitted computation."""
     return jnp.asarray(distributed.to_host(x))
 
-
-def _spread(x: jax.Array, mesh) -> jax.Array:
-    if mesh is None or x.shape[0] % mesh.devices.size:
-        return x
-    from jax.sharding import NamedSharding
-    from jax.sharding import PartitionSpec as P
-
-    return jax.device_put(x, NamedSharding(mesh, P(mesh.axis_names[0])))
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -420,10 +323,11 @@ def prune_model(model: nnx.Module, batches: Sequence, config: PruneConfig, *,
 
     sizes = [len(g) for _, g in order]
     bar = tqdm(total=sum(sizes), initial=sum(sizes[:start]), desc="prune", unit="layer")
-    cache = _InputCache(model, batches, distributed.local_mesh(mesh))
+    cache = InputCache(model, batches, distributed.local_mesh(mesh))
+    budget = memory.ProgramBudget()
     if config.targets == "dense":
         reference.eval()
-        ref_cache = _InputCache(reference, batches, distributed.local_mesh(mesh))
+        ref_cache = InputCache(reference, batches, distributed.local_mesh(mesh))
     for gi in range(start, len(order)):
         segment, group = order[gi]
         todo = []
@@ -464,6 +368,7 @@ def prune_model(model: nnx.Module, batches: Sequence, config: PruneConfig, *,
                 bar.update(len(todo))
         if checkpoint_dir is not None:
             ckpt.save(checkpoint_dir, gi + 1, model, result, config)
+        budget.check()
     bar.close()
     return result
 
