@@ -196,6 +196,21 @@ def test_batchnorm_reestimate_sets_the_calibration_statistics():
     assert net.bn.momentum == 0.99  # nnx default restored
 
 
+def test_batchnorm_reestimate_caps_big_images_to_equal_batches(monkeypatch):
+    from taco_jax.train import fit
+
+    monkeypatch.setattr(fit, "EVAL_PIXELS", 16 * 4)  # 16 images of 2x2: the cap binds
+    net = _Net(nnx.Rngs(0))
+    x = np.random.default_rng(1).normal(1.0, 2.0, size=(45, 2, 2, 6)).astype(np.float32)
+    batchnorm.reestimate(net, x, lambda v: v)  # asks for 256: capped to 16, evened to 3 x 15
+    h = x.astype(np.float64) @ np.asarray(net.fc.kernel.value, np.float64) + np.asarray(
+        net.fc.bias.value)
+    thirds = h.reshape(3, 15 * 2 * 2, 8)
+    np.testing.assert_allclose(np.asarray(net.bn.mean.value), thirds.mean(1).mean(0), rtol=1e-5,
+                               atol=1e-5)
+    np.testing.assert_allclose(np.asarray(net.bn.var.value), thirds.var(1).mean(0), rtol=1e-4)
+
+
 def test_mixup_blends_pairs_and_alpha_zero_is_identity():
     import jax
 
