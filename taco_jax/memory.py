@@ -5,9 +5,11 @@ A launcher runs a dozen stages in one process (prune, recover, baselines, latenc
 what a finished stage leaves behind is not its arrays (0.1–0.3 GiB live after a ResNet-50
 prune) but malloc's free-but-held pages and the compiled programs: each costs ~25 MiB resident
 while its code is ~100 KiB on disk, and a ResNet-50 prune compiles dozens (BUILD_NOTES, "Your
-own checkpoint"). ``configure_process`` sets malloc up to hand big buffers back as they are
-freed and keeps compiled programs in jax's on-disk cache, so ``end_of_stage`` can drop them
-from memory and a later stage reloads the few it needs in milliseconds instead of compiling.
+own checkpoint"). ``configure_process`` keeps compiled programs in jax's on-disk cache, so
+``end_of_stage`` can drop them from memory (and trim malloc's free pages) and a later stage
+reloads the few it needs instead of compiling them. glibc's mallopt was tried and is not set:
+a 16 MiB or 256 KiB mmap threshold made a ResNet-50 recovery step 18–44% slower (every
+activation freshly mapped and zeroed) for no lower peak once the step donates its buffers.
 """
 
 from __future__ import annotations
@@ -20,41 +22,29 @@ import sys
 from pathlib import Path
 
 import jax
+from absl import logging
 
-# glibc's mallopt parameters (malloc.h) and the values a launcher sets: buffers from 256 KiB up
-# get their own mapping, returned to the system when freed (glibc otherwise raises this
-# threshold to the largest buffer freed, up to 32 MiB, and keeps later ones in its heap), and
-# two arenas for XLA's threads (glibc's default, 8 per core, holds each arena's free pages).
-_M_MMAP_THRESHOLD, _M_ARENA_MAX = -3, -8
-MMAP_THRESHOLD = 256 * 1024
-ARENA_MAX = 2
 # The on-disk program cache's cap (bytes; jax evicts least recently used entries beyond it).
 PROGRAM_CACHE_BYTES = 2 * 2**30
 
 
 def _libc() -> ctypes.CDLL | None:
-    """glibc, or None elsewhere (macOS, musl): then the malloc calls here do nothing."""
+    """glibc, or None elsewhere (macOS, musl): then ``release_freed_memory`` only collects."""
     if not sys.platform.startswith("linux"):
         return None
     try:
         libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt, libc.malloc_trim  # noqa: B018 (glibc's, not musl's)
+        libc.malloc_trim  # noqa: B018 (glibc's, not musl's)
     except (OSError, AttributeError):
         return None
     return libc
 
 
 def configure_process(cache_dir: str | os.PathLike) -> None:
-    """Set up a launcher's process to hold no more memory than its current stage needs: malloc
-    returns big freed buffers (``MMAP_THRESHOLD``, ``ARENA_MAX``), and compiled programs go to
-    ``cache_dir/xla`` (jax's persistent compilation cache, every program however quick to
-    compile, capped at ``PROGRAM_CACHE_BYTES``) so ``end_of_stage`` may drop them. Measured on
-    the ResNet-50 run (BUILD_NOTES): the peak fell from 4.9 to 4.0 GiB with the malloc settings
-    alone. For launchers, which own their process; a library user's process is theirs."""
-    libc = _libc()
-    if libc is not None:
-        libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
-        libc.mallopt(_M_ARENA_MAX, ARENA_MAX)
+    """Set up a launcher's process to hold no more memory than its current stage needs: compiled
+    programs go to ``cache_dir/xla`` (jax's persistent compilation cache, every program however
+    quick to compile, capped at ``PROGRAM_CACHE_BYTES``) so ``end_of_stage`` may drop them (the
+    ResNet-50 run, BUILD_NOTES). For launchers, which own their process."""
     jax.config.update("jax_compilation_cache_dir", str(Path(cache_dir).expanduser() / "xla"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_compilation_cache_max_size", PROGRAM_CACHE_BYTES)
@@ -82,7 +72,7 @@ class ProgramBudget:
     where they can be reloaded (``configure_process``; otherwise it does nothing). The floor
     rises to what a drop leaves, so arrays the loop keeps never make it drop every step."""
 
-    def __init__(self, headroom_mib: float = 768.0):
+    def __init__(self, headroom_mib: float = 512.0):
         self.headroom_mib = headroom_mib
         self.floor = rss_mib()
         self.drops = 0
@@ -90,11 +80,15 @@ class ProgramBudget:
     def check(self) -> None:
         if self.floor is None or not programs_reloadable():
             return
-        if (rss_mib() or 0.0) <= self.floor + self.headroom_mib:
+        now = rss_mib() or 0.0
+        if now <= self.floor + self.headroom_mib:
             return
         end_of_stage()
         self.drops += 1
-        self.floor = max(self.floor, rss_mib() or 0.0)
+        after = rss_mib() or 0.0
+        self.floor = max(self.floor, after)
+        logging.info("memory: compiled programs dropped at %.0f MiB resident, now %.0f MiB "
+                     "(drop %d)", now, after, self.drops)
 
 
 def release_freed_memory() -> None:
