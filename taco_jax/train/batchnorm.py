@@ -46,7 +46,8 @@ def reestimate(model: nnx.Module, images: np.ndarray,
         return 0
     cap = fit.eval_batch_size(batch_size, images)
     if cap < min(batch_size, len(images)):  # capped: equal batches, often one program
-        batch_size = -(-len(images) // -(-len(images) // cap))
+        parts = -(-len(images) // cap)
+        batch_size = -(-len(images) // parts)
     momenta = [bn.momentum for bn in bns]
     sums = None
     weights = 0

@@ -191,7 +191,8 @@ def fit(
             constrain(model)
 
     # the step's gradients and the old weights and optimizer moments are dead once updated:
-    # donated, the update writes in place (a ResNet-50 holds 0.3 GB less at its peak)
+    # donated, the update writes in place (ResNet-50 step, bench.recover_step: peak 2.97 ->
+    # 2.56 GiB with the gradient sum's donation)
     update = nnx.jit(_update, donate_argnums=(0, 1, 2))
 
     def micro_step(model, optimizer, teacher, x, y, key):
