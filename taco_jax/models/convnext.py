@@ -16,6 +16,7 @@ import numpy as np
 from flax import nnx
 
 from taco_jax.models.layers import TRUNC_NORMAL, Mlp, drop_path, layer_norm
+from taco_jax.models.matmul_conv import conv_general_dilated
 from taco_jax.models.preprocess import PRESETS, Preprocess
 from taco_jax.models.registry import register
 
@@ -24,7 +25,8 @@ def _conv(cin: int, cout: int, k: int, *, stride: int = 1, groups: int = 1,
           rngs: nnx.Rngs) -> nnx.Conv:
     p = (k - stride) // 2  # 3 for the 7×7 depthwise conv, 0 for the patchify / downsample convs
     return nnx.Conv(cin, cout, (k, k), strides=stride, padding=((p, p), (p, p)),
-                    feature_group_count=groups, kernel_init=TRUNC_NORMAL, rngs=rngs)
+                    feature_group_count=groups, kernel_init=TRUNC_NORMAL,
+                    conv_general_dilated=conv_general_dilated, rngs=rngs)
 
 
 class Block(nnx.Module):

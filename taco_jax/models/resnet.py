@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from taco_jax.models.matmul_conv import conv_general_dilated
 from taco_jax.models.preprocess import PRESETS, Preprocess
 from taco_jax.models.registry import register
 
@@ -26,7 +27,7 @@ def conv2d(cin: int, cout: int, k: int, stride: int = 1, *, rngs: nnx.Rngs) -> n
     """Bias-free k×k conv with PyTorch's symmetric padding ``k // 2`` (not Flax's 'SAME')."""
     p = k // 2
     return nnx.Conv(cin, cout, (k, k), strides=stride, padding=((p, p), (p, p)), use_bias=False,
-                    kernel_init=_KAIMING, rngs=rngs)
+                    kernel_init=_KAIMING, conv_general_dilated=conv_general_dilated, rngs=rngs)
 
 
 def batch_norm(c: int, *, zero_init: bool = False, rngs: nnx.Rngs) -> nnx.BatchNorm:

@@ -27,6 +27,7 @@ from taco_jax.models.layers import (
     linear,
     residual_branch,
 )
+from taco_jax.models.matmul_conv import conv_general_dilated
 from taco_jax.models.preprocess import PRESETS, Preprocess
 from taco_jax.models.registry import register
 
@@ -36,7 +37,7 @@ class PatchEmbed(nnx.Module):
 
     def __init__(self, in_chans: int, dim: int, patch_size: int, *, rngs: nnx.Rngs):
         self.proj = nnx.Conv(in_chans, dim, (patch_size, patch_size), strides=patch_size,
-                             padding="VALID", rngs=rngs)
+                             padding="VALID", conv_general_dilated=conv_general_dilated, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x = self.proj(x)
