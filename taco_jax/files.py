@@ -13,6 +13,8 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
+
 
 @contextlib.contextmanager
 def replaced_atomically(path: str | os.PathLike) -> Iterator[Path]:
@@ -28,6 +30,13 @@ def replaced_atomically(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)  # nothing left there after a successful replace
+
+
+def write_npz(path: str | os.PathLike, arrays: dict, *, compressed: bool = True) -> None:
+    """``arrays`` (name -> array-like) as an ``.npz`` at ``path``, atomically."""
+    save = np.savez_compressed if compressed else np.savez
+    with replaced_atomically(path) as tmp:
+        save(tmp, **{k: np.asarray(v) for k, v in arrays.items()})
 
 
 def write_json(path: str | os.PathLike, obj, indent: int | None = 2) -> None:

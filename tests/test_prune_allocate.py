@@ -171,6 +171,11 @@ def test_unknown_error_measure_is_named():
         PruneConfig(allocation="outputs")
 
 
+def test_error_curves_without_batches_is_a_clear_error():
+    with pytest.raises(ValueError, match="at least one calibration batch"):
+        error_curves(TwoLayerMlp(nnx.Rngs(0)), [], ["fc1"], Unstructured(), (0.0,))
+
+
 def test_output_error_curves_leave_a_batchnorm_model_unchanged():
     """The output measure re-estimates BatchNorm statistics after each trial prune (as the
     pipeline does after pruning); weights and statistics are given back as they were."""

@@ -8,7 +8,6 @@ dense shapes and is saved as it is.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -60,9 +59,8 @@ def save_bsr(path: str | os.PathLike, weights: dict[str, BSR]) -> dict:
                          "blocks": int(b.data.shape[0]),
                          "block_density": b.data.shape[0] / max(n_blocks, 1)}
     path = Path(path)
-    with files.replaced_atomically(path) as tmp:
-        np.savez_compressed(tmp, **arrays)
-    path.with_suffix(".json").write_text(json.dumps(summary, indent=2))
+    files.write_npz(path, arrays)
+    files.write_json(path.with_suffix(".json"), summary)
     return summary
 
 

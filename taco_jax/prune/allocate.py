@@ -133,6 +133,9 @@ def error_curves(model, batches, names: Sequence[str], pattern, grid: Sequence[f
     """
     if measure not in MEASURES:
         raise ValueError(f"unknown error measure {measure!r}; allowed: {MEASURES}")
+    batches = list(batches)
+    if not batches:
+        raise ValueError("error_curves needs at least one calibration batch, got none")
     model.eval()
     reference = stats = images = None
     if measure == "output":
@@ -143,7 +146,7 @@ def error_curves(model, batches, names: Sequence[str], pattern, grid: Sequence[f
     solve = dict(blocksize=blocksize, percdamp=percdamp, method=method, mesh=mesh)
     # Segment by segment through the dense model: one group's Hessian alive at a time
     # (ResNet-50: 0.46 GiB for all 53 layers at once).
-    order = forward_groups(model, np.asarray(next(iter(batches)))[:2], names)
+    order = forward_groups(model, np.asarray(batches[0])[:2], names)
     cache = InputCache(model, batches, distributed.local_mesh(mesh))
     out = {n: np.zeros(len(grid)) for n in names}  # a layer never called costs nothing
     budget = memory.ProgramBudget()

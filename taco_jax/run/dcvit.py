@@ -166,8 +166,7 @@ def run_dcvit(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> 
         out = {"model": s.source.model.describe(), "generalist": generalist, **result.report}
         dcvit.save(workdir / "compressed", result.model)
         if result.masks:
-            np.savez_compressed(workdir / "masks.npz",
-                                **{k: np.asarray(v) for k, v in result.masks.items()})
+            files.write_npz(workdir / "masks.npz", result.masks)
     out["seconds"]["total"] = time.perf_counter() - start
     out["environment"] = common.environment()
     files.write_json(workdir / ("sweep.json" if config.mode == "sweep" else "report.json"), out)

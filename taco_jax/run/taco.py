@@ -146,8 +146,7 @@ def run_taco(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> d
     if not distributed.is_main():
         return report
     files.write_json(workdir / "few_shot_ids.json", report["task"]["few_shot_ids"])
-    np.savez_compressed(workdir / "masks.npz", **{k: np.asarray(v)
-                                                  for k, v in result.masks.items()})
+    files.write_npz(workdir / "masks.npz", result.masks)
     if result.masks:
         block = export.block_shape_for(str(taco_config.prune.pattern))
         (workdir / "export").mkdir(exist_ok=True)
