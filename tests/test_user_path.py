@@ -18,7 +18,7 @@ from configs.dcvit import demo as dcvit_demo
 from configs.taco import demo as taco_demo
 from configs.transfer import demo as transfer_demo
 from taco_jax import convert, models
-from taco_jax.data import folder, preprocess
+from taco_jax.data import folder, preprocess, subtasks
 from taco_jax.export import specialist
 from taco_jax.models import paths
 from taco_jax.models.preprocess import Preprocess
@@ -222,3 +222,65 @@ def test_family_configs_parse_for_a_checkpoint_of_their_family(family, arch, lea
         {"resnet50": "conv1", "convnext_t": "stem.0"}.get(family, "patch_embed.proj"): 0.0}
     full, _ = taco_run.parse(_user_config(module.get_config(), tmp_path / "ckpt", image_folder))
     assert full.recover.steps > taco_config.recover.steps and len(full.levels()) > 1
+
+
+def _small_taco(config, shots: int):
+    """The smallest TACO run: one level, a few recovery steps, no baselines or timing."""
+    config.shots, config.schedule, config.recover.steps = shots, (), 3
+    config.baselines, config.latency_batch = (), 0
+    return config
+
+
+def test_taco_on_an_imagenet_layout_folder_subtask_restricts_the_head_by_wnid(tmp_path):
+    """root/{train,val}/<wnid>/*, a built-in subtask naming its classes, an ImageNet-1k
+    checkpoint labelled by wnid: the head is restricted to the subtask's rows (TACO's method,
+    no probe), and only the subtask's folders are read."""
+    wnids = subtasks.imagenet_wnids()
+    fungi = subtasks.imagenet_subtask_info("fungi")
+    others = [w for w in wnids[:40] if w not in fungi["wnids"]][:2]
+    rng = np.random.default_rng(1)
+    for split, n in (("train", 3), ("val", 2)):
+        for c, wnid in enumerate([*fungi["wnids"], *others]):
+            (tmp_path / "imagenet" / split / wnid).mkdir(parents=True)
+            for i in range(n):
+                image = rng.integers(0, 255, (34 + i, 40, 3), dtype=np.uint8)
+                image[..., c % 3] //= 3
+                PIL.Image.fromarray(image).save(tmp_path / "imagenet" / split / wnid / f"{i}.png")
+    model = models.create("resnet_mini", num_classes=1000, rngs=nnx.Rngs(1), in_chans=3,
+                          img_size=32)
+    model.preprocess = RECIPE
+    ckpt = convert.save_checkpoint(model, convert.ModelSpec("resnet_mini", 1000,
+                                                            {"in_chans": 3, "img_size": 32}),
+                                   tmp_path / "ckpt", labels=list(wnids))
+    config = _user_config(taco_demo.get_config("runlocal"), ckpt, tmp_path / "imagenet")
+    config.task.subtask, config.task.test_split = "fungi", "val"
+    folder.scan.cache_clear()
+    report = taco_run.run_taco(_small_taco(config, shots=2), tmp_path / "run")
+    assert report["adapt"]["method"] == "restrict"
+    assert report["task"]["classes"] == fungi["wnids"]
+    assert report["task"]["source_class_ids"] == fungi["class_ids"]
+    assert report["task"]["test_images"] == 2 * len(fungi["wnids"])
+    assert evaluate.evaluate_workdir(tmp_path / "run")["top1"] == report["compressed"]["top1"]
+
+
+def test_taco_on_a_tfds_array_record_directory_with_a_labelled_checkpoint(tmp_path):
+    """A prepared tfds builder directory (array_record, read without TensorFlow) named by
+    path, three of its four classes, a checkpoint whose labels hold them: restricted by name."""
+    from test_data_task import FilesBuilder, _write_folder
+
+    _write_folder(tmp_path / "files")
+    FilesBuilder.ROOT = tmp_path / "files"
+    FilesBuilder(data_dir=str(tmp_path / "tfds"), file_format="array_record"
+                 ).download_and_prepare()
+    builder_dir = next((tmp_path / "tfds").glob("files_builder/*/dataset_info.json")).parent
+    labels = ["ant", "owl", "bee", "cat", "dog", "elk"]
+    ckpt = _checkpoint(tmp_path / "ckpt", "resnet_mini", labels=labels, in_chans=3, img_size=32)
+    config = _user_config(taco_demo.get_config("runlocal"), ckpt, tmp_path)
+    config.task.dataset, config.task.data_dir = str(builder_dir), ""
+    config.task.classes = ("dog", "owl", "cat")
+    report = taco_run.run_taco(_small_taco(config, shots=2), tmp_path / "run")
+    assert report["adapt"]["method"] == "restrict"
+    assert report["task"]["classes"] == ["dog", "owl", "cat"]
+    assert report["task"]["source_class_ids"] == [4, 1, 3]  # the checkpoint's rows, by name
+    assert report["task"]["test_images"] == 8  # 3 dog, 2 owl, 3 cat
+    assert evaluate.evaluate_workdir(tmp_path / "run")["top1"] == report["compressed"]["top1"]
