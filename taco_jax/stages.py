@@ -51,7 +51,7 @@ class StageStore:
         if model is not None:
             checkpoint.save_state(d / "model", model)
         if main and masks is not None:
-            np.savez(d / "masks.npz", **{k: np.asarray(v) for k, v in masks.items()})
+            files.write_npz(d / "masks.npz", masks, compressed=False)
         if main:
             files.write_json(d / _INFO, info, indent=None)
         distributed.barrier(f"stage {stage}: saved")
@@ -97,6 +97,7 @@ class StageStore:
                          "?" if used[k] is None else f"{used[k]:.0f}"
                          for k in ("start", "end")), used["peak_so_far"])
         self.save(stage, model, masks, info)
+        memory.release_freed_memory()  # what writing the checkpoint left in malloc's arenas
         self._drop_scratch(stage)
         return masks, info
 

@@ -31,6 +31,10 @@ from taco_jax.prune.solver import fill_dead_inputs
 # digits within 25 iterations (768x768 and 256x2304 at 50% and 90%, correlated inputs).
 EXACT_WORK = 2e10
 CG_ITERATIONS = 30
+# Rows whose (d, d) systems are built and factorised together by the exact solve: 2²³ floats
+# (32 MiB) of them at a time. All rows at once held 3 × 1024 × 256² floats (0.8 GB) for
+# ResNet-50's layer3 conv3.
+EXACT_CHUNK_FLOATS = 2**23
 
 
 def _damped(H: jax.Array, percdamp: float) -> jax.Array:
@@ -41,15 +45,18 @@ def _damped(H: jax.Array, percdamp: float) -> jax.Array:
 
 @jax.jit
 def _exact(W0, Hd, keep):
-    """Each row's system with pruned coordinates pinned: A = P H P + (I − P), b = P H w0."""
-    def row(w0, k):
+    """Each row's system with pruned coordinates pinned: A = P H P + (I − P), b = P H w0;
+    ``EXACT_CHUNK_FLOATS`` worth of rows' systems at a time."""
+    def row(args):
+        w0, k = args
         kf = k.astype(Hd.dtype)
         A = Hd * kf[:, None] * kf[None, :] + jnp.diag(1.0 - kf)
         b = kf * (Hd @ w0)
         L = jnp.linalg.cholesky(A)
         return jax.scipy.linalg.cho_solve((L, True), b)
 
-    return jax.vmap(row)(W0, keep)
+    chunk = max(1, min(W0.shape[0], EXACT_CHUNK_FLOATS // Hd.shape[0] ** 2))
+    return lax.map(row, (W0, keep), batch_size=chunk)
 
 
 @functools.partial(jax.jit, static_argnames=("iterations",))
