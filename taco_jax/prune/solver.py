@@ -19,6 +19,7 @@ jitted core does not recompile per sparsity level. With ``axis_name`` set (insid
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -173,6 +174,59 @@ def select_pruned(scores: jax.Array, k: jax.Array, pattern: Pattern, axis_name=N
     return _my_rows(lowest_k(full, k), rows, axis_name)
 
 
+SELECTIONS = ("obs", "diagonal")
+MAX_NM_SUBSETS = 256  # N:M groups with more candidate prune sets fall back to the diagonal score
+
+
+def _joint_costs(W: jax.Array, Ug: jax.Array, sets: jax.Array) -> jax.Array:
+    """Error of pruning each column set P together in SparseGPT's column sweep, every row:
+    ‖w_P U_PP⁻¹‖², U_PP the set's principal block of the upper factor of H⁻¹ (Ug: the
+    group's (g, g) block). The sweep prunes P's columns in order, each error w'_j/U_jj with
+    w' already updated by the earlier pruned columns of P, so this sum is exact where
+    Σ_P w²/U_jj² (the reference's tile and N:M score) ignores those updates; a single weight
+    gives w²/U_jj² again. W (rows, g), sets (S, p) column indices → (rows, S)."""
+    Upp = Ug[sets[:, :, None], sets[:, None, :]]        # (S, p, p), upper triangular
+    eye = jnp.broadcast_to(jnp.eye(Upp.shape[-1], dtype=Upp.dtype), Upp.shape)
+    inv = jax.scipy.linalg.solve_triangular(Upp, eye, lower=False)
+    z = jnp.einsum("rsp,spq->rsq", W[:, sets], inv)
+    return jnp.sum(z**2, axis=-1)
+
+
+def _nm_subsets(pattern: NM) -> np.ndarray | None:
+    """Every choice of the M−N pruned columns of an M group, (C(M, M−N), M−N); None if too many."""
+    if math.comb(pattern.m, pattern.m - pattern.n) > MAX_NM_SUBSETS:
+        return None
+    return np.asarray(list(itertools.combinations(range(pattern.m), pattern.m - pattern.n)))
+
+
+def obs_select(Wg: jax.Array, Ug: jax.Array, valid: jax.Array, k: jax.Array, pattern: Pattern,
+               axis_name=None) -> jax.Array | None:
+    """Pruning mask (True = prune) of one selection group by the joint cost of each choice
+    (``_joint_costs``), or None where the pattern prunes single weights (whose joint cost is
+    the diagonal score). Block: the ``k`` r×c tiles of least cost summed over their rows;
+    N:M: in each row, the M−N columns of least joint cost among all choices. Wg (rows, g),
+    Ug (g, g) the group's block of SparseGPT's factor, ``valid`` (g,) False on padding columns."""
+    rows, g = Wg.shape
+    if isinstance(pattern, Block):
+        c = pattern.c
+        sets = jnp.arange(g).reshape(g // c, c)
+        cost = _joint_costs(Wg, Ug, sets)               # (rows, T)
+        cost = jnp.where(valid.reshape(g // c, c).all(1)[None], cost, jnp.inf)
+        full = _all_rows(cost, axis_name)
+        tiles = full.reshape(full.shape[0] // pattern.r, pattern.r, g // c).sum(1)
+        mask = jnp.repeat(jnp.repeat(lowest_k(tiles, k), pattern.r, 0), c, 1)
+        return _my_rows(mask, rows, axis_name)
+    if isinstance(pattern, NM):
+        subsets = _nm_subsets(pattern)
+        if subsets is None:
+            return None
+        best = jnp.argmin(_joint_costs(Wg, Ug, jnp.asarray(subsets)), axis=1)   # (rows,)
+        chosen = np.zeros((len(subsets), g), bool)
+        chosen[np.arange(len(subsets))[:, None], subsets] = True
+        return jnp.asarray(chosen)[best]
+    return None
+
+
 # ----------------------------------------------------------------------------- damping
 
 
@@ -209,11 +263,14 @@ def hinv_upper_with_damping(H: jax.Array, percdamp: float, max_tries: int = 8):
 
 
 def fasterprune(W: jax.Array, U: jax.Array, counts: jax.Array, pattern: Pattern,
-                blocksize: int = 128, axis_name=None) -> tuple[jax.Array, jax.Array]:
+                blocksize: int = 128, axis_name=None, selection: str = "obs"
+                ) -> tuple[jax.Array, jax.Array]:
     """SparseGPT's blocked OBS solve. W (rows, d_in), U upper Cholesky of H⁻¹ (d_in, d_in).
 
     Walks the columns in blocks of B; at the start of every mask-selection group (the block, or M
-    columns for N:M) picks what to prune by w²/U_jj²; then for each column j (OBS, Eq. 3):
+    columns for N:M) picks what to prune: single weights by w²/U_jj², block tiles and N:M choices
+    by their joint OBS cost (``obs_select``; ``selection="diagonal"``: by summed w²/U_jj² as
+    the reference does); then for each column j (OBS, Eq. 3):
     ``err = (w_j − q_j)/U_jj`` and ``W[:, j:] −= err ⊗ U[j, j:]``; after the block the accumulated
     errors update all later columns at once (lazy batch update). Returns (W_new, pruned mask,
     Σ_j err_j² per row), the last being ‖(W − Ŵ)X‖² per row under the damped H, since ΔW = E·U
@@ -241,9 +298,13 @@ def fasterprune(W: jax.Array, U: jax.Array, counts: jax.Array, pattern: Pattern,
             j0 = s * g
             Wg = lax.dynamic_slice_in_dim(W1, j0, g, axis=1)
             dg = lax.dynamic_slice_in_dim(d1, j0, g)
-            score = jnp.where(lax.dynamic_slice_in_dim(v1, j0, g), Wg**2 / dg**2, jnp.inf)
-            M1 = lax.dynamic_update_slice_in_dim(
-                M1, select_pruned(score, counts[b], pattern, axis_name), j0, axis=1)
+            vg = lax.dynamic_slice_in_dim(v1, j0, g)
+            chosen = None if selection == "diagonal" else obs_select(
+                Wg, lax.dynamic_slice(U1, (j0, j0), (g, g)), vg, counts[b], pattern, axis_name)
+            if chosen is None:
+                score = jnp.where(vg, Wg**2 / dg**2, jnp.inf)
+                chosen = select_pruned(score, counts[b], pattern, axis_name)
+            M1 = lax.dynamic_update_slice_in_dim(M1, chosen, j0, axis=1)
 
             def column(j, carry):
                 W1, E1 = carry
@@ -411,8 +472,9 @@ def fill_dead_inputs(H: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 
 @functools.partial(jax.jit, static_argnames=("pattern", "blocksize", "percdamp", "method",
-                                             "axis_name"))
-def _prune_core(W, H, counts, *, pattern, blocksize, percdamp, method, axis_name=None):
+                                             "axis_name", "selection"))
+def _prune_core(W, H, counts, *, pattern, blocksize, percdamp, method, axis_name=None,
+                selection="obs"):
     W0 = W
     Hd, dead = fill_dead_inputs(H)
     W = jnp.where(dead[None], 0.0, W)
@@ -429,7 +491,7 @@ def _prune_core(W, H, counts, *, pattern, blocksize, percdamp, method, axis_name
             W, pruned = obc_prune(W, U.T @ U, counts.sum(), pattern)
         else:
             W1 = W
-            W, pruned, sq = fasterprune(W, U, counts, pattern, blocksize, axis_name)
+            W, pruned, sq = fasterprune(W, U, counts, pattern, blocksize, axis_name, selection)
             # ‖ΔW X‖² with the undamped H: Σ err² − λ·mean(diag H)·‖ΔW‖² (dead inputs add 0)
             num = jnp.maximum(_psum(jnp.sum(sq) - lam * jnp.mean(jnp.diag(Hd))
                                     * jnp.sum((W1 - W) ** 2), axis_name), 0.0)
@@ -459,9 +521,12 @@ def check_finite(W: jax.Array, H: jax.Array) -> None:
                          f"max |H| {scale:.3g})")
 
 
-def _check_inputs(W, H, pattern: Pattern, blocksize: int, method: str) -> None:
+def _check_inputs(W, H, pattern: Pattern, blocksize: int, method: str,
+                  selection: str = "obs") -> None:
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; allowed: {METHODS}")
+    if selection not in SELECTIONS:
+        raise ValueError(f"unknown selection {selection!r}; allowed: {SELECTIONS}")
     if W.ndim != 2 or H.shape != (W.shape[1], W.shape[1]):
         raise ValueError(f"W must be (d_out, d_in) and H (d_in, d_in), got W {W.shape}, "
                          f"H {H.shape}")
@@ -475,25 +540,28 @@ def _check_inputs(W, H, pattern: Pattern, blocksize: int, method: str) -> None:
 
 def prune_layer(W: jax.Array, H: jax.Array, pattern: Pattern | str, sparsity: float = 0.0, *,
                 blocksize: int = 128, percdamp: float = 0.01, method: str = "sparsegpt",
-                mesh: jax.sharding.Mesh | None = None
+                mesh: jax.sharding.Mesh | None = None, selection: str = "obs"
                 ) -> tuple[jax.Array, jax.Array, SolveStats]:
     """Prune W (d_out, d_in) given H (d_in, d_in); returns (W_new, keep mask, SolveStats).
 
-    ``sparsity`` is the fraction of zeros (ignored for N:M). ``mesh``: shard the rows of W over
+    ``sparsity`` is the fraction of zeros (ignored for N:M). ``selection``: how SparseGPT picks
+    block tiles and N:M choices, by joint OBS cost ("obs") or summed per-weight scores
+    ("diagonal", the reference's rule). ``mesh``: shard the rows of W over
     the mesh's first axis (H replicated); equal to the single-device result. A mesh spanning
     several processes (``taco_jax.distributed``) takes the same W, H in every process and
     returns the full result in every process.
     """
     pattern = parse_pattern(pattern)
     sparsity = check_sparsity(sparsity)
-    _check_inputs(W, H, pattern, blocksize, method)
+    _check_inputs(W, H, pattern, blocksize, method, selection)
     d_out, d_in = W.shape
     method = choose_method(method, pattern, d_out, d_in)
     counts = jnp.asarray(prune_counts(pattern, sparsity, d_out, d_in, blocksize))
     W = jnp.asarray(W, jnp.float32)
     H = jnp.asarray(H, jnp.float32)
     check_finite(W, H)
-    kw = dict(pattern=pattern, blocksize=blocksize, percdamp=float(percdamp), method=method)
+    kw = dict(pattern=pattern, blocksize=blocksize, percdamp=float(percdamp), method=method,
+              selection=selection)
     n_dev = 1 if mesh is None else mesh.devices.size
     if n_dev == 1 or method == "obc" or d_out % n_dev:
         return _prune_core(W, H, counts, **kw)
@@ -509,7 +577,7 @@ def prune_layer(W: jax.Array, H: jax.Array, pattern: Pattern | str, sparsity: fl
 def prune_layer_levels(W: jax.Array, H: jax.Array, pattern: Pattern | str,
                        sparsities: Sequence[float], *, blocksize: int = 128,
                        percdamp: float = 0.01, method: str = "sparsegpt",
-                       mesh: jax.sharding.Mesh | None = None
+                       mesh: jax.sharding.Mesh | None = None, selection: str = "obs"
                        ) -> list[tuple[jax.Array, jax.Array, SolveStats]]:
     """``prune_layer`` at each of ``sparsities`` (the allocation's error curves): the same
     results, for SparseGPT on one device as ``_prune_core`` vmapped over the levels' counts
@@ -521,8 +589,8 @@ def prune_layer_levels(W: jax.Array, H: jax.Array, pattern: Pattern | str,
     if (method != "sparsegpt" or isinstance(pattern, Structured) or not one_device
             or len(levels) < 2):
         return [prune_layer(W, H, pattern, s, blocksize=blocksize, percdamp=percdamp,
-                            method=method, mesh=mesh) for s in levels]
-    _check_inputs(W, H, pattern, blocksize, method)
+                            method=method, mesh=mesh, selection=selection) for s in levels]
+    _check_inputs(W, H, pattern, blocksize, method, selection)
     W = jnp.asarray(W, jnp.float32)
     H = jnp.asarray(H, jnp.float32)
     check_finite(W, H)
@@ -530,7 +598,7 @@ def prune_layer_levels(W: jax.Array, H: jax.Array, pattern: Pattern | str,
     counts = jnp.asarray(np.stack([prune_counts(pattern, s, d_out, d_in, blocksize)
                                    for s in levels]))
     core = functools.partial(_prune_core, pattern=pattern, blocksize=blocksize,
-                             percdamp=float(percdamp), method=method)
+                             percdamp=float(percdamp), method=method, selection=selection)
     Ws, keeps, stats = jax.vmap(core, in_axes=(None, None, 0))(W, H, counts)
     return [(Ws[i], keeps[i], jax.tree.map(lambda a, i=i: a[i], stats))
             for i in range(len(levels))]
