@@ -4,8 +4,9 @@ github.com/IST-DASLab/sparsegpt; needs torch and transformers, which its module 
 
 Each case is one layer W (d_out, d_in) with correlated (optionally heavy-tailed) calibration
 inputs X (samples, d_in); the reference's ``SparseGPT`` (``add_batch`` then ``fasterprune``,
-on CPU) and ours (``prune_layer`` with SparseGPT alone, and the default: SparseGPT's mask with
-the exact re-solve, ``prune.refit``) prune the same W on the same X. The error is the relative
+on CPU) and ours (``prune_layer`` with SparseGPT alone, picking N:M choices by the reference's
+rule, and the default: N:M choices by their joint error, then the exact re-solve on the mask,
+``prune.refit``) prune the same W on the same X. The error is the relative
 output error ‖X(W − Ŵ)ᵀ‖² / ‖XWᵀ‖² in float64, so ours / reference < 1 means ours is better.
 """
 
@@ -93,8 +94,8 @@ def ours(W: np.ndarray, X: np.ndarray, case: str) -> dict[str, tuple[np.ndarray,
     H = 2.0 * X.T.astype(np.float64) @ X / len(X)
     pattern, sparsity = (case, 0.0) if ":" in case else ("unstructured", float(case))
 
-    def alone():
-        return prune_layer(W, H, pattern, sparsity, method="sparsegpt")
+    def alone():  # the reference's algorithm, its N:M rule included
+        return prune_layer(W, H, pattern, sparsity, method="sparsegpt", selection="diagonal")
 
     def resolved():
         W1, keep, _ = prune_layer(W, H, pattern, sparsity, method="sparsegpt")
