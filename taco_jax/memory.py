@@ -70,9 +70,11 @@ class ProgramBudget:
     resident memory within ``headroom_mib`` of where it started: ``check()`` after each step
     drops the compiled programs (``end_of_stage``) once the process holds more than that,
     where they can be reloaded (``configure_process``; otherwise it does nothing). The floor
-    rises to what a drop leaves, so arrays the loop keeps never make it drop every step."""
+    rises to what a drop leaves, so arrays the loop keeps never make it drop every step.
+    ResNet-50's 48-image prune (warm program cache): peak 2.42 GiB with 512 MiB of headroom,
+    2.02 GiB with the default 192, in the same 144 s."""
 
-    def __init__(self, headroom_mib: float = 512.0):
+    def __init__(self, headroom_mib: float = 192.0):
         self.headroom_mib = headroom_mib
         self.floor = rss_mib()
         self.drops = 0
