@@ -1,6 +1,7 @@
 """Layer error and time of the one-shot solvers on one layer: SparseGPT, SparseGPT's mask with
 its kept weights re-solved exactly (``prune.refit``), OBC where it is affordable, magnitude, and
-for tiles and N:M SparseGPT choosing them by summed per-weight scores (before / after re-solve):
+last for tiles and N:M SparseGPT choosing them by summed per-weight scores (before / after the
+re-solve), for unstructured masks the re-solve followed by 8 rounds of trades (``swap_refine``):
 ``python -m taco_jax.bench.refit [--shapes 768x768,256x2304] [--sparsities 0.5,0.75,0.9]``.
 
 Error: ‖(W − Ŵ)X‖² / ‖WX‖² on correlated inputs (AR(1) + shared low-rank factors, per-input
@@ -63,7 +64,7 @@ def main(argv=None) -> None:
     p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args(argv)
     print(f"{'layer':>10} {'sparsity':>8} | {'sparsegpt':>17} | {'+ refit':>17} | "
-          f"{'obc':>17} | {'magnitude':>9} | {'diagonal choice':>15}")
+          f"{'obc':>17} | {'magnitude':>9} | {'diagonal / swap':>15}")
     for shape in args.shapes.split(","):
         d_out, d_in = (int(v) for v in shape.split("x"))
         W, H = correlated_layer(d_out, d_in)
@@ -81,14 +82,16 @@ def _row(shape: str, W: np.ndarray, H: np.ndarray, pattern: str, s: float, repea
         (Wo, _, _), t3 = _timed(functools.partial(solve, method="obc"), 1)
         obc = f"{rel_error(W, np.asarray(Wo), H):.4f} {t3:6.2f}s"
     Wm, _, _ = solve(method="magnitude")
-    diagonal = "—"  # tiles and N:M choices by summed w²/U_jj², as the reference picks them
-    if "block" in pattern or ":" in pattern:
+    if "block" in pattern or ":" in pattern:  # choices by summed w²/U_jj², the reference's
         Wd, keep_d, _ = solve(method="sparsegpt", selection="diagonal")
         Vd = refit.refit(W, H, keep_d, Wd)
-        diagonal = f"{rel_error(W, np.asarray(Wd), H):.4f} {rel_error(W, np.asarray(Vd), H):.4f}"
+        other = f"{rel_error(W, np.asarray(Wd), H):.4f} {rel_error(W, np.asarray(Vd), H):.4f}"
+    else:  # the re-solve, then trades of kept inputs (prune.swap_rounds=8)
+        _, Vs = refit.swap_refine(W, H, keep, V, rounds=8)
+        other = f"{rel_error(W, np.asarray(Vs), H):.4f}"
     return (f"{shape:>10} {s:8.2f} | {rel_error(W, np.asarray(W1), H):.4f} {t1:6.2f}s | "
             f"{rel_error(W, np.asarray(V), H):.4f} {t2:6.2f}s | {obc:>17} | "
-            f"{rel_error(W, np.asarray(Wm), H):9.4f} | {diagonal:>15}")
+            f"{rel_error(W, np.asarray(Wm), H):9.4f} | {other:>15}")
 
 if __name__ == "__main__":
     main()

@@ -143,3 +143,64 @@ def _no_worse(W0, Hd, keep, V, start):
     e_new, e_old = err(V), err(start)
     better = jnp.isfinite(e_new) & (e_new <= e_old)
     return jnp.where(better[:, None], V, start)
+
+
+SWAP_SHARE = 0.03  # of each row's kept weights traded per round
+SWAP_CG_ITERATIONS = 5  # per round, warm-started; the last round re-solves fully
+
+
+@functools.partial(jax.jit, static_argnames=("rounds", "s"))
+def _swap(W0, Hd, keep, V, rounds, s):
+    """``rounds`` of up to ``s`` trades in every row, kept only where they lowered its error."""
+    dg = jnp.diag(Hd)
+    rows = jnp.arange(W0.shape[0])[:, None]
+
+    def err(M):
+        D = M - W0
+        return jnp.sum((D @ Hd) * D, axis=1)
+
+    def one(_, carry):
+        keep, V, e = carry
+        R = (V - W0) @ Hd                      # Hd(v − w0): zero on a row's kept inputs
+        gain, p = lax.top_k(jnp.where(keep, -jnp.inf, R**2 / dg), s)
+        cost, q = lax.top_k(jnp.where(keep, -(V**2) * dg, -jnp.inf), s)
+        trade = gain > -cost                   # bounds: the exact gain ≥, the exact cost ≤
+        new = keep.at[rows, p].set(keep[rows, p] | trade)
+        new = new.at[rows, q].set(new[rows, q] & ~trade)
+        Vn = _cg(W0, Hd, new, jnp.where(new, V, 0.0), SWAP_CG_ITERATIONS) * new
+        en = err(Vn)
+        better = (en < e)[:, None]
+        return jnp.where(better, new, keep), jnp.where(better, Vn, V), jnp.minimum(en, e)
+
+    keep, V, _ = lax.fori_loop(0, rounds, one, (keep, V * keep, err(V * keep)))
+    return keep, V
+
+
+def swap_refine(W0: jax.Array, H: jax.Array, keep: jax.Array, V: jax.Array, *,
+                rounds: int = 8, share: float = SWAP_SHARE, percdamp: float = 0.01
+                ) -> tuple[jax.Array, jax.Array]:
+    """Better masks for the same counts: each row trades kept inputs for pruned ones while its
+    error falls, then the kept weights are re-solved (``refit``). Returns (keep, weights).
+
+    Per round and row, the ``share`` of its kept inputs with the cheapest weights (removal
+    cost bounded above by v_q²·H_qq) trade places with the pruned inputs of most gain
+    (bounded below by (H(v − w0))_p² / H_pp), pair by pair where the gain's bound exceeds the
+    cost's; the row's weights then take a few warm conjugate-gradient steps on the new mask,
+    and the trade stands only if the row's error fell. Every row keeps its number of weights,
+    so the layer's sparsity is unchanged: for unstructured masks only (N:M and tiles fix where
+    weights may sit). W0, keep, V (d_out, d_in): the original weights, the mask (True = kept)
+    and the weights on it (``refit``'s); H (d_in, d_in)."""
+    if rounds < 0 or not 0 < share < 1:
+        raise ValueError(f"swap rounds must be >= 0 and share in (0, 1), got {rounds}, {share}")
+    W0 = jnp.asarray(W0, jnp.float32)
+    keep = jnp.asarray(keep, bool)
+    V = jnp.asarray(V, jnp.float32)
+    if rounds == 0:
+        return keep, V
+    Hd = _damped(jnp.asarray(H, jnp.float32), percdamp)
+    kept = int(jnp.sum(keep)) / keep.shape[0]  # per row, on average
+    s = min(max(1, round(share * kept)), int(jnp.min(jnp.sum(keep, 1))), keep.shape[1] - 1)
+    if s < 1:  # a row with nothing kept has nothing to trade
+        return keep, V
+    keep, V = _swap(W0, Hd, keep, V, rounds, s)
+    return keep, refit(W0, H, keep, V, percdamp=percdamp)
