@@ -49,6 +49,13 @@ def test_matmul_conv_matches_float64_and_lax(n, k, s):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-4)
 
 
+def test_matmul_conv_takes_an_empty_batch():
+    """A batch of 0 images (latency probes, data-parallel shards) gives an empty output."""
+    y = matmul_conv.conv_general_dilated(jnp.zeros((0, 7, 7, 4)), jnp.ones((1, 1, 4, 2)), (2, 2),
+                                         "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    assert y.shape == (0, 4, 4, 2)
+
+
 def test_matmul_conv_runs_as_a_dot_only_where_exact():
     x = jnp.ones((1, 8, 8, 4))
 

@@ -14,6 +14,7 @@ plain ``nnx.Conv``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import jax
@@ -80,8 +81,7 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequenc
             batch_group_count=batch_group_count, precision=precision,
             preferred_element_type=preferred_element_type, **kwargs)
     x = _windows(lhs, kernel, strides)
-    lead = x.shape[:1 + n_sp]
-    x = x.reshape(*lead, -1)
+    x = x.reshape(*x.shape[:1 + n_sp], -1 if x.size else math.prod(x.shape[1 + n_sp:]))
     w = rhs.reshape(-1, rhs.shape[-1])
     y = lax.dot_general(x, w, (((x.ndim - 1,), (0,)), ((), ())), precision=precision,
                         preferred_element_type=preferred_element_type)
