@@ -40,16 +40,13 @@ def _windows(x: jax.Array, kernel: Sequence[int], strides: Sequence[int]) -> jax
         axis = 1 + 2 * i  # each axis before it is already split in two
         n = x.shape[axis]
         out = (n - k) // s + 1
-        if s > 1 or k > 1:
-            x = lax.slice_in_dim(x, 0, min(n, out * s), axis=axis)
-            if out * s > n:  # the tail past the last window: only dropped offsets ≥ k read it
-                pad = [(0, 0)] * x.ndim
-                pad[axis] = (0, out * s - n)
-                x = jnp.pad(x, pad)
-            x = x.reshape(*x.shape[:axis], out, s, *x.shape[axis + 1:])
-            x = lax.slice_in_dim(x, 0, k, axis=axis + 1)
-        else:
-            x = jnp.expand_dims(x, axis + 1)
+        x = lax.slice_in_dim(x, 0, min(n, out * s), axis=axis)
+        if out * s > n:  # the tail past the last window: only dropped offsets ≥ k read it
+            pad = [(0, 0)] * x.ndim
+            pad[axis] = (0, out * s - n)
+            x = jnp.pad(x, pad)
+        x = x.reshape(*x.shape[:axis], out, s, *x.shape[axis + 1:])
+        x = lax.slice_in_dim(x, 0, k, axis=axis + 1)
     n_sp = len(kernel)
     # (B, o1, k1, o2, k2, ..., C) → (B, o1, o2, ..., k1, k2, ..., C)
     outs = [1 + 2 * i for i in range(n_sp)]
@@ -81,8 +78,7 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequenc
             batch_group_count=batch_group_count, precision=precision,
             preferred_element_type=preferred_element_type, **kwargs)
     x = _windows(lhs, kernel, strides)
-    x = x.reshape(*x.shape[:1 + n_sp], -1 if x.size else math.prod(x.shape[1 + n_sp:]))
+    x = x.reshape(*x.shape[:1 + n_sp], math.prod(x.shape[1 + n_sp:]))  # explicit: 0 images
     w = rhs.reshape(-1, rhs.shape[-1])
-    y = lax.dot_general(x, w, (((x.ndim - 1,), (0,)), ((), ())), precision=precision,
-                        preferred_element_type=preferred_element_type)
-    return y
+    return lax.dot_general(x, w, (((x.ndim - 1,), (0,)), ((), ())), precision=precision,
+                           preferred_element_type=preferred_element_type)

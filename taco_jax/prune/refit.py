@@ -131,16 +131,17 @@ def refit_groups(W0: jax.Array, H: jax.Array, keep: jax.Array, W: jax.Array, *,
         jnp.asarray(W0, jnp.float32), Hg, jnp.asarray(keep, bool), jnp.asarray(W, jnp.float32))
 
 
+def _row_errors(M, W0, Hd):
+    """Each row's damped error (m − w0)ᵀ H_λ (m − w0), (rows,)."""
+    D = M - W0
+    return jnp.sum((D @ Hd) * D, axis=1)
+
+
 @jax.jit
 def _no_worse(W0, Hd, keep, V, start):
     """Per row, V where its damped error is not above ``start``'s (and finite), else start."""
     V = jnp.where(keep, V, 0.0)
-
-    def err(M):
-        D = M - W0
-        return jnp.sum((D @ Hd) * D, axis=1)
-
-    e_new, e_old = err(V), err(start)
+    e_new, e_old = _row_errors(V, W0, Hd), _row_errors(start, W0, Hd)
     better = jnp.isfinite(e_new) & (e_new <= e_old)
     return jnp.where(better[:, None], V, start)
 
@@ -155,10 +156,6 @@ def _swap(W0, Hd, keep, V, rounds, s):
     dg = jnp.diag(Hd)
     rows = jnp.arange(W0.shape[0])[:, None]
 
-    def err(M):
-        D = M - W0
-        return jnp.sum((D @ Hd) * D, axis=1)
-
     def one(_, carry):
         keep, V, e = carry
         R = (V - W0) @ Hd                      # Hd(v − w0): zero on a row's kept inputs
@@ -168,11 +165,11 @@ def _swap(W0, Hd, keep, V, rounds, s):
         new = keep.at[rows, p].set(keep[rows, p] | trade)
         new = new.at[rows, q].set(new[rows, q] & ~trade)
         Vn = _cg(W0, Hd, new, jnp.where(new, V, 0.0), SWAP_CG_ITERATIONS) * new
-        en = err(Vn)
+        en = _row_errors(Vn, W0, Hd)
         better = (en < e)[:, None]
         return jnp.where(better, new, keep), jnp.where(better, Vn, V), jnp.minimum(en, e)
 
-    keep, V, _ = lax.fori_loop(0, rounds, one, (keep, V * keep, err(V * keep)))
+    keep, V, _ = lax.fori_loop(0, rounds, one, (keep, V * keep, _row_errors(V * keep, W0, Hd)))
     return keep, V
 
 
