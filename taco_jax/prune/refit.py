@@ -102,10 +102,14 @@ def refit(W0: jax.Array, H: jax.Array, keep: jax.Array, W: jax.Array | None = No
         raise ValueError(f"W0 (d_out, d_in), H (d_in, d_in) and keep (d_out, d_in) expected, "
                          f"got {W0.shape}, {H.shape}, {keep.shape}")
     W0 = jnp.asarray(W0, jnp.float32)
-    H = jnp.asarray(H, jnp.float32)
     keep = jnp.asarray(keep, bool)
     start = jnp.where(keep, W0, 0.0) if W is None else jnp.asarray(W, jnp.float32) * keep
-    Hd = _damped(H, percdamp)
+    return _refit_damped(W0, _damped(jnp.asarray(H, jnp.float32), percdamp), keep, start,
+                         method, iterations)
+
+
+def _refit_damped(W0, Hd, keep, start, method, iterations):
+    """``refit`` on the damped Hessian ``Hd``, from ``start`` (masked)."""
     rows, d = W0.shape
     if method == "exact" or (method == "auto" and rows * float(d) ** 3 <= EXACT_WORK):
         V = _exact(W0, Hd, keep)
@@ -200,4 +204,4 @@ def swap_refine(W0: jax.Array, H: jax.Array, keep: jax.Array, V: jax.Array, *,
     if s < 1:  # a row with nothing kept has nothing to trade
         return keep, V
     keep, V = _swap(W0, Hd, keep, V, rounds, s)
-    return keep, refit(W0, H, keep, V, percdamp=percdamp)
+    return keep, _refit_damped(W0, Hd, keep, V * keep, "auto", CG_ITERATIONS)
