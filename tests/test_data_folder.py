@@ -102,8 +102,15 @@ def test_bad_folders_and_files_are_named(tmp_path):
     PIL.Image.new("RGB", (3, 3)).save(tmp_path / "r" / "cat" / "0.png")
     with pytest.raises(ValueError, match=r"class folder '.*r/dog' holds no images"):
         folder.scan(str(tmp_path / "r"))
-    (tmp_path / "r" / "dog" / "0.png").write_bytes(b"")  # a 0-byte image
+    (tmp_path / "r" / "dog" / "0.png").write_bytes(b"")  # 0-byte images: named by the scan
     (tmp_path / "r" / "dog" / "1.png").write_bytes(b"")
+    folder.scan.cache_clear()
+    with pytest.raises(ValueError, match=r"'.*r/dog' holds 2 empty \(0-byte\) image file\(s\): "
+                                         r"0\.png, 1\.png"):
+        folder.scan(str(tmp_path / "r"))
+    for name in ("0.png", "1.png"):  # not images: named when read
+        (tmp_path / "r" / "dog" / name).write_bytes(b"not a png")
+    folder.scan.cache_clear()
     split = source.open_split(source.IMAGE_FOLDER, "train", str(tmp_path / "r"))
     with pytest.raises(ValueError, match=r"cannot read image '.*r/dog/[01]\.png'"):
         split.images(range(split.num_examples))

@@ -48,11 +48,17 @@ def images_under(root: str | Path) -> list[Path]:
 
 
 def _class_images(folder: Path, hint: str = "") -> list[Path]:
-    """The images of a class folder; ValueError naming it when it holds none."""
+    """The images of a class folder; ValueError naming it when it holds none, or naming its
+    empty (0-byte) files, which no image is (an interrupted copy): found before any work."""
     found = _images_in(folder)
     if not found:
         raise ValueError(f"class folder {str(folder)!r} holds no images (suffixes "
                          f"{sorted(IMAGE_SUFFIXES)}){hint}")
+    empty = [p.name for p in found if p.stat().st_size == 0]
+    if empty:
+        raise ValueError(f"class folder {str(folder)!r} holds {len(empty)} empty (0-byte) image "
+                         f"file(s): {', '.join(empty[:3])}{', ...' if len(empty) > 3 else ''}; "
+                         "remove or replace them")
     return found
 
 
