@@ -38,6 +38,9 @@ CONFIGS = {
     "configs/dcvit/pretrained.py": (dcvit_run, ["", "cpu", "attn_blocks=1"]),
     **{f"configs/dcvit/{name}.py": (dcvit_run, ["", "cpu", "cpu,mlp_keep=0.5"])
        for name in ("vit_s16", "vit_b16")},
+    "configs/transfer/pretrained.py": (transfer_run, ["", "cpu", "family=vit,cpu"]),
+    **{f"configs/transfer/{name}.py": (transfer_run, ["", "cpu", "cpu,transfer_set=random"])
+       for name in ("resnet50", "vit_s16", "convnext_t")},
 }
 
 
@@ -74,7 +77,8 @@ def base_args(path: str) -> list[str]:
                                "--config.task.dataset=taco_embedded",
                                "--config.task.classes=('cat','dog')"]
                         for arch in ("resnet50", "vit_small_patch16_224")}
-    return _FAMILY_ARGS["vit_small_patch16_224" if "dcvit" in path else "resnet50"]
+    pool = ["--config.pool.dataset=taco_embedded"] if "transfer" in path else []
+    return _FAMILY_ARGS["vit_small_patch16_224" if "dcvit" in path else "resnet50"] + pool
 CASES = [(path, variant) for path, (_, variants) in CONFIGS.items() for variant in variants]
 
 

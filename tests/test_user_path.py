@@ -20,8 +20,10 @@ from configs.transfer import demo as transfer_demo
 from taco_jax import convert, models
 from taco_jax.data import folder, preprocess, subtasks
 from taco_jax.export import specialist
+from taco_jax.methods import transfer
 from taco_jax.models import paths
 from taco_jax.models.preprocess import Preprocess
+from taco_jax.models.stats import param_count
 from taco_jax.run import common, evaluate
 from taco_jax.run import dcvit as dcvit_run
 from taco_jax.run import taco as taco_run
@@ -195,6 +197,75 @@ def test_transfer_from_a_checkpoint_with_an_image_folder_pool(checkpoint, image_
     assert evaluate.evaluate_workdir(tmp_path / "run")["top1"] == report["compressed"]["top1"]
     again = transfer_run.run_transfer(config, tmp_path / "run")  # finished: its report
     assert again == json.loads(json.dumps(report, default=float))
+
+
+def test_transfer_student_from_a_checkpoint_keeps_its_weights_and_probes_a_task_head(
+        checkpoint, image_folder, tmp_path):
+    """``student_checkpoint``: every fresh student is the checkpoint's body (weights equal) with
+    a new 3-way head fit on the labelled images, independent copies; the run reports and
+    rebuilds that student."""
+    student_ckpt = _checkpoint(tmp_path / "student", "resnet_mini", in_chans=3, img_size=32,
+                               widths=(8, 16, 32), layers=(1, 1, 1))
+    student, _ = convert.load_checkpoint(student_ckpt)
+    config = transfer.TransferConfig(student_checkpoint=str(student_ckpt))
+    shots_x = np.stack([preprocess.to_input_size([folder.decode(f)], RECIPE)[0]
+                        for c in CLASSES for f in sorted((image_folder / c).iterdir())[:3]])
+    shots_y = np.repeat(np.arange(3), 3)
+    new = transfer._student_factory(config, RECIPE, shots_x, shots_y, 3,
+                                    preprocess.for_model(student))
+    a, b = new(), new()
+    np.testing.assert_array_equal(a.conv1.kernel.value, student.conv1.kernel.value)
+    assert a.fc.kernel.value.shape == (student.fc.in_features, 3)
+    a.conv1.kernel.value = a.conv1.kernel.value + 1.0
+    np.testing.assert_array_equal(b.conv1.kernel.value, student.conv1.kernel.value)
+    logits = np.asarray(b(preprocess.for_model(b)(shots_x)))
+    assert np.mean(logits.argmax(1) == shots_y) > 0.5  # the probe fits the labelled images
+
+    run = _user_config(transfer_demo.get_config("runlocal"), checkpoint, image_folder)
+    run.pool.dataset, run.pool.data_dir = "image_folder", str(image_folder)
+    run.shots, run.transfer_size, run.baselines = 4, 10, ()
+    run.distill.steps, run.finetune.steps, run.latency_batch = 2, 1, 2
+    run.student_checkpoint = str(student_ckpt)
+    report = transfer_run.run_transfer(run, tmp_path / "run")
+    assert report["student"] == str(student_ckpt)
+    assert report["cost"]["student"]["params"] == param_count(b)
+    assert evaluate.evaluate_workdir(tmp_path / "run")["top1"] == report["compressed"]["top1"]
+
+
+def test_transfer_student_checkpoint_is_checked_before_work(checkpoint, tmp_path):
+    with pytest.raises(ValueError, match=r"student_checkpoint=.*nowhere.*no model.json"):
+        transfer.TransferConfig(student_checkpoint=str(tmp_path / "nowhere"))
+    model = models.create("resnet_mini", num_classes=6, rngs=nnx.Rngs(1), in_chans=3)
+    model.preprocess = Preprocess(48, 54)
+    bigger = convert.save_checkpoint(model, convert.ModelSpec("resnet_mini", 6, {"in_chans": 3}),
+                                     tmp_path / "s")
+    config = transfer.TransferConfig(student_checkpoint=str(bigger))
+    with pytest.raises(ValueError, match=r"takes 48 px.*the teacher 32 px.*teacher's size"):
+        transfer._student_factory(config, RECIPE, np.zeros((1, 32, 32, 3), np.uint8),
+                                  np.zeros(1, int), 3, lambda x: x)
+
+
+@pytest.mark.parametrize("family, arch, student", [
+    ("resnet50", "resnet50", "resnet18"), ("vit_s16", "vit_small_patch16_224",
+                                           "vit_tiny_patch16_224"),
+    ("convnext_t", "convnext_tiny", "resnet18")])
+def test_transfer_family_configs_parse_for_a_checkpoint_of_their_family(
+        family, arch, student, image_folder, tmp_path):
+    """The teacher's checkpoint, the task folder and the pool folder are all a run needs; the
+    cpu variant is the small budget."""
+    config = importlib.import_module(f"configs.transfer.{family}").get_config("cpu")
+    with pytest.raises(ValueError, match=r"config\.model\.checkpoint is empty"):
+        transfer_run.parse(config)
+    (tmp_path / "ckpt" / "state").mkdir(parents=True)
+    (tmp_path / "ckpt" / "model.json").write_text(json.dumps(
+        {"format": 1, "arch": arch, "num_classes": 1000, "overrides": {},
+         "preprocess": RECIPE.to_dict()}))
+    config.model.checkpoint, config.task.data_dir = str(tmp_path / "ckpt"), str(image_folder)
+    config.pool.data_dir = str(image_folder)
+    cfg, src, pool_task = transfer_run.parse(config)
+    assert src.model.arch == arch and cfg.student == student and not cfg.student_overrides
+    assert (cfg.shots, cfg.transfer_size, cfg.distill.steps, cfg.finetune.steps) == (16, 96, 30, 10)
+    assert pool_task.class_names() == list(CLASSES)
 
 
 @pytest.mark.parametrize("family, arch, learning_rate", [

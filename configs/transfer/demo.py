@@ -54,6 +54,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Its constructor arguments (e.g. narrower widths): the default is resnet_mini at 1/4 width,
     # one block per stage (8.9x fewer parameters than the teacher).
     c.student_overrides = {"widths": (8, 16, 32), "layers": (1, 1, 1)}
+    # A converted checkpoint the student starts from instead (python -m launch.convert; its
+    # arch and weights, a new task head probed on the few shots; student and
+    # student_overrides are then unused); "" = the student above from scratch.
+    c.student_checkpoint = ""
     # The images the student is distilled on: "task" (the labelled few shots only), "pool" (the
     # whole unlabelled pool), "random" (transfer_size pool images at random) or "retrieval"
     # (the transfer_size pool images nearest to the few shots in the teacher's embedding).

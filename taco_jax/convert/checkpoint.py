@@ -27,7 +27,7 @@ from flax import nnx
 
 from taco_jax.checkpoint import restore_state, save_state
 from taco_jax.convert.convert import ModelSpec
-from taco_jax.models import create
+from taco_jax.models import create, names
 from taco_jax.models.preprocess import Preprocess
 from taco_jax.models.shrink import ShrinkPair, shrink_pair
 
@@ -100,6 +100,19 @@ def read_meta(directory: str | Path) -> dict[str, Any]:
         raise ValueError(f"{meta_file} lacks {missing}")
     if not (directory / "state").is_dir():
         raise FileNotFoundError(f"{directory} has model.json but no state/ (the weights)")
+    return meta
+
+
+def field_meta(field: str, directory: str | Path) -> dict[str, Any]:
+    """``read_meta`` of the checkpoint a config field names: any error is one ValueError that
+    names ``field`` and its value, and the arch must be a registered model."""
+    try:
+        meta = read_meta(directory)
+    except (FileNotFoundError, ValueError) as e:
+        raise ValueError(f"{field}={str(directory)!r}: {e}") from None
+    if meta["arch"] not in names():
+        raise ValueError(f"{field}={str(directory)!r} holds arch {meta['arch']!r}, not a known "
+                         "model")
     return meta
 
 

@@ -6,7 +6,8 @@
   transfer set — the task's unlabelled images ("task"), a generic pool ("pool"), a random pool
              subset ("random") or the pool images nearest to the labelled ones in the teacher's
              embedding space ("retrieval", ``retrieval.retrieve``);
-  distil   — the student (any zoo model, randomly initialised) learns the teacher's task logits
+  distil   — the student (any zoo model, randomly initialised, or a converted checkpoint with a
+             new task head probed on the labelled images) learns the teacher's task logits
              (KL at temperature T) on the transfer set (∪ the few-shot set, with CE on those
              labelled ones, when ``mix_labelled``);
   finetune — the student on the labelled few-shot set;
@@ -30,12 +31,13 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from taco_jax import models, stages
+from taco_jax import convert, models, stages
 from taco_jax.data.task import few_shot_indices
 from taco_jax.methods import adapt, retrieval
 from taco_jax.methods.result import CompressedModel
 from taco_jax.methods.taco import TaskData
 from taco_jax.models.latency import interleaved_latency
+from taco_jax.models.preprocess import Preprocess
 from taco_jax.models.stats import forward_macs, param_count
 from taco_jax.train import fit
 
@@ -50,7 +52,10 @@ SMALL_STUDENT = {"widths": (8, 16, 32), "layers": (1, 1, 1)}
 @dataclasses.dataclass(frozen=True)
 class TransferConfig:
     """What to distil into what, on which images. ``student_overrides`` go to
-    ``models.create`` (e.g. narrower ``widths``). ``transfer_size`` is the number of pool images
+    ``models.create`` (e.g. narrower ``widths``). ``student_checkpoint``: a converted checkpoint
+    directory (``python -m launch.convert``) the student starts from instead (its arch and
+    weights; ``student`` and ``student_overrides`` are then unused), with a new task head fit
+    by a linear probe on the labelled images. ``transfer_size`` is the number of pool images
     for "random" / "retrieval" (the other sets are used whole). ``mix_labelled`` adds the
     labelled few-shot images (with their labels: KD + CE) to the distillation set; False
     distils on the transfer images alone (KD only; the labelled ones come in at fine-tuning).
@@ -61,6 +66,7 @@ class TransferConfig:
 
     student: str = "resnet_mini"
     student_overrides: Mapping = dataclasses.field(default_factory=lambda: dict(SMALL_STUDENT))
+    student_checkpoint: str = ""
     shots: int = 32
     seed: int = 0
     transfer_set: str = "retrieval"
@@ -78,7 +84,9 @@ class TransferConfig:
 
     def __post_init__(self):
         adapt.validate(self.adapt)
-        if self.student not in models.names():
+        if self.student_checkpoint:
+            convert.field_meta("student_checkpoint", self.student_checkpoint)
+        elif self.student not in models.names():
             raise ValueError(f"unknown student model {self.student!r}; valid: "
                              f"{', '.join(models.names())}")
         if self.transfer_set not in TRANSFER_SETS:
@@ -116,6 +124,39 @@ class _Features(nnx.Module):
         return self.model.forward_features(x)
 
 
+def _student_factory(config: TransferConfig, recipe: Preprocess, shots_x: np.ndarray,
+                     shots_y: np.ndarray, num_classes: int, preprocess: fit.Preprocess
+                     ) -> Callable[[], nnx.Module]:
+    """A function returning a fresh student, the same start every call: ``config.student``
+    randomly initialised (seeded), or ``config.student_checkpoint`` with its classifier replaced
+    by a ``num_classes``-way linear probe on the labelled few-shot images (loaded and probed
+    once). Either takes the teacher's inputs (``recipe``: size and channels must match)."""
+    if config.student_checkpoint:
+        base, spec = convert.load_checkpoint(config.student_checkpoint)
+        name = f"{spec.arch} from {config.student_checkpoint}"
+    else:
+        base = models.create(config.student, num_classes=num_classes,
+                             rngs=nnx.Rngs(config.seed), **dict(config.student_overrides))
+        name = repr(config.student)
+    mine = base.preprocess
+    if (mine.input_size, len(mine.mean)) != (recipe.input_size, len(recipe.mean)):
+        fix = ("convert the student at the teacher's size" if config.student_checkpoint
+               else "set student_overrides (img_size, in_chans) to match")
+        raise ValueError(f"student {name} takes {mine.input_size} px, {len(mine.mean)} "
+                         f"channels; the teacher {recipe.input_size} px, {len(recipe.mean)} "
+                         f"channels: {fix}")
+    if config.student_checkpoint:
+        if (tuple(mine.mean), tuple(mine.std)) != (tuple(recipe.mean), tuple(recipe.std)):
+            logging.warning("student %s was trained on inputs normalised by mean %s, std %s; it "
+                            "is distilled on the teacher's (mean %s, std %s)", name, mine.mean,
+                            mine.std, recipe.mean, recipe.std)
+        base, info = adapt.linear_probe(base, shots_x, shots_y, num_classes, preprocess)
+        logging.info("student %s: a new %d-class head, linear probe top-1 %.1f%% on the %d "
+                     "labelled images", name, num_classes, info["train_top1"], len(shots_y))
+    base.preprocess = recipe  # the teacher's own inputs
+    return lambda: nnx.clone(base)
+
+
 def _trained(store: stages.StageStore, name: str, model: nnx.Module,
              train: Callable[[], list[dict]]) -> None:
     """Train ``model`` in place (``train`` returns fit's history) as a checkpointed stage."""
@@ -150,21 +191,11 @@ def compress(generalist: nnx.Module, data: TaskData, config: TransferConfig, *,
     timings: dict[str, float] = {}
     store = stages.StageStore(None if workdir is None else Path(workdir) / "stages")
 
-    def new_student() -> nnx.Module:
-        s = models.create(config.student, num_classes=len(data.class_names),
-                          rngs=nnx.Rngs(config.seed), **dict(config.student_overrides))
-        mine, theirs = s.preprocess, generalist.preprocess
-        if (mine.input_size, len(mine.mean)) != (theirs.input_size, len(theirs.mean)):
-            raise ValueError(f"student {config.student!r} takes {mine.input_size} px, "
-                             f"{len(mine.mean)} channels; the teacher {theirs.input_size} px, "
-                             f"{len(theirs.mean)} channels: set student_overrides (img_size, "
-                             "in_chans) to match")
-        s.preprocess = theirs  # trained from scratch on the teacher's own inputs
-        return s
-
-    new_student()  # a bad student fails here, before any work
     ids = few_shot_indices(data.train_labels, config.shots, config.seed)
     shots_x, shots_y = data.train_images[ids], data.train_labels[ids]
+    # A bad student fails here, before any work.
+    new_student = _student_factory(config, generalist.preprocess, shots_x, shots_y,
+                                   len(data.class_names), data.preprocess)
 
     t = time.perf_counter()
     teacher, adapt_info = adapt.task_teacher(generalist, data.class_ids, shots_x, shots_y,

@@ -85,21 +85,21 @@ def _abstract_model(arch: str, overrides_json: str) -> nnx.Module:
                                                 **json.loads(overrides_json)))
 
 
+def checkpoint_source(field: str, directory: str) -> ModelSource:
+    """The converted checkpoint a config ``field`` names, as a ModelSource (no weights read);
+    ValueError naming the field and value when it is not one."""
+    meta = convert.field_meta(field, directory)
+    labels = meta.get("labels")
+    return ModelSource(meta["arch"], str(Path(directory).expanduser().absolute()),
+                       None if labels is None else tuple(labels),
+                       json.dumps(meta["overrides"], sort_keys=True))
+
+
 def parse_model(c: ml_collections.ConfigDict) -> ModelSource:
     """``config.model`` (fields name, checkpoint) as a ModelSource, validated without loading
     weights; ValueError / FileNotFoundError naming a bad value."""
     if c.checkpoint:
-        try:
-            meta = convert.read_meta(c.checkpoint)
-        except (FileNotFoundError, ValueError) as e:
-            raise ValueError(f"config.model.checkpoint={c.checkpoint!r}: {e}") from None
-        if meta["arch"] not in models.names():
-            raise ValueError(f"config.model.checkpoint={c.checkpoint!r} holds arch "
-                             f"{meta['arch']!r}, not a known model")
-        labels = meta.get("labels")
-        return ModelSource(meta["arch"], str(Path(c.checkpoint).expanduser().absolute()),
-                           None if labels is None else tuple(labels),
-                           json.dumps(meta["overrides"], sort_keys=True))
+        return checkpoint_source("config.model.checkpoint", c.checkpoint)
     if not c.name:
         raise ValueError("config.model.checkpoint is empty: set it to a converted model "
                          "directory (python -m launch.convert --out=DIR)")

@@ -34,6 +34,7 @@ def parse(config: ml_collections.ConfigDict
                         if config.teacher_finetune_steps > 0 else None)
     cfg = transfer.TransferConfig(
         student=config.student, student_overrides=dict(config.student_overrides),
+        student_checkpoint=config.student_checkpoint,
         shots=config.shots, seed=config.seed, transfer_set=config.transfer_set,
         transfer_size=config.transfer_size, mix_labelled=config.mix_labelled,
         teacher_finetune=finetune_teacher,
@@ -42,6 +43,13 @@ def parse(config: ml_collections.ConfigDict
         baselines=common.names(config.baselines), latency_batch=config.latency_batch,
         adapt=config.adapt)
     return cfg, src, pool
+
+
+def _student_source(cfg: transfer.TransferConfig) -> common.ModelSource:
+    """Where the student comes from: its checkpoint, or its arch and overrides."""
+    if cfg.student_checkpoint:
+        return common.checkpoint_source("config.student_checkpoint", cfg.student_checkpoint)
+    return common.ModelSource(cfg.student, overrides_json=json.dumps(dict(cfg.student_overrides)))
 
 
 def _without_steps(c: ml_collections.ConfigDict) -> dict:
@@ -76,7 +84,8 @@ def run_transfer(config: ml_collections.ConfigDict, workdir: str | os.PathLike) 
         report["transfer"]["composition"][cfg.transfer_set] = pool.composition(
             transfer_ids, pool_y, pool_names, task_names)
     report["model"] = src.model.describe()
-    report["student"] = config.student
+    student_src = dataclasses.replace(src, model=_student_source(cfg))
+    report["student"] = student_src.model.describe()
     report["generalist"] = model_info
     report["environment"] = common.environment()
     report["seconds"]["total"] = time.perf_counter() - start
@@ -85,9 +94,6 @@ def run_transfer(config: ml_collections.ConfigDict, workdir: str | os.PathLike) 
                                                      "ids": transfer_ids.tolist()})
     if not (workdir / "student").exists():
         checkpoint.save_state(workdir / "student", result.model)
-    student_src = dataclasses.replace(
-        src, model=common.ModelSource(config.student,
-                                      overrides_json=json.dumps(dict(config.student_overrides))))
     report["specialist"] = common.write_specialist(workdir, result.model, student_src,
                                                    data.class_names, "transfer")
     files.write_json(workdir / "report.json", report)
