@@ -19,6 +19,7 @@ from taco_jax.models.latency import speedups
 from taco_jax.models.paths import get_layer
 from taco_jax.models.preprocess import Preprocess
 from taco_jax.models.shrink import infer_pairs, shrink_pair
+from taco_jax.models.vit import remove_branches, removed_branches
 from taco_jax.prune import sequential, speed_budget
 from taco_jax.run import evaluate
 
@@ -75,6 +76,30 @@ def test_structured_specialist_is_rebuilt_exactly_from_disk(arch, overrides, tmp
     loaded, meta = load_specialist(path)
     x = jnp.asarray(np.random.default_rng(0).standard_normal((3, 28, 28, 1)), jnp.float32)
     np.testing.assert_array_equal(np.asarray(loaded(x)), np.asarray(model(x)))
+
+
+def test_vit_specialist_with_removed_branches_is_rebuilt_exactly_from_disk(tmp_path):
+    """DC-ViT's shapes: attention removed from some blocks, an MLP from one, MLP neurons and
+    heads cut elsewhere; model.json names the branches and the rebuilt model's logits are
+    bit-identical. Blocks dropped from the list do not fit and are refused."""
+    model = models.create("vit_mini", num_classes=4, rngs=nnx.Rngs(3))
+    model.eval()
+    remove_branches(model, ["blocks.0.attn", "blocks.2.attn", "blocks.1.mlp"])
+    _cut_randomly(model)
+    path = save_specialist(tmp_path / "s", model, "vit_mini", {}, list("abcd"), {})
+    meta = json.loads((path / "model.json").read_text())
+    assert meta["removed"] == ["blocks.0.attn", "blocks.1.mlp", "blocks.2.attn"]
+    assert meta["cuts"] and not any(c.startswith(("blocks.0.attn", "blocks.1.mlp"))
+                                    for c in meta["cuts"])
+    loaded, _ = load_specialist(path)
+    assert removed_branches(loaded) == meta["removed"]
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((3, 28, 28, 1)), jnp.float32)
+    np.testing.assert_array_equal(np.asarray(loaded(x)), np.asarray(model(x)))
+    with pytest.raises(ValueError, match=r"'blocks.9.attn' is not a removable branch"):
+        remove_branches(models.create("vit_mini", num_classes=4), ["blocks.9.attn"])
+    model.blocks = nnx.List(list(model.blocks)[:2])
+    with pytest.raises(ValueError, match="beyond structured cuts and removed branches"):
+        save_specialist(tmp_path / "t", model, "vit_mini", {}, list("abcd"), {})
 
 
 def test_a_speed_beyond_the_prunable_layers_is_refused_in_one_line():

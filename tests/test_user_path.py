@@ -179,6 +179,8 @@ def test_dcvit_on_a_vit_checkpoint_and_image_folder(image_folder, tmp_path):
     assert report["model"] == str(ckpt) and report["task"]["classes"] == list(CLASSES)
     assert report["compressed"]["params"] < report["dense"]["params"]
     assert "sparsity" not in report  # a cut without then_prune has no zeros to count
+    assert report["specialist"] == "specialist"  # attention removed, rebuilt from model.json
+    assert evaluate.evaluate_workdir(tmp_path / "run")["top1"] == report["compressed"]["top1"]
     again = dcvit_run.run_dcvit(config, tmp_path / "run")  # finished: its report, as written
     assert again == json.loads(json.dumps(report, default=float))
 

@@ -5,7 +5,8 @@ Layout of a checkpoint directory::
     model.json   {"format": 1, "arch", "num_classes", "overrides", "preprocess", "source",
                   "labels" (optional: the class name of each classifier row),
                   "cuts" (optional: structured cuts, consumer layer -> its kept input
-                  channels and the ShrinkPair that cut them)}
+                  channels and the ShrinkPair that cut them),
+                  "removed" (optional: residual branches removed, "blocks.3.attn", ...)}
     state/       orbax StandardCheckpointer: params and BatchNorm statistics (nnx state)
 
 Writing goes to a hidden temporary directory beside the target, renamed into place at the end,
@@ -30,17 +31,20 @@ from taco_jax.convert.convert import ModelSpec
 from taco_jax.models import create, names
 from taco_jax.models.preprocess import Preprocess
 from taco_jax.models.shrink import ShrinkPair, shrink_pair
+from taco_jax.models.vit import remove_branches
 
 FORMAT = 1
 
 
-def build_abstract(spec: ModelSpec, cuts: Mapping[str, Mapping[str, Any]] | None = None
-                   ) -> nnx.Module:
-    """The abstract (shape-only) model of ``spec`` with ``cuts`` applied: consumer name ->
-    {"kept": input channels kept, "producers", "norms", "group_size", "repeat"} (its
-    ``ShrinkPair``). Which channels were kept does not matter here, only how many."""
+def build_abstract(spec: ModelSpec, cuts: Mapping[str, Mapping[str, Any]] | None = None,
+                   removed: Sequence[str] = ()) -> nnx.Module:
+    """The abstract (shape-only) model of ``spec`` with the ``removed`` residual branches
+    (``vit.remove_branches``) gone and ``cuts`` applied: consumer name -> {"kept": input
+    channels kept, "producers", "norms", "group_size", "repeat"} (its ``ShrinkPair``). Which
+    channels were kept does not matter here, only how many."""
     def make() -> nnx.Module:
-        model = create(spec.arch, num_classes=spec.num_classes, **spec.overrides)
+        model = remove_branches(create(spec.arch, num_classes=spec.num_classes,
+                                       **spec.overrides), list(removed))
         for name, cut in (cuts or {}).items():
             pair = ShrinkPair(name, tuple(cut["producers"]), tuple(cut["norms"]),
                               int(cut["group_size"]), int(cut["repeat"]))
@@ -52,11 +56,12 @@ def build_abstract(spec: ModelSpec, cuts: Mapping[str, Mapping[str, Any]] | None
 def save_checkpoint(model: nnx.Module, spec: ModelSpec, directory: str | Path, *,
                     source: dict[str, Any] | None = None,
                     labels: Sequence[str] | None = None,
-                    cuts: Mapping[str, Mapping[str, Any]] | None = None) -> Path:
+                    cuts: Mapping[str, Mapping[str, Any]] | None = None,
+                    removed: Sequence[str] = ()) -> Path:
     """Write ``model`` (params + BatchNorm stats) and how to rebuild it to a new ``directory``;
     ``labels``: the class name of each classifier row (lets a run restrict the classifier to
-    a task's classes by name); ``cuts``: the structured cuts that made its shapes differ from
-    ``spec``'s (``build_abstract``)."""
+    a task's classes by name); ``cuts`` and ``removed``: the structured cuts and removed
+    branches that made its shapes differ from ``spec``'s (``build_abstract``)."""
     if labels is not None and len(labels) != spec.num_classes:
         raise ValueError(f"{len(labels)} labels for a {spec.num_classes}-class model")
     directory = Path(directory).absolute()
@@ -72,6 +77,8 @@ def save_checkpoint(model: nnx.Module, spec: ModelSpec, directory: str | Path, *
             meta["labels"] = [str(name) for name in labels]
         if cuts:
             meta["cuts"] = {name: dict(cut) for name, cut in cuts.items()}
+        if removed:
+            meta["removed"] = list(removed)
         (tmp / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
         save_state(tmp / "state", model)
         os.rename(tmp, directory)
@@ -122,7 +129,7 @@ def load_checkpoint(directory: str | Path) -> tuple[nnx.Module, ModelSpec]:
     directory = Path(directory).expanduser().absolute()
     meta = read_meta(directory)
     spec = ModelSpec(meta["arch"], meta["num_classes"], meta["overrides"])
-    model = build_abstract(spec, meta.get("cuts"))
+    model = build_abstract(spec, meta.get("cuts"), meta.get("removed", ()))
     restore_state(directory / "state", model)
     model.preprocess = Preprocess.from_dict(meta["preprocess"])
     model.eval()

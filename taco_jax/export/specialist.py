@@ -5,8 +5,9 @@ its labels and the run it came from as its source.
 So one directory rebuilds it anywhere (``load_specialist``, ``python -m launch.evaluate``), and
 it is itself a model a run can start from (``--config.model.checkpoint``; its labels then name
 the task's classes). Structured cuts (channels, heads, MLP neurons of the architecture's
-producer/consumer pairs) are recorded in ``model.json`` and replayed on load; other changes of
-shape (DC-ViT's dropped attention) do not fit the architecture and are refused (``fits_spec``).
+producer/consumer pairs) and removed residual branches (DC-ViT's dropped attention) are recorded
+in ``model.json`` and replayed on load; other changes of shape (blocks dropped from the list) do
+not fit the architecture and are refused (``fits_spec``).
 """
 
 from __future__ import annotations
@@ -17,23 +18,27 @@ from typing import Any
 
 from flax import nnx
 
-from taco_jax import convert, models
+from taco_jax import convert
 from taco_jax.convert.checkpoint import build_abstract
 from taco_jax.models.paths import get_layer
 from taco_jax.models.shrink import infer_pairs
+from taco_jax.models.vit import removed_branches
 
 DIRECTORY = "specialist"  # a run's workdir/specialist
 
 
-def structured_cuts(model: nnx.Module, spec: convert.ModelSpec) -> dict[str, dict[str, Any]]:
+def structured_cuts(model: nnx.Module, spec: convert.ModelSpec, removed: Sequence[str] = ()
+                    ) -> dict[str, dict[str, Any]]:
     """consumer name -> {"kept", "producers", "norms", "group_size", "repeat"} for each of the
-    architecture's producer/consumer pairs (``shrink.infer_pairs``) whose consumer has fewer
-    input channels in ``model`` than ``spec`` builds."""
-    full = nnx.eval_shape(lambda: models.create(spec.arch, num_classes=spec.num_classes,
-                                                **spec.overrides))
+    architecture's producer/consumer pairs (``shrink.infer_pairs``; those of the ``removed``
+    branches gone) whose consumer has fewer input channels in ``model`` than ``spec`` builds."""
+    full = build_abstract(spec, removed=removed)
     cuts = {}
     for pair in infer_pairs(full):
-        kept = get_layer(model, pair.consumer).in_features
+        try:
+            kept = get_layer(model, pair.consumer).in_features
+        except KeyError:  # not in the model at all: fits_spec says it does not fit
+            continue
         if kept != get_layer(full, pair.consumer).in_features:
             cuts[pair.consumer] = {"kept": int(kept), "producers": list(pair.producers),
                                    "norms": list(pair.norms), "group_size": pair.group_size,
@@ -42,10 +47,11 @@ def structured_cuts(model: nnx.Module, spec: convert.ModelSpec) -> dict[str, dic
 
 
 def fits_spec(model: nnx.Module, spec: convert.ModelSpec,
-              cuts: dict[str, dict[str, Any]] | None = None) -> bool:
-    """Whether ``create(spec)`` with ``cuts`` replayed builds every parameter and BatchNorm
-    statistic of ``model`` with the same shape."""
-    abstract = build_abstract(spec, cuts)
+              cuts: dict[str, dict[str, Any]] | None = None, removed: Sequence[str] = ()
+              ) -> bool:
+    """Whether ``create(spec)`` with ``removed`` and ``cuts`` replayed builds every parameter
+    and BatchNorm statistic of ``model`` with the same shape."""
+    abstract = build_abstract(spec, cuts, removed)
     kinds = (nnx.Param, nnx.BatchStat)
     shapes = lambda m: {p: v.value.shape for p, v in nnx.to_flat_state(nnx.state(m, kinds))}
     return shapes(abstract) == shapes(model)
@@ -56,14 +62,17 @@ def save_specialist(directory: str | Path, model: nnx.Module, arch: str,
                     source: dict[str, Any]) -> Path:
     """Write ``model`` (its classifier: one row per task class, ``class_names``) to a new
     ``directory`` atomically; ``source`` says which run made it. Structured cuts are recorded
-    (``structured_cuts``); ValueError when the shapes differ otherwise (``fits_spec``)."""
+    and removed branches (``structured_cuts``, ``vit.removed_branches``); ValueError when the
+    shapes differ otherwise (``fits_spec``)."""
     spec = convert.ModelSpec(arch, len(class_names), dict(overrides))
-    cuts = structured_cuts(model, spec)
-    if not fits_spec(model, spec, cuts):
+    removed = removed_branches(model)
+    cuts = structured_cuts(model, spec, removed)
+    if not fits_spec(model, spec, cuts, removed):
         raise ValueError(f"the model's shapes differ from {arch} {overrides} beyond structured "
-                         "cuts (e.g. dropped blocks): it cannot be rebuilt from model.json")
+                         "cuts and removed branches (e.g. dropped blocks): it cannot be rebuilt "
+                         "from model.json")
     return convert.save_checkpoint(model, spec, directory, source=source, labels=class_names,
-                                   cuts=cuts)
+                                   cuts=cuts, removed=removed)
 
 
 def load_specialist(directory: str | Path) -> tuple[nnx.Module, dict[str, Any]]:

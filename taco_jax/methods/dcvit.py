@@ -138,20 +138,6 @@ def _feature_fn(block_outputs: bool):
 # ----------------------------------------------------------------------------- surgery
 
 
-def _remove_attention(block) -> None:
-    block.attn = None
-    block.norm1 = None
-    block.ls1 = None
-    block.drop_path1 = None
-
-
-def _remove_mlp(block) -> None:
-    block.mlp = None
-    block.norm2 = None
-    block.ls2 = None
-    block.drop_path2 = None
-
-
 def apply_plan(model: VisionTransformer, plan: Plan, batches: Sequence[jax.Array],
                prune: sequential.PruneConfig | None = None) -> sequential.PruneResult | None:
     """Cut ``model`` to ``plan`` in place (see the module docstring); returns the MLP pruning
@@ -168,9 +154,9 @@ def apply_plan(model: VisionTransformer, plan: Plan, batches: Sequence[jax.Array
     for i, (keep_attn, f) in enumerate(zip(plan.attn, plan.mlp_keep, strict=True)):
         block = model.blocks[i]
         if not keep_attn and block.attn is not None:
-            _remove_attention(block)
+            block.remove("attn")
         if f == 0.0:
-            _remove_mlp(block)
+            block.remove("mlp")
         elif f < 1.0:
             if block.mlp is None:
                 raise ValueError(f"block {i} has no MLP left to keep {f} of")
@@ -243,9 +229,9 @@ def rebuild(model: VisionTransformer, struct: dict) -> VisionTransformer:
     rngs = nnx.Rngs(0)
     for block, s in zip(model.blocks, blocks, strict=True):
         if not s["attn"]:
-            _remove_attention(block)
+            block.remove("attn")
         if s["mlp_hidden"] == 0:
-            _remove_mlp(block)
+            block.remove("mlp")
         elif s["mlp_hidden"] != block.mlp.fc1.out_features:
             dim = block.mlp.fc1.in_features
             block.mlp.fc1 = linear(dim, s["mlp_hidden"], rngs=rngs)

@@ -7,8 +7,9 @@ Compression hooks:
 - the number of attention heads is read from the width of the ``qkv`` output and the stored
   ``head_dim``, so head pruning may shrink ``qkv`` (output) and ``proj`` (input) by whole heads;
 - the MLP width is whatever ``fc1``/``fc2`` hold;
-- ``block.attn = None`` removes a block's attention branch (DC-ViT) together with its norm,
-  layer scale and drop path; ``block.mlp = None`` likewise removes the MLP branch.
+- ``Block.remove("attn")`` removes a block's attention branch (DC-ViT) together with its norm,
+  layer scale and drop path, ``Block.remove("mlp")`` the MLP branch; ``removed_branches`` /
+  ``remove_branches`` name and replay them (a checkpoint records them).
 """
 
 from __future__ import annotations
@@ -97,6 +98,44 @@ class Block(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return self.mlp_half(self.attn_half(x))
+
+    def remove(self, branch: str) -> None:
+        """Drop the ``branch`` ("attn" or "mlp") with its norm, layer scale and drop path: the
+        block then passes its input through that half unchanged."""
+        if branch not in BRANCHES:
+            raise ValueError(f"a block's branches are {BRANCHES}, got {branch!r}")
+        i = BRANCHES.index(branch) + 1
+        setattr(self, branch, None)
+        for name in (f"norm{i}", f"ls{i}", f"drop_path{i}"):
+            setattr(self, name, None)
+
+
+BRANCHES = ("attn", "mlp")
+
+
+def removed_branches(model: nnx.Module) -> list[str]:
+    """The residual branches removed from a ViT's blocks ("blocks.3.attn", ...), in order; []
+    for any other model."""
+    blocks = getattr(model, "blocks", None)
+    if not isinstance(model, VisionTransformer) or blocks is None:
+        return []
+    return [f"blocks.{i}.{b}" for i, block in enumerate(blocks) for b in BRANCHES
+            if getattr(block, b) is None]
+
+
+def remove_branches(model: nnx.Module, names: list[str]) -> nnx.Module:
+    """Remove the named branches ("blocks.<i>.attn" / "blocks.<i>.mlp") from a ViT in place;
+    ValueError naming one that is not a branch of ``model``."""
+    for name in names:
+        parts = name.split(".")
+        ok = (isinstance(model, VisionTransformer) and len(parts) == 3 and parts[0] == "blocks"
+              and parts[1].isdigit() and int(parts[1]) < len(model.blocks)
+              and parts[2] in BRANCHES)
+        if not ok:
+            raise ValueError(f"{name!r} is not a removable branch of this "
+                             f"{type(model).__name__} (blocks.<i>.attn or blocks.<i>.mlp)")
+        model.blocks[int(parts[1])].remove(parts[2])
+    return model
 
 
 class VisionTransformer(nnx.Module):

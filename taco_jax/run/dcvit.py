@@ -167,6 +167,8 @@ def run_dcvit(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> 
         dcvit.save(workdir / "compressed", result.model)
         if result.masks:
             files.write_npz(workdir / "masks.npz", result.masks)
+        out["specialist"] = common.write_specialist(workdir, result.model, s.source,
+                                                    data.class_names, "dcvit")
     out["seconds"]["total"] = time.perf_counter() - start
     out["environment"] = common.environment()
     files.write_json(workdir / ("sweep.json" if config.mode == "sweep" else "report.json"), out)

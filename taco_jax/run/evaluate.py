@@ -25,7 +25,7 @@ def _load(workdir: Path):
     path = Path(workdir) / specialist.DIRECTORY
     if not (path / "model.json").is_file():
         raise FileNotFoundError(f"{workdir} holds no {specialist.DIRECTORY}/ (written at the end "
-                                "of a single-process TACO or transfer run)")
+                                "of a single-process TACO, DC-ViT or transfer run)")
     return specialist.load_specialist(path)
 
 

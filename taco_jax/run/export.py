@@ -62,7 +62,7 @@ def export_workdir(workdir: str | os.PathLike, fmt: str, out: str | os.PathLike 
     path = workdir / specialist.DIRECTORY
     if not (path / "model.json").is_file():
         raise FileNotFoundError(f"{workdir} holds no {specialist.DIRECTORY}/ (written at the end "
-                                "of a single-process TACO or transfer run)")
+                                "of a single-process TACO, DC-ViT or transfer run)")
     model, meta = specialist.load_specialist(path)
     out = Path(out) if out is not None else workdir / "export" / f"specialist.{fmt}"
     sample, what = parity_sample(workdir, model, batch_size)
