@@ -304,6 +304,18 @@ def _small_taco(config, shots: int):
     return config
 
 
+def test_taco_sweep_runs_on_the_checkpoint_after_the_main_run(checkpoint, image_folder, tmp_path):
+    """``config.sweep``: the generalist is kept for the sweep (a plain run hands it over to
+    ``compress``), which compresses it again at each other sparsity."""
+    config = _small_taco(_user_config(taco_demo.get_config("runlocal"), checkpoint, image_folder),
+                         shots=4)
+    config.prune.sparsity, config.sweep = 0.5, (0.5, 0.75)
+    report = taco_run.run_taco(config, tmp_path / "run")
+    points = json.loads((tmp_path / "run" / "sweep.json").read_text())
+    assert np.allclose([p["sparsity"] for p in points], [0.5, 0.75], atol=0.02)
+    assert points[0]["taco_top1"] == report["compressed"]["top1"]
+
+
 def test_taco_on_an_imagenet_layout_folder_subtask_restricts_the_head_by_wnid(tmp_path):
     """root/{train,val}/<wnid>/*, a built-in subtask naming its classes, an ImageNet-1k
     checkpoint labelled by wnid: the head is restricted to the subtask's rows (TACO's method,

@@ -421,6 +421,7 @@ def compress(model: nnx.Module, data: TaskData, config: TacoConfig, *,
     teacher, adapt_info = adapt.task_teacher(model, data.class_ids, calib_x, calib_y,
                                              len(data.class_names), data.preprocess,
                                              how=config.adapt, l2=config.probe_l2 or None)
+    del model  # only the teacher from here: a caller that hands the model over frees it
     dense = data.evaluate(teacher)
     timings = {"adapt": adapt_info.pop("seconds")}
     logging.info("dense task teacher: top-1 %.2f%% on %d test images", dense["top1"], dense["n"])
