@@ -68,6 +68,15 @@ def checkpoint(tmp_path_factory) -> Path:
                        img_size=32)
 
 
+def _metadata_only_checkpoint(directory: Path, arch: str) -> str:
+    """A checkpoint directory with model.json and an empty state/: all a parse reads."""
+    (directory / "state").mkdir(parents=True)
+    (directory / "model.json").write_text(json.dumps(
+        {"format": 1, "arch": arch, "num_classes": 1000, "overrides": {},
+         "preprocess": RECIPE.to_dict()}))
+    return str(directory)
+
+
 def _user_config(config, checkpoint: Path, image_folder: Path):
     config.model.checkpoint = str(checkpoint)
     config.task.dataset = "image_folder"
@@ -258,11 +267,8 @@ def test_transfer_family_configs_parse_for_a_checkpoint_of_their_family(
     config = importlib.import_module(f"configs.transfer.{family}").get_config("cpu")
     with pytest.raises(ValueError, match=r"config\.model\.checkpoint is empty"):
         transfer_run.parse(config)
-    (tmp_path / "ckpt" / "state").mkdir(parents=True)
-    (tmp_path / "ckpt" / "model.json").write_text(json.dumps(
-        {"format": 1, "arch": arch, "num_classes": 1000, "overrides": {},
-         "preprocess": RECIPE.to_dict()}))
-    config.model.checkpoint, config.task.data_dir = str(tmp_path / "ckpt"), str(image_folder)
+    config.model.checkpoint = _metadata_only_checkpoint(tmp_path / "ckpt", arch)
+    config.task.data_dir = str(image_folder)
     config.pool.data_dir = str(image_folder)
     cfg, src, pool_task = transfer_run.parse(config)
     assert src.model.arch == arch and cfg.student == student and not cfg.student_overrides
@@ -281,11 +287,8 @@ def test_family_configs_parse_for_a_checkpoint_of_their_family(family, arch, lea
     config = module.get_config("cpu")
     with pytest.raises(ValueError, match=r"config\.model\.checkpoint is empty"):
         taco_run.parse(config)
-    (tmp_path / "ckpt" / "state").mkdir(parents=True)
-    (tmp_path / "ckpt" / "model.json").write_text(json.dumps(
-        {"format": 1, "arch": arch, "num_classes": 1000, "overrides": {},
-         "preprocess": RECIPE.to_dict()}))
-    config.model.checkpoint, config.task.data_dir = str(tmp_path / "ckpt"), str(image_folder)
+    config.model.checkpoint = _metadata_only_checkpoint(tmp_path / "ckpt", arch)
+    config.task.data_dir = str(image_folder)
     taco_config, src = taco_run.parse(config)
     assert src.model.arch == arch and src.task.class_names() == list(CLASSES)
     assert taco_config.recover.learning_rate == learning_rate

@@ -9,6 +9,5 @@ from taco_jax.convert.safetensors_io import read_safetensors
 from taco_jax.convert.state_dict import load_state_dict
 
 __all__ = ["CheckpointMismatchError", "ModelSpec", "convert_state_dict", "field_meta",
-           "load_checkpoint",
-           "load_state_dict", "load_state_dict_into", "read_meta", "read_safetensors",
-           "resize_pos_embed", "save_checkpoint", "torch_layout"]
+           "load_checkpoint", "load_state_dict", "load_state_dict_into", "read_meta",
+           "read_safetensors", "resize_pos_embed", "save_checkpoint", "torch_layout"]

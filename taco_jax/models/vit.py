@@ -116,10 +116,9 @@ BRANCHES = ("attn", "mlp")
 def removed_branches(model: nnx.Module) -> list[str]:
     """The residual branches removed from a ViT's blocks ("blocks.3.attn", ...), in order; []
     for any other model."""
-    blocks = getattr(model, "blocks", None)
-    if not isinstance(model, VisionTransformer) or blocks is None:
+    if not isinstance(model, VisionTransformer):
         return []
-    return [f"blocks.{i}.{b}" for i, block in enumerate(blocks) for b in BRANCHES
+    return [f"blocks.{i}.{b}" for i, block in enumerate(model.blocks) for b in BRANCHES
             if getattr(block, b) is None]
 
 
