@@ -97,6 +97,27 @@ def test_swap_refine_keeps_the_counts_lowers_the_error_and_ends_least_squares():
         refit.swap_refine(W, H, keep, V, rounds=-1)
 
 
+def test_exact_refit_in_chunks_is_exact_and_holds_one_cholesky(monkeypatch):
+    """Rows that do not fill whole chunks (7 rows, chunks of 3) are solved exactly, and the
+    compiled program factorises in one batched Cholesky: two independent ones (a chunked
+    map's remainder) ran concurrently and deadlocked XLA CPU's 2-thread pool."""
+    import jax.numpy as jnp
+
+    W, H = correlated_layer(7, 40, seed=8)
+    W1, keep, _ = prune_layer(W, H, "unstructured", 0.7, blocksize=32, method="sparsegpt")
+    monkeypatch.setattr(refit, "EXACT_CHUNK_FLOATS", 3 * 40**2)
+    refit._exact.clear_cache()
+    try:
+        V = np.asarray(refit.refit(W, H, keep, W1, method="exact"))
+        args = (jnp.asarray(W), refit._damped(jnp.asarray(H), 0.01), jnp.asarray(keep))
+        hlo = refit._exact.lower(*args).compile().as_text()
+    finally:
+        refit._exact.clear_cache()
+    ref = numpy_refit(W, H, keep)
+    np.testing.assert_allclose(V, ref, atol=2e-5 * np.abs(ref).max())
+    assert hlo.count("potrf") == 1
+
+
 def test_refit_benchmark_prints_a_row_per_shape_and_sparsity(capsys):
     from taco_jax.bench import refit as bench
 

@@ -46,17 +46,28 @@ def _damped(H: jax.Array, percdamp: float) -> jax.Array:
 @jax.jit
 def _exact(W0, Hd, keep):
     """Each row's system with pruned coordinates pinned: A = P H P + (I − P), b = P H w0;
-    ``EXACT_CHUNK_FLOATS`` worth of rows' systems at a time."""
-    def row(args):
-        w0, k = args
+    ``EXACT_CHUNK_FLOATS`` worth of rows' systems at a time, one chunk after another.
+
+    The rows are padded to whole chunks (a padded row keeps nothing: A = I, b = 0) so that
+    the program holds a single batched Cholesky. ``lax.map(batch_size=...)`` would factorise
+    the remainder rows in a second, independent one; XLA CPU runs the two at once, each on a
+    thread of its pool, and each waits there for its own batch's tasks: on 2 cores that
+    deadlocks (jaxlib 0.10.2's ``ParallelBatchMap``; seen in ``bench.oneshot``)."""
+    def row(w0, k):
         kf = k.astype(Hd.dtype)
         A = Hd * kf[:, None] * kf[None, :] + jnp.diag(1.0 - kf)
         b = kf * (Hd @ w0)
         L = jnp.linalg.cholesky(A)
         return jax.scipy.linalg.cho_solve((L, True), b)
 
-    chunk = max(1, min(W0.shape[0], EXACT_CHUNK_FLOATS // Hd.shape[0] ** 2))
-    return lax.map(row, (W0, keep), batch_size=chunk)
+    rows, d = W0.shape
+    chunk = max(1, min(rows, EXACT_CHUNK_FLOATS // d**2))
+    n = -(-rows // chunk)
+    pad = ((0, n * chunk - rows), (0, 0))
+    W0p = jnp.pad(W0, pad).reshape(n, chunk, d)
+    keepp = jnp.pad(keep, pad).reshape(n, chunk, d)
+    V = lax.map(lambda a: jax.vmap(row)(*a), (W0p, keepp))
+    return V.reshape(n * chunk, d)[:rows]
 
 
 @functools.partial(jax.jit, static_argnames=("iterations",))
