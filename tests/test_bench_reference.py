@@ -43,13 +43,17 @@ def test_compares_with_the_reference_interface(tmp_path, capsys):
                     "--cases=0.5,2:4"])
     out = capsys.readouterr().out
     assert "the reference prints" not in out
-    rows = {line.split()[0]: [float(v) for v in line.split()[1:]]
+    rows = {line.split()[0]: [float("nan" if v == "-" else v) for v in line.split()[1:]]
             for line in out.splitlines() if re.match(r"(0\.5|2:4) ", line)}
     assert set(rows) == {"0.5", "2:4"}
     for e_ref, e_ours, ratio, e_refit, ratio_refit, *_ in rows.values():
         # second order beats magnitude, and the re-solve beats SparseGPT alone
         assert 0 < e_refit <= e_ours < e_ref and ratio == pytest.approx(e_ours / e_ref, abs=1e-3)
         assert ratio_refit < 1
+    # swaps (unstructured only) never end above the re-solve they start from
+    assert rows["0.5"][5] <= rows["0.5"][3] * 1.001
+    assert rows["0.5"][6] == pytest.approx(rows["0.5"][5] / rows["0.5"][0], abs=1e-3)
+    assert np.isnan(rows["2:4"][5])
 
 
 def test_relative_error_is_float64_output_error():

@@ -71,6 +71,12 @@ def main() -> None:
                     help="image side in pixels (0: the model's input size)")
     ap.add_argument("--pattern", default="unstructured", help="sparsity pattern")
     ap.add_argument("--sparsity", type=float, default=0.9, help="share of weights removed")
+    ap.add_argument("--method", default="auto",
+                    help="the layer solver: auto, sparsegpt, obc, magnitude (prune.method)")
+    ap.add_argument("--no_refit", action="store_true",
+                    help="SparseGPT without the exact re-solve on its mask (prune.refit=False)")
+    ap.add_argument("--swap_rounds", type=int, default=0,
+                    help="rounds of mask trades after the re-solve (prune.swap_rounds)")
     args = ap.parse_args()
     logging.set_verbosity(logging.WARNING)
     model = registry.create(args.model, num_classes=1000)
@@ -78,7 +84,8 @@ def main() -> None:
     rng = np.random.default_rng(0)
     batches = [rng.normal(size=(min(args.batch, args.images - i), size, size, channels))
                .astype(np.float32) for i in range(0, args.images, args.batch)]
-    config = PruneConfig(pattern=args.pattern, sparsity=args.sparsity)
+    config = PruneConfig(pattern=args.pattern, sparsity=args.sparsity, method=args.method,
+                         refit=not args.no_refit, swap_rounds=args.swap_rounds)
     fwd_macs, hess_macs = floor_macs(model, batches[0][:1], config)
     rate = gemm_rate()
     t0 = time.perf_counter()
@@ -89,12 +96,14 @@ def main() -> None:
     peak = peak_rss_mib() / 1024
     floor = (fwd_macs + hess_macs) * args.images / rate
     print(f"{args.model} {args.pattern} {args.sparsity} images={args.images} "
-          f"layers={len(res.stats)} jax={jax.__version__}")
+          f"layers={len(res.stats)} method={args.method} refit={not args.no_refit} "
+          f"swap_rounds={args.swap_rounds} jax={jax.__version__}")
     print(f"total {total:.1f}s  hessians {hess:.1f}s  solves {solve:.1f}s  "
           f"other {total - hess - solve:.1f}s  peak RSS {peak:.2f} GiB")
     print(f"FLOP floor {floor:.1f}s ({fwd_macs / 1e9:.2f} forward + {hess_macs / 1e9:.2f} "
           f"Hessian GMAC per image at {2 * rate / 1e9:.0f} GFLOP/s measured): total is "
           f"{total / floor:.2f}x the floor, the Hessian part {hess / floor:.2f}x")
+    print(f"mean layer relative error {np.mean([s.rel_error for s in res.stats]):.4f}")
     for s in res.stats:
         print(f"  {s.name:28s} {'x'.join(map(str, s.shape)):14s} sparsity {s.sparsity:.3f} "
               f"rel.err {s.rel_error:.3e}  hessian {s.hessian_seconds:.2f}s  "

@@ -5,8 +5,9 @@ github.com/IST-DASLab/sparsegpt; needs torch and transformers, which its module 
 Each case is one layer W (d_out, d_in) with correlated (optionally heavy-tailed) calibration
 inputs X (samples, d_in); the reference's ``SparseGPT`` (``add_batch`` then ``fasterprune``,
 on CPU) and ours (``prune_layer`` with SparseGPT alone, picking N:M choices by the reference's
-rule, and the default: N:M choices by their joint error, then the exact re-solve on the mask,
-``prune.refit``) prune the same W on the same X. The error is the relative
+rule; the default: N:M choices by their joint error, then the exact re-solve on the mask,
+``prune.refit``; for unstructured cases also 8 rounds of ``prune.swap_rounds`` after it) prune
+the same W on the same X. The error is the relative
 output error ‖X(W − Ŵ)ᵀ‖² / ‖XWᵀ‖² in float64, so ours / reference < 1 means ours is better.
 """
 
@@ -22,7 +23,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from taco_jax.prune.refit import refit
+from taco_jax.prune.refit import refit, swap_refine
 from taco_jax.prune.solver import prune_layer
 
 CASES = ("0.5", "0.75", "0.9", "2:4", "4:8")
@@ -90,7 +91,8 @@ def _no_cuda_sync(torch):
 
 
 def ours(W: np.ndarray, X: np.ndarray, case: str) -> dict[str, tuple[np.ndarray, float]]:
-    """name -> (pruned W, seconds of a warm call): SparseGPT alone, and with the re-solve."""
+    """name -> (pruned W, seconds of a warm call): SparseGPT alone, with the re-solve, and
+    (unstructured cases) with 8 rounds of swaps after the re-solve."""
     H = 2.0 * X.T.astype(np.float64) @ X / len(X)
     pattern, sparsity = (case, 0.0) if ":" in case else ("unstructured", float(case))
 
@@ -101,8 +103,14 @@ def ours(W: np.ndarray, X: np.ndarray, case: str) -> dict[str, tuple[np.ndarray,
         W1, keep, _ = prune_layer(W, H, pattern, sparsity, method="sparsegpt")
         return refit(W, H, keep, W1), keep
 
+    def swapped():
+        W1, keep = resolved()
+        keep, V = swap_refine(W, H, keep, W1, rounds=8)
+        return V, keep
+
     out = {}
-    for name, fn in (("sparsegpt", alone), ("sparsegpt+refit", resolved)):
+    runs = [("sparsegpt", alone), ("sparsegpt+refit", resolved)]
+    for name, fn in runs + ([("+swap", swapped)] if ":" not in case else []):
         jax.block_until_ready(fn())  # compile
         t0 = time.perf_counter()
         W_new = jax.block_until_ready(fn())[0]
@@ -127,15 +135,21 @@ def main(argv: list[str] | None = None) -> None:
     print(f"layer {d_out}x{d_in}, {args.samples} samples{' (heavy tails)' if args.heavy else ''};"
           f" relative output error, ours / reference; seconds (ours: a warm call)")
     print(f"{'case':6s} {'reference':>10s} {'sparsegpt':>10s} {'ratio':>6s} "
-          f"{'+refit':>10s} {'ratio':>6s} {'ref s':>6s} {'ours s':>7s} {'+refit s':>8s}")
+          f"{'+refit':>10s} {'ratio':>6s} {'+swap':>10s} {'ratio':>6s} {'ref s':>6s} "
+          f"{'ours s':>7s} {'+refit s':>8s} {'+swap s':>7s}")
     for case in args.cases.split(","):
         W_ref, t_ref = reference_prune(module, W, X, case)
         mine = ours(W, X, case)
         e_ref = rel_error(W, W_ref, X)
         (w_a, t_a), (w_b, t_b) = mine["sparsegpt"], mine["sparsegpt+refit"]
         e_a, e_b = rel_error(W, w_a, X), rel_error(W, w_b, X)
+        swap = (f"{rel_error(W, mine['+swap'][0], X):10.4f} "
+                f"{rel_error(W, mine['+swap'][0], X) / e_ref:6.3f}") if "+swap" in mine \
+            else f"{'-':>10s} {'-':>6s}"
+        t_swap = f"{mine['+swap'][1]:7.2f}" if "+swap" in mine else f"{'-':>7s}"
         print(f"{case:6s} {e_ref:10.4f} {e_a:10.4f} {e_a / e_ref:6.3f} {e_b:10.4f} "
-              f"{e_b / e_ref:6.3f} {t_ref:6.2f} {t_a:7.2f} {t_b:8.2f}", flush=True)
+              f"{e_b / e_ref:6.3f} {swap} {t_ref:6.2f} {t_a:7.2f} {t_b:8.2f} {t_swap}",
+              flush=True)
 
 
 if __name__ == "__main__":
