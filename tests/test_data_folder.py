@@ -116,3 +116,35 @@ def test_bad_folders_and_files_are_named(tmp_path):
         split.images(range(split.num_examples))
     with pytest.raises(ValueError, match="needs data_dir"):
         Task(source.IMAGE_FOLDER, ("cat",)).source_class_ids()
+
+
+def test_bad_files_are_skipped_and_listed_only_when_asked(tmp_path, caplog):
+    """skip_bad_files: empty and unreadable files (a text file named .jpg, a PNG cut after
+    its signature) are left out, logged and listed in the manifest; the good ones keep their
+    labels; without it the same folder is refused, naming the flag."""
+    rng = np.random.default_rng(1)
+    for c in ("cat", "dog"):
+        (tmp_path / c).mkdir()
+        for i in range(6):
+            _save(tmp_path / c / f"{i}.png", rng.integers(0, 256, (8, 8, 3), dtype=np.uint8))
+    (tmp_path / "dog" / "empty.png").write_bytes(b"")
+    (tmp_path / "dog" / "text.jpg").write_text("not an image")
+    good = (tmp_path / "cat" / "0.png").read_bytes()
+    (tmp_path / "cat" / "cut.png").write_bytes(good[:12])
+    folder.scan.cache_clear()
+    source.open_split.cache_clear()
+    with pytest.raises(ValueError, match=r"empty \(0-byte\).*task.skip_bad_files"):
+        folder.scan(str(tmp_path))
+    with caplog.at_level("WARNING"):
+        data = folder.scan(str(tmp_path), skip_bad=True)
+    assert sorted(p.name for p in data.skipped) == ["cut.png", "empty.png", "text.jpg"]
+    assert "skipped 3 empty or unreadable file(s)" in caplog.text
+    assert sorted(data.manifest()["skipped"]) == ["cat/cut.png", "dog/empty.png", "dog/text.jpg"]
+    task = Task(source.IMAGE_FOLDER, (), str(tmp_path), skip_bad_files=True)
+    images, labels = [], []
+    for split in ("train", "test"):
+        s = task.split(split)
+        images += s.images(range(s.num_examples))
+        labels += s.labels().tolist()
+    assert len(images) == 12 and sorted(labels) == [0] * 6 + [1] * 6
+    assert all(im.shape == (8, 8, 3) for im in images)

@@ -65,6 +65,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Read at most this many train images per class (seeded; 0 = all): the few-shot sample is
     # drawn from them. Caps memory on large train splits (an ImageNet class has 1,300).
     c.task.train_per_class = 0
+    # An image folder's empty or unreadable files (Pillow cannot read their header): False =
+    # the run is refused naming them (before any work for empty files); True = they are left
+    # out, logged and listed in the workdir's task_files.json ("skipped").
+    c.task.skip_bad_files = False
 
     c.generalist = ml_collections.ConfigDict()  # trained once on all 20 classes, then cached
     # 0 = the model's default (generalist.STEPS): 6,000 for vit_mini, 1,500 for the
@@ -147,6 +151,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.pool.dataset = "taco_embedded" if v.get("pool") else ""
     c.pool.split = "train"
     c.pool.data_dir = ""
+    c.pool.skip_bad_files = False  # as task.skip_bad_files, for an image-folder pool
     # Share of each task class's pool images kept (seeded). 0: none of the task's classes, so
     # the labelled few-shot images stay the only task images the run sees.
     c.pool.task_class_fraction = 0.0

@@ -46,6 +46,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.pool.dataset = "taco_embedded"
     c.pool.split = "train"  # the pool dataset's split
     c.pool.data_dir = ""  # the pool's data directory ("" = tfds's default)
+    c.pool.skip_bad_files = False  # an image-folder pool's bad files: refused, or left out
     # Share of each task class's pool images kept (seeded): 1 = the whole train split (a third
     # of it task-class images), 0 = none (only related images to find).
     c.pool.task_class_fraction = 0.1

@@ -11,7 +11,9 @@ Two layouts under ``root`` (dataset name ``image_folder``, ``data_dir=root``):
 Images are the files with an image suffix (``IMAGE_SUFFIXES``, any case; hidden and other files are
 ignored), in sorted path order, decoded to RGB uint8 (H, W, 3): grey, palette, alpha and CMYK modes
 are converted, sizes may differ. A missing root, a root without class folders, a class folder
-without images, or a file Pillow cannot decode is an error that names it.
+without images, or a file Pillow cannot decode is an error that names it; ``scan(root,
+skip_bad=True)`` instead leaves out (and lists) empty files and files whose header Pillow cannot
+read, checked once when the folder is scanned.
 """
 
 from __future__ import annotations
@@ -22,10 +24,12 @@ from pathlib import Path
 
 import numpy as np
 import PIL.Image
+from absl import logging
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 HELD_OUT_FRACTION = 0.2
 HELD_OUT_SEED = 0
+SKIP_HINT = "config field task.skip_bad_files or pool.skip_bad_files"
 
 
 def _images_in(folder: Path) -> list[Path]:
@@ -47,18 +51,38 @@ def images_under(root: str | Path) -> list[Path]:
     return found
 
 
-def _class_images(folder: Path, hint: str = "") -> list[Path]:
+def _unreadable(path: Path) -> bool:
+    """Whether Pillow cannot read the file's header (an empty, truncated-at-the-start or
+    mislabelled file); cheap: no pixels are decoded."""
+    if path.stat().st_size == 0:
+        return True
+    try:
+        with PIL.Image.open(path) as im:
+            im.verify()
+    except (OSError, ValueError, SyntaxError, PIL.Image.DecompressionBombError):
+        return True
+    return False
+
+
+def _class_images(folder: Path, hint: str = "", skipped: list[Path] | None = None
+                  ) -> list[Path]:
     """The images of a class folder; ValueError naming it when it holds none, or naming its
-    empty (0-byte) files, which no image is (an interrupted copy): found before any work."""
+    empty (0-byte) files, which no image is (an interrupted copy): found before any work.
+    ``skipped`` (a list): leave out empty and unreadable files instead, appending them there."""
     found = _images_in(folder)
+    if skipped is not None:
+        bad = [p for p in found if _unreadable(p)]
+        skipped += bad
+        found = [p for p in found if p not in set(bad)]
     if not found:
-        raise ValueError(f"class folder {str(folder)!r} holds no images (suffixes "
+        raise ValueError(f"class folder {str(folder)!r} holds no "
+                         f"{'readable ' if skipped is not None else ''}images (suffixes "
                          f"{sorted(IMAGE_SUFFIXES)}){hint}")
     empty = [p.name for p in found if p.stat().st_size == 0]
     if empty:
         raise ValueError(f"class folder {str(folder)!r} holds {len(empty)} empty (0-byte) image "
                          f"file(s): {', '.join(empty[:3])}{', ...' if len(empty) > 3 else ''}; "
-                         "remove or replace them")
+                         f"remove or replace them, or skip them ({SKIP_HINT})")
     return found
 
 
@@ -74,6 +98,7 @@ class FolderDataset:
     classes: tuple[str, ...]
     splits: dict[str, tuple[tuple[Path, ...], np.ndarray]]
     held_out_made: bool  # flat layout: the train/test split was made here
+    skipped: tuple[Path, ...] = ()  # empty or unreadable files left out (``skip_bad``)
 
     def manifest(self) -> dict:
         """The files of every split (relative to the root) and how the split was made: what a
@@ -82,7 +107,8 @@ class FolderDataset:
                 "held_out": ({"fraction": HELD_OUT_FRACTION, "seed": HELD_OUT_SEED}
                              if self.held_out_made else None),
                 "splits": {name: [str(p.relative_to(self.root)) for p in files]
-                           for name, (files, _) in self.splits.items()}}
+                           for name, (files, _) in self.splits.items()},
+                "skipped": [str(p.relative_to(self.root)) for p in self.skipped]}
 
 
 def _held_out(files: list[list[Path]]) -> dict[str, tuple[tuple[Path, ...], np.ndarray]]:
@@ -100,9 +126,22 @@ def _held_out(files: list[list[Path]]) -> dict[str, tuple[tuple[Path, ...], np.n
 
 
 @functools.lru_cache(maxsize=16)
-def scan(root: str) -> FolderDataset:
-    """Scan an image folder (either layout; see the module doc), read once per process."""
-    path = Path(root).expanduser()
+def scan(root: str, skip_bad: bool = False) -> FolderDataset:
+    """Scan an image folder (either layout; see the module doc), read once per process.
+    ``skip_bad``: leave out empty files and files whose header Pillow cannot read (each
+    file's header is read once here), logged and listed in ``FolderDataset.skipped``; else
+    an empty file is an error here, an undecodable one when it is read."""
+    data = _scan(Path(root).expanduser(), root, [] if skip_bad else None)
+    if data.skipped:
+        shown = [str(p.relative_to(data.root)) for p in data.skipped[:5]]
+        logging.warning("image folder %s: skipped %d empty or unreadable file(s): %s%s", root,
+                        len(data.skipped), ", ".join(shown),
+                        ", ..." if len(data.skipped) > 5 else "")
+    return data
+
+
+def _scan(path: Path, root: str, skipped: list[Path] | None) -> FolderDataset:
+    """``scan``'s work; ``skipped``: a list collecting the files left out, or None."""
     if not path.is_dir():
         raise FileNotFoundError(f"image folder {root!r} does not exist or is not a directory")
     top = _class_dirs(path)
@@ -116,14 +155,16 @@ def scan(root: str) -> FolderDataset:
         for split, dirs in nested.items():
             paths, labels = [], []
             for d in dirs:
-                found = _class_images(d)
+                found = _class_images(d, skipped=skipped)
                 paths += found
                 labels += [classes.index(d.name)] * len(found)
             splits[split] = (tuple(paths), np.asarray(labels, np.int64))
-        return FolderDataset(path, tuple(classes), splits, held_out_made=False)
+        return FolderDataset(path, tuple(classes), splits, held_out_made=False,
+                             skipped=tuple(skipped or ()))
     files = [_class_images(d, "; a folder of class folders must hold images, a folder of "
-                              "split folders only class folders") for d in top]
-    return FolderDataset(path, tuple(d.name for d in top), _held_out(files), held_out_made=True)
+                              "split folders only class folders", skipped) for d in top]
+    return FolderDataset(path, tuple(d.name for d in top), _held_out(files), held_out_made=True,
+                         skipped=tuple(skipped or ()))
 
 
 def decode(path: Path) -> np.ndarray:
@@ -132,4 +173,5 @@ def decode(path: Path) -> np.ndarray:
         with PIL.Image.open(path) as im:
             return np.asarray(im.convert("RGB"), np.uint8)
     except (OSError, ValueError, PIL.Image.DecompressionBombError) as e:
-        raise ValueError(f"cannot read image {str(path)!r}: {e}") from None
+        raise ValueError(f"cannot read image {str(path)!r}: {e}; remove or replace it, or "
+                         f"skip such files ({SKIP_HINT})") from None

@@ -97,10 +97,12 @@ def builder(name: str, data_dir: str | None = None) -> tfds.core.DatasetBuilder:
     return b
 
 
-def class_names(name: str, data_dir: str | None = None, label_key: str = "label") -> list[str]:
-    """The dataset's class names, in label-id order."""
+def class_names(name: str, data_dir: str | None = None, label_key: str = "label",
+                skip_bad_files: bool = False) -> list[str]:
+    """The dataset's class names, in label-id order (``skip_bad_files``: ``folder.scan``'s
+    ``skip_bad``, for an image folder)."""
     if name == IMAGE_FOLDER:
-        return list(folder.scan(_folder_root(data_dir)).classes)
+        return list(folder.scan(_folder_root(data_dir), skip_bad_files).classes)
     return list(builder(name, data_dir).info.features[label_key].names)
 
 
@@ -234,8 +236,8 @@ class FolderSplit:
 
     random_access = True
 
-    def __init__(self, root: str, split: str):
-        data = folder.scan(root)
+    def __init__(self, root: str, split: str, skip_bad_files: bool = False):
+        data = folder.scan(root, skip_bad_files)
         if split not in data.splits:
             raise ValueError(f"image folder {root!r} has no split {split!r}; it has "
                              f"{sorted(data.splits)}")
@@ -260,10 +262,12 @@ class FolderSplit:
 
 
 @functools.lru_cache(maxsize=16)
-def open_split(dataset: str, split: str, data_dir: str | None = None) -> Split | FolderSplit:
-    """A cached split (its labels are read once per process)."""
+def open_split(dataset: str, split: str, data_dir: str | None = None,
+               skip_bad_files: bool = False) -> Split | FolderSplit:
+    """A cached split (its labels are read once per process); ``skip_bad_files``: an image
+    folder's empty and unreadable files left out (``folder.scan``)."""
     if dataset == IMAGE_FOLDER:
-        return FolderSplit(_folder_root(data_dir), split)
+        return FolderSplit(_folder_root(data_dir), split, skip_bad_files)
     return Split(dataset, split, data_dir)
 
 

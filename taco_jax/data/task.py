@@ -36,6 +36,8 @@ class Task:
         ``source_class_ids()[i]``.
       data_dir: tfds data directory (None: tfds's default), or the image folder's root.
       train_split / test_split: where few-shot samples and evaluation images come from.
+      skip_bad_files: an image folder's empty and unreadable files are left out and listed
+        (``data.folder.scan``), instead of being an error.
     """
 
     dataset: str
@@ -43,10 +45,12 @@ class Task:
     data_dir: str | None = None
     train_split: str = "train"
     test_split: str = "test"
+    skip_bad_files: bool = False
 
     def source_class_ids(self) -> np.ndarray:
         """(num_task_classes,) the dataset label id (= source classifier row) of each task label."""
-        names = source.class_names(self.dataset, self.data_dir)
+        names = source.class_names(self.dataset, self.data_dir,
+                                   skip_bad_files=self.skip_bad_files)
         if not self.classes:
             return np.arange(len(names))
         ids = []
@@ -67,11 +71,12 @@ class Task:
         return np.asarray(ids)
 
     def class_names(self) -> list[str]:
-        names = source.class_names(self.dataset, self.data_dir)
+        names = source.class_names(self.dataset, self.data_dir,
+                                   skip_bad_files=self.skip_bad_files)
         return [names[i] for i in self.source_class_ids()]
 
     def split(self, split: str) -> source.Split | source.FolderSplit:
-        return source.open_split(self.dataset, split, self.data_dir)
+        return source.open_split(self.dataset, split, self.data_dir, self.skip_bad_files)
 
     def examples(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         """The task's examples of a split: their indices in the split (M,) and task labels (M,)

@@ -131,6 +131,13 @@ def _names_source(field: str, c: ml_collections.ConfigDict):
                          f"{e}") from None
 
 
+def _flag(field: str, value) -> bool:
+    """A config field that must be a bool; ValueError naming it otherwise."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{field}={value!r}; expected True or False")
+    return value
+
+
 def parse_task(c: ml_collections.ConfigDict) -> Task:
     """``config.task`` as a Task, its data source and classes checked (reads only metadata:
     the dataset's class names, an image folder's file list); ValueError naming a bad value."""
@@ -143,7 +150,8 @@ def parse_task(c: ml_collections.ConfigDict) -> Task:
                          "0 for every train image")
     classes = (subtasks.subtask_classes(c.subtask, c.dataset) if c.subtask
                else tuple(c.classes))
-    task = Task(c.dataset, classes, data_dir, c.train_split, c.test_split)
+    task = Task(c.dataset, classes, data_dir, c.train_split, c.test_split,
+                skip_bad_files=_flag("config.task.skip_bad_files", c.skip_bad_files))
     if task.dataset == source.EMBEDDED:  # known classes: checked without preparing the data
         unknown = [k for k in task.classes
                    if isinstance(k, str) and k not in embedded.CLASS_NAMES]
@@ -177,7 +185,8 @@ def parse_pool(c: ml_collections.ConfigDict) -> Task | None:
     if not 0.0 <= c.task_class_fraction <= 1.0:
         raise ValueError("config.pool.task_class_fraction must be in [0, 1] (the share of each "
                          f"task class's pool images kept), got {c.task_class_fraction}")
-    pool_task = Task(c.dataset, (), c.data_dir or None, train_split=c.split)
+    pool_task = Task(c.dataset, (), c.data_dir or None, train_split=c.split,
+                     skip_bad_files=_flag("config.pool.skip_bad_files", c.skip_bad_files))
     if pool_task.dataset == source.EMBEDDED:  # known splits: checked without preparing it
         if c.split not in embedded.SPLITS:
             raise ValueError(f"config.pool.split={c.split!r}; {source.EMBEDDED!r} has "
@@ -204,8 +213,8 @@ def generic_images(task: Task, recipe: Preprocess, count: int, seed: int
     dataset's other classes, an equal seeded share of each: the generic calibration set of the
     task-agnostic baseline. None when the task already takes every class of its dataset."""
     ids = set(task.source_class_ids().tolist())
-    others = tuple(i for i in range(len(source.class_names(task.dataset, task.data_dir)))
-                   if i not in ids)
+    names = source.class_names(task.dataset, task.data_dir, skip_bad_files=task.skip_bad_files)
+    others = tuple(i for i in range(len(names)) if i not in ids)
     if not others:
         return None
     rest = dataclasses.replace(task, classes=others)
@@ -525,7 +534,8 @@ def load_task_data(config: ml_collections.ConfigDict, src: Source, workdir: Path
     for a flat one) are listed in ``workdir/task_files.json``."""
     task = src.task
     if task.dataset == source.IMAGE_FOLDER and distributed.is_main():
-        files.write_json(workdir / "task_files.json", folder.scan(task.data_dir).manifest())
+        files.write_json(workdir / "task_files.json",
+                         folder.scan(task.data_dir, task.skip_bad_files).manifest())
     embedded_dir = task.data_dir if task.dataset == source.EMBEDDED else None
     model, info = load_model(src.model, src.generalist, data_dir=embedded_dir,
                              cache_dir=config.cache_dir or None)
