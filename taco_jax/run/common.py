@@ -151,7 +151,8 @@ def parse_task(c: ml_collections.ConfigDict) -> Task:
     classes = (subtasks.subtask_classes(c.subtask, c.dataset) if c.subtask
                else tuple(c.classes))
     task = Task(c.dataset, classes, data_dir, c.train_split, c.test_split,
-                skip_bad_files=_flag("config.task.skip_bad_files", c.skip_bad_files))
+                skip_bad_files=_flag("config.task.skip_bad_files",
+                                     c.get("skip_bad_files", False)))  # older config.json: absent
     if task.dataset == source.EMBEDDED:  # known classes: checked without preparing the data
         unknown = [k for k in task.classes
                    if isinstance(k, str) and k not in embedded.CLASS_NAMES]
@@ -186,7 +187,8 @@ def parse_pool(c: ml_collections.ConfigDict) -> Task | None:
         raise ValueError("config.pool.task_class_fraction must be in [0, 1] (the share of each "
                          f"task class's pool images kept), got {c.task_class_fraction}")
     pool_task = Task(c.dataset, (), c.data_dir or None, train_split=c.split,
-                     skip_bad_files=_flag("config.pool.skip_bad_files", c.skip_bad_files))
+                     skip_bad_files=_flag("config.pool.skip_bad_files",
+                                          c.get("skip_bad_files", False)))
     if pool_task.dataset == source.EMBEDDED:  # known splits: checked without preparing it
         if c.split not in embedded.SPLITS:
             raise ValueError(f"config.pool.split={c.split!r}; {source.EMBEDDED!r} has "
