@@ -143,10 +143,10 @@ def main(argv: list[str] | None = None) -> None:
         e_ref = rel_error(W, W_ref, X)
         (w_a, t_a), (w_b, t_b) = mine["sparsegpt"], mine["sparsegpt+refit"]
         e_a, e_b = rel_error(W, w_a, X), rel_error(W, w_b, X)
-        swap = (f"{rel_error(W, mine['+swap'][0], X):10.4f} "
-                f"{rel_error(W, mine['+swap'][0], X) / e_ref:6.3f}") if "+swap" in mine \
-            else f"{'-':>10s} {'-':>6s}"
-        t_swap = f"{mine['+swap'][1]:7.2f}" if "+swap" in mine else f"{'-':>7s}"
+        swap, t_swap = f"{'-':>10s} {'-':>6s}", f"{'-':>7s}"
+        if "+swap" in mine:
+            e_c = rel_error(W, mine["+swap"][0], X)
+            swap, t_swap = f"{e_c:10.4f} {e_c / e_ref:6.3f}", f"{mine['+swap'][1]:7.2f}"
         print(f"{case:6s} {e_ref:10.4f} {e_a:10.4f} {e_a / e_ref:6.3f} {e_b:10.4f} "
               f"{e_b / e_ref:6.3f} {swap} {t_ref:6.2f} {t_a:7.2f} {t_b:8.2f} {t_swap}",
               flush=True)

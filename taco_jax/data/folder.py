@@ -71,9 +71,9 @@ def _class_images(folder: Path, hint: str = "", skipped: list[Path] | None = Non
     ``skipped`` (a list): leave out empty and unreadable files instead, appending them there."""
     found = _images_in(folder)
     if skipped is not None:
-        bad = [p for p in found if _unreadable(p)]
-        skipped += bad
-        found = [p for p in found if p not in set(bad)]
+        bad = [_unreadable(p) for p in found]
+        skipped += [p for p, b in zip(found, bad, strict=True) if b]
+        found = [p for p, b in zip(found, bad, strict=True) if not b]
     if not found:
         raise ValueError(f"class folder {str(folder)!r} holds no "
                          f"{'readable ' if skipped is not None else ''}images (suffixes "
