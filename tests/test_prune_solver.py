@@ -192,7 +192,7 @@ def test_error_far_below_magnitude_on_correlated_inputs(sparsity, bound):
 
 
 @pytest.mark.parametrize("pattern", [Unstructured(), Unstructured(per_row=True), NM(2, 4),
-                                     Structured(4)], ids=str)
+                                     Structured(4), Block(8, 8)], ids=str)
 @pytest.mark.parametrize("seed", [0, 1])
 def test_obc_never_worse_than_sparsegpt(pattern, seed):
     W, H = correlated_layer(16, 64, n=512, seed=10 + seed)
@@ -233,6 +233,64 @@ def test_obc_agrees_with_brute_force():
             total += 1
             assert loss <= best * 1.5
     assert hits / total >= 0.8, f"OBC optimal in {hits}/{total} cases"
+
+
+def _ls_fit(w, Hd, cols):
+    """float64 least-squares fit of row w on the input columns ``cols`` under Hd."""
+    v = np.zeros_like(w)
+    if len(cols):
+        v[cols] = np.linalg.solve(Hd[np.ix_(cols, cols)], Hd[cols] @ w)
+    return v
+
+
+def _numpy_tile_obc(W, Hd, r, c, total):
+    """float64 tile OBC: in each row block, greedily remove the column group whose removal
+    (the block's rows re-fitted) adds least error; prune the ``total`` smallest step losses
+    across row blocks. Returns (W_new, pruned mask)."""
+    rows, d = W.shape
+    G = d // c
+
+    def error(Wr, groups):
+        cols = [g * c + j for g in groups for j in range(c)]
+        return sum((w - v) @ Hd @ (w - v) for w in Wr for v in [_ls_fit(w, Hd, cols)])
+
+    orders, losses = [], []
+    for b in range(rows // r):
+        Wr, kept, prev, order, loss = W[b * r:(b + 1) * r], list(range(G)), 0.0, [], []
+        while kept:
+            e, g = min((error(Wr, [k for k in kept if k != g]), g) for g in kept)
+            order.append(g), loss.append(e - prev), kept.remove(g)
+            prev = e
+        orders.append(order), losses.append(loss)
+    chosen = np.argsort(np.concatenate(losses), kind="stable")[:total]
+    counts = np.bincount(chosen // G, minlength=rows // r)
+    W_new, pruned = np.zeros_like(W), np.zeros(W.shape, bool)
+    for b in range(rows // r):
+        gone = orders[b][:counts[b]]
+        keep = [g * c + j for g in range(G) if g not in gone for j in range(c)]
+        for i in range(b * r, (b + 1) * r):
+            W_new[i] = _ls_fit(W[i], Hd, keep)
+            pruned[i] = np.isin(np.arange(d) // c, gone)
+    return W_new, pruned
+
+
+@pytest.mark.parametrize("sparsity", [0.25, 0.5, 0.75])
+def test_tile_obc_matches_float64_greedy(sparsity):
+    """method="obc" on r×c tiles: the same tiles and weights as a float64 greedy that re-fits
+    the whole row block for every candidate (no inverse updates, no shared code)."""
+    W, H = correlated_layer(32, 64, n=512, seed=21)
+    W[:8] *= 3  # an important row block: the global choice must prune it less
+    Hd = np.float64(H) + 1e-2 * np.mean(np.diag(H)) * np.eye(64)
+    total = int(sparsity * 4 * 8)
+    W_ref, pruned_ref = _numpy_tile_obc(np.float64(W), Hd, 8, 8, total)
+    W_new, keep, stats = prune_layer(W, H, Block(8, 8), sparsity, method="obc")
+    np.testing.assert_array_equal(~np.asarray(keep), pruned_ref)
+    np.testing.assert_allclose(np.asarray(W_new), W_ref, atol=2e-4 * np.abs(W_ref).max())
+    assert float(stats.sparsity) == pytest.approx(total / 32)
+    per_block = pruned_ref.reshape(4, 8, 64)
+    assert (per_block.all(1) == per_block.any(1)).all()  # a row block's rows share one mask
+    counts = per_block[:, 0].sum(1) // 8
+    assert counts[0] < counts[1:].min(), counts
 
 
 # ------------------------------------------------------------------ damping and bad inputs

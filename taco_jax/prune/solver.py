@@ -7,7 +7,8 @@ kept. Methods:
 - ``"sparsegpt"`` (default): the blocked OBS solve of SparseGPT (``fasterprune``), lazy batch
   updates, every pattern; structured patterns use the greedy group OBS solve.
 - ``"obc"``: exact greedy OBS weight by weight per row (Optimal Brain Compression); the accuracy
-  reference for small layers (cost ``d_out · d_in³``).
+  reference for small layers (cost ``d_out · d_in³``). Block tiles: greedy group OBS tile by
+  tile in each row block, the tiles pruned chosen across row blocks (``obc_tiles``).
 - ``"magnitude"``: smallest |w| under the same pattern, no compensation (the baseline).
 - ``"auto"``: ``"obc"`` where it is cheap, else ``"sparsegpt"`` (``choose_method``).
 
@@ -44,21 +45,26 @@ from taco_jax.prune.patterns import (
 METHODS = ("auto", "sparsegpt", "obc", "magnitude")
 
 # "auto" solves a layer with exact OBC while its cost stays small (d_out·d_in³ flops per pass,
-# d_out·d_in² floats of per-row inverse Hessians): every layer of the demo's resnet_mini and
-# ResNet-50's first stage; wider layers get SparseGPT (then the exact re-solve on its mask).
+# d_out·d_in² floats of per-row inverse Hessians; r×c tiles 2·d_out·d_in³/r): every layer of the
+# demo's resnet_mini and ResNet-50's first stage; wider layers get SparseGPT (then the exact
+# re-solve on its mask).
 OBC_WORK = 2e10
 OBC_ROW_CHUNK = 16  # rows solved together by exact OBC (all at once: 11x slower, 128x512)
 OBC_MEMORY = 5e7
+OBC_TILE_CHUNK_FLOATS = 2**23  # row blocks solved together by tile OBC, each with its (d, d) H⁻¹
 
 
 def choose_method(method: str, pattern: Pattern, d_out: int, d_in: int) -> str:
     """The solver ``method`` names for a (d_out, d_in) layer: itself, or for "auto" "obc" where
-    it is cheap (``OBC_WORK``, ``OBC_MEMORY``) and supports the pattern (not blocks), else
-    "sparsegpt"."""
+    it is cheap (``OBC_WORK``; ``OBC_MEMORY`` of per-row inverses, which tile OBC's row-block
+    chunks bound themselves), else "sparsegpt"."""
     if method != "auto":
         return method
-    cheap = d_out * float(d_in) ** 3 <= OBC_WORK and d_out * float(d_in) ** 2 <= OBC_MEMORY
-    return "obc" if cheap and not isinstance(pattern, Block) else "sparsegpt"
+    if isinstance(pattern, Block):  # two greedy passes, d_in/c steps of a rank-c downdate each
+        cheap = 2 * d_out * float(d_in) ** 3 / pattern.r <= OBC_WORK
+    else:
+        cheap = d_out * float(d_in) ** 3 <= OBC_WORK and d_out * float(d_in) ** 2 <= OBC_MEMORY
+    return "obc" if cheap else "sparsegpt"
 
 
 class SolveStats(NamedTuple):
@@ -354,34 +360,39 @@ def spd_inv(A: jax.Array) -> jax.Array:
     return M[:, :, g:]
 
 
-def structured_prune(W: jax.Array, Hinv: jax.Array, n_remove: jax.Array, group_size: int,
-                     axis_name=None) -> tuple[jax.Array, jax.Array]:
-    """Greedy group OBS: remove ``n_remove`` groups S of ``group_size`` consecutive input columns.
-
-    Each step removes the S minimising ``tr(W_S (H⁻¹_SS)⁻¹ W_Sᵀ)``, updates
-    ``W −= W_S (H⁻¹_SS)⁻¹ H⁻¹_{S,:}`` and downdates ``H⁻¹ −= H⁻¹_{:,S} (H⁻¹_SS)⁻¹ H⁻¹_{S,:}``.
-    """
+def _group_obs_step(W, Hinv, removed, group_size: int, axis_name=None):
+    """One greedy group OBS step on W (rows, d) with H⁻¹ (d, d): remove the not yet removed
+    group S of ``group_size`` consecutive inputs minimising ``tr(W_S (H⁻¹_SS)⁻¹ W_Sᵀ)``, update
+    ``W −= W_S (H⁻¹_SS)⁻¹ H⁻¹_{S,:}`` (then W_S = 0) and downdate
+    ``H⁻¹ −= H⁻¹_{:,S} (H⁻¹_SS)⁻¹ H⁻¹_{S,:}``. Returns (W, H⁻¹, removed, S, its cost)."""
     rows, d = W.shape
     gs, G = group_size, d // group_size
     ar = jnp.arange(G)
     eye = jnp.eye(gs, dtype=W.dtype)
+    Hss = Hinv.reshape(G, gs, G, gs)[ar, :, ar, :]                         # (G, gs, gs)
+    Hss_inv = spd_inv(jnp.where(removed[:, None, None], eye, Hss))
+    Wg = W.reshape(rows, G, gs)
+    cost = _psum(jnp.einsum("rgi,gij,rgj->g", Wg, Hss_inv, Wg), axis_name)
+    cost = jnp.where(removed, jnp.inf, cost)
+    s = jnp.argmin(cost)
+    H_S = lax.dynamic_slice_in_dim(Hinv, s * gs, gs, axis=0)              # H⁻¹_{S,:}
+    W_S = lax.dynamic_slice_in_dim(W, s * gs, gs, axis=1)
+    W = W - W_S @ Hss_inv[s] @ H_S
+    Hinv = Hinv - H_S.T @ Hss_inv[s] @ H_S
+    W = lax.dynamic_update_slice_in_dim(W, jnp.zeros_like(W_S), s * gs, axis=1)
+    return W, Hinv, removed.at[s].set(True), s, cost[s]
 
+
+def structured_prune(W: jax.Array, Hinv: jax.Array, n_remove: jax.Array, group_size: int,
+                     axis_name=None) -> tuple[jax.Array, jax.Array]:
+    """Greedy group OBS: remove ``n_remove`` groups of ``group_size`` consecutive input columns
+    from every row, one ``_group_obs_step`` at a time."""
     def step(_, carry):
-        W, Hinv, removed = carry
-        Hss = Hinv.reshape(G, gs, G, gs)[ar, :, ar, :]                     # (G, gs, gs)
-        Hss_inv = spd_inv(jnp.where(removed[:, None, None], eye, Hss))
-        Wg = W.reshape(rows, G, gs)
-        cost = _psum(jnp.einsum("rgi,gij,rgj->g", Wg, Hss_inv, Wg), axis_name)
-        s = jnp.argmin(jnp.where(removed, jnp.inf, cost))
-        H_S = lax.dynamic_slice_in_dim(Hinv, s * gs, gs, axis=0)          # H⁻¹_{S,:}
-        W_S = lax.dynamic_slice_in_dim(W, s * gs, gs, axis=1)
-        W = W - W_S @ Hss_inv[s] @ H_S
-        Hinv = Hinv - H_S.T @ Hss_inv[s] @ H_S
-        W = lax.dynamic_update_slice_in_dim(W, jnp.zeros_like(W_S), s * gs, axis=1)
-        return W, Hinv, removed.at[s].set(True)
+        return _group_obs_step(*carry, group_size, axis_name)[:3]
 
+    G = W.shape[1] // group_size
     W, _, removed = lax.fori_loop(0, n_remove, step, (W, Hinv, jnp.zeros(G, bool)))
-    return W, jnp.broadcast_to(jnp.repeat(removed, gs)[None], W.shape)
+    return W, jnp.broadcast_to(jnp.repeat(removed, group_size)[None], W.shape)
 
 
 # ----------------------------------------------------------------------------- exact OBC
@@ -440,6 +451,53 @@ def obc_prune(W: jax.Array, Hinv: jax.Array, total: jax.Array, pattern: Pattern)
     return W, pruned
 
 
+def _obc_tile_rows(Wr, Hinv, count, c: int):
+    """Greedy exact group OBS on one row block Wr (r, d): remove ``count`` of its d/c column
+    groups (r×c tiles). Returns (Wr, removed (d/c,), step losses (d/c,), +inf past count)."""
+    G = Wr.shape[1] // c
+
+    def step(t, carry):
+        W, Hinv, removed, losses = carry
+        W1, Hinv1, removed1, _, cost = _group_obs_step(W, Hinv, removed, c)
+        active = t < count
+        keep_old = lambda new, old: jnp.where(active, new, old)
+        return (keep_old(W1, W), keep_old(Hinv1, Hinv), keep_old(removed1, removed),
+                losses.at[t].set(jnp.where(active, cost / 2, jnp.inf)))
+
+    init = (Wr, Hinv, jnp.zeros(G, bool), jnp.full(G, jnp.inf, Wr.dtype))
+    W, _, removed, losses = lax.fori_loop(0, G, step, init)
+    return W, removed, losses
+
+
+def _divisor_at_most(n: int, cap: int) -> int:
+    return max(k for k in range(1, min(n, cap) + 1) if n % k == 0)
+
+
+def obc_tiles(W: jax.Array, Hinv: jax.Array, total: jax.Array, pattern: Block):
+    """Exact OBC for r×c tiles: every row block's r rows share one mask, so greedy group OBS
+    (``_group_obs_step``, the group's joint cost with all in-tile interactions) runs on each
+    row block to the end; the ``total`` tiles of least step loss across row blocks are pruned
+    (OBC's global mask, as ``obc_prune``), and each row block is solved again to its count.
+    The weights left are the exact least-squares fit on the kept tiles (damped H)."""
+    rows, d = W.shape
+    r, c = pattern.r, pattern.c
+    Wb = W.reshape(rows // r, r, d)
+    # Whole chunks: one batched small inverse per program (see ``refit._exact`` on why).
+    chunk = _divisor_at_most(rows // r, max(1, OBC_TILE_CHUNK_FLOATS // (d * d)))
+    G = d // c
+
+    def rows_map(fn, *xs):
+        return lax.map(lambda a: jax.vmap(fn)(*a),
+                       tuple(x.reshape(-1, chunk, *x.shape[1:]) for x in xs))
+
+    full = jnp.full(rows // r, G, jnp.int32)
+    _, _, losses = rows_map(lambda w, k: _obc_tile_rows(w, Hinv, k, c), Wb, full)
+    counts = lowest_k(losses.reshape(rows // r, G), total).sum(1)
+    Wn, removed, _ = rows_map(lambda w, k: _obc_tile_rows(w, Hinv, k, c), Wb, counts)
+    pruned = jnp.repeat(jnp.repeat(removed.reshape(rows // r, G), r, 0), c, 1)
+    return Wn.reshape(rows, d), pruned
+
+
 # ----------------------------------------------------------------------------- magnitude
 
 
@@ -487,6 +545,8 @@ def _prune_core(W, H, counts, *, pattern, blocksize, percdamp, method, axis_name
         if isinstance(pattern, Structured):
             Hinv = U.T @ U
             W, pruned = structured_prune(W, Hinv, counts[0], pattern.group_size, axis_name)
+        elif method == "obc" and isinstance(pattern, Block):
+            W, pruned = obc_tiles(W, U.T @ U, counts.sum(), pattern)
         elif method == "obc":
             W, pruned = obc_prune(W, U.T @ U, counts.sum(), pattern)
         else:
@@ -533,9 +593,6 @@ def _check_inputs(W, H, pattern: Pattern, blocksize: int, method: str,
     if blocksize < 1:
         raise ValueError(f"blocksize must be >= 1, got {blocksize}")
     check_shape(pattern, W.shape[0], W.shape[1], min(blocksize, W.shape[1]))
-    if method == "obc" and isinstance(pattern, Block):
-        raise ValueError("method='obc' supports unstructured, N:M and structured patterns, "
-                         f"not {pattern}")
 
 
 def prune_layer(W: jax.Array, H: jax.Array, pattern: Pattern | str, sparsity: float = 0.0, *,
