@@ -293,6 +293,28 @@ def test_tile_obc_matches_float64_greedy(sparsity):
     assert counts[0] < counts[1:].min(), counts
 
 
+def test_structured_levels_from_one_greedy_pass():
+    """The allocation's structured curves come from one greedy pass to the deepest level: each
+    level (given in any order) has the groups and weights of a float64 greedy that re-fits
+    every candidate, and equals ``prune_layer`` at that level (also with a dead input)."""
+    W, H = correlated_layer(16, 48, n=512, seed=5)
+    Hd = np.float64(H) + 1e-2 * np.mean(np.diag(H)) * np.eye(48)
+    levels = (0.5, 0.0, 0.25, 0.75)
+    for s, (W_new, keep, stats) in zip(levels, prune_layer_levels(W, H, Structured(4), levels),
+                                       strict=True):
+        W_ref, pruned_ref = _numpy_tile_obc(np.float64(W), Hd, 16, 4, int(s * 12))
+        np.testing.assert_array_equal(~np.asarray(keep), pruned_ref)
+        np.testing.assert_allclose(np.asarray(W_new), W_ref, atol=2e-4 * np.abs(W_ref).max())
+        assert float(stats.sparsity) == pytest.approx(s)
+    H[5, :] = H[:, 5] = 0
+    for s, (W_new, keep, stats) in zip(levels, prune_layer_levels(W, H, Structured(4), levels),
+                                       strict=True):
+        W_one, keep_one, one = prune_layer(W, H, Structured(4), s)
+        np.testing.assert_array_equal(np.asarray(keep), np.asarray(keep_one))
+        np.testing.assert_allclose(np.asarray(W_new), np.asarray(W_one), atol=1e-5)
+        assert float(stats.rel_error) == pytest.approx(float(one.rel_error), rel=1e-4, abs=1e-8)
+
+
 # ------------------------------------------------------------------ damping and bad inputs
 
 

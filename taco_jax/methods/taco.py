@@ -244,12 +244,14 @@ def _calibration_batches(calib_x: np.ndarray, data: TaskData, config: TacoConfig
 
 
 def _prune_and_recover(teacher, calib_x, calib_y, data, config, method, allocation, store,
-                       tag, solver_x=None):
+                       tag, solver_x=None, allocated=None):
     """Prune a copy of ``teacher`` (at each of ``config.levels()``) with ``method`` at the
     per-layer levels of ``allocation`` and recover it by KD on (``calib_x``, ``calib_y``);
     every step is a checkpointed stage. ``solver_x``: the images the one-shot steps (Hessians,
     error curves, BatchNorm re-estimation) see instead of ``calib_x`` (the task-agnostic
-    baseline). Returns (student, masks, prune info, recovery info)."""
+    baseline). ``allocated``: the final step's per-layer sparsities, allocated already (the
+    speed budget's), instead of ``allocation``. Returns (student, masks, prune info, recovery
+    info)."""
     student = nnx.clone(teacher)
     solver_x = calib_x if solver_x is None else solver_x
     what = "task" if solver_x is calib_x else "generic"
@@ -266,11 +268,12 @@ def _prune_and_recover(teacher, calib_x, calib_y, data, config, method, allocati
         recover_config = dataclasses.replace(
             config.recover, steps=config.final_recover_steps() if final else config.schedule_steps)
 
-        def prune(prune_config=prune_config, step=step):
+        def prune(prune_config=prune_config, step=step, final=final):
             result = sequential.prune_model(student, batches, prune_config,
                                             layers=layers_to_prune(student, prune_config),
                                             checkpoint_dir=_str(store.path(f"{tag}_prune{step}")),
-                                            mesh=data.mesh)
+                                            mesh=data.mesh,
+                                            levels=allocated if final else None)
             if config.reestimate_bn:
                 batchnorm.reestimate(student, solver_x, data.preprocess)
                 distributed.broadcast_model(student)  # every process ran it on its own
@@ -437,9 +440,9 @@ def compress(model: nnx.Module, data: TaskData, config: TacoConfig, *,
         config, budget = _speed_budget(teacher, calib_x, data, config, store)
         timings["speed_budget"] = budget.pop("seconds")
 
-    student, masks, pruned, recovered = _prune_and_recover(
+    student, masks, pruned, recovered = _prune_and_recover(  # the budget's allocation, reused
         teacher, calib_x, calib_y, data, config, config.prune.method, config.prune.allocation,
-        store, "taco")
+        store, "taco", allocated=None if budget is None else budget.get("levels"))
     timings.update(taco_prune=pruned["seconds"], taco_recover=recovered["seconds"])
     image_shape = tuple(data.test_images.shape[1:])
     report = {

@@ -283,7 +283,8 @@ def default_layers(model: nnx.Module, config: PruneConfig) -> list[str]:
 def prune_model(model: nnx.Module, batches: Sequence, config: PruneConfig, *,
                 layers: Sequence[str] | None = None, checkpoint_dir: str | None = None,
                 mesh: jax.sharding.Mesh | None = None,
-                reference: nnx.Module | None = None) -> PruneResult:
+                reference: nnx.Module | None = None,
+                levels: Mapping[str, float] | None = None) -> PruneResult:
     """Prune ``model`` in place, layer by layer in forward order; see the module docstring.
 
     ``batches``: re-iterable NHWC float batches (read by the order probe, the global allocation
@@ -297,6 +298,8 @@ def prune_model(model: nnx.Module, batches: Sequence, config: PruneConfig, *,
     ``reference``: with ``config.targets == "dense"``, the model whose layer outputs are the
     targets (same layer names, e.g. the dense teacher; its input cache runs beside the
     model's); default: ``model`` as it is passed in. Ignored for targets "self".
+    ``levels``: every layer's sparsity, allocated already for ``config`` (the speed budget's
+    allocation at its level): used instead of measuring the error curves again.
     """
     if iter(batches) is batches:
         raise ValueError("batches must be re-iterable (e.g. a list of NHWC arrays): it is read "
@@ -314,7 +317,11 @@ def prune_model(model: nnx.Module, batches: Sequence, config: PruneConfig, *,
         raise ValueError("prune_model needs at least one calibration batch")
 
     sparsities: dict[str, float] = {}
-    if config.allocation != "uniform":
+    if levels is not None:
+        if missing := [n for n in names if n not in levels]:
+            raise ValueError(f"prune_model: levels has no sparsity for {missing}")
+        sparsities = {n: float(levels[n]) for n in names}
+    elif config.allocation != "uniform":
         from taco_jax.prune.allocate import allocate_for_model
 
         sparsities = allocate_for_model(model, batches, config, names, mesh=mesh)

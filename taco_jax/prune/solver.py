@@ -567,6 +567,38 @@ def _prune_core(W, H, counts, *, pattern, blocksize, percdamp, method, axis_name
     return W, ~pruned, stats
 
 
+def _stats(W0, W, H, pruned, lam, tries) -> SolveStats:
+    delta = W0 - W
+    num = jnp.einsum("ri,ij,rj->", delta, H, delta)
+    den = jnp.einsum("ri,ij,rj->", W0, H, W0)
+    return SolveStats(sparsity=jnp.mean(W == 0), rel_error=num / jnp.maximum(den, 1e-30),
+                      damp=lam, damp_tries=tries)
+
+
+@functools.partial(jax.jit, static_argnames=("group_size", "percdamp"))
+def _structured_levels_core(W, H, counts, *, group_size, percdamp):
+    """Greedy group OBS once to the largest of ``counts`` (ascending, (L,)), the weights kept
+    at each count: the greedy order does not depend on the target, so level l equals
+    ``_prune_core`` at counts[l] (one pass instead of L). Returns stacked (W, keep, stats)."""
+    W0 = W
+    Hd, dead = fill_dead_inputs(H)
+    W = jnp.where(dead[None], 0.0, W)
+    U, lam, tries = hinv_upper_with_damping(Hd, percdamp)
+    G = W.shape[1] // group_size
+
+    def step(_, carry):
+        return _group_obs_step(*carry, group_size)[:3]
+
+    carry, outs, done = (W, U.T @ U, jnp.zeros(G, bool)), [], 0
+    for i in range(counts.shape[0]):
+        carry = lax.fori_loop(done, counts[i], step, carry)
+        done = counts[i]
+        pruned = jnp.broadcast_to(jnp.repeat(carry[2], group_size)[None], W.shape)
+        Wl = jnp.where(pruned, 0.0, carry[0])
+        outs.append((Wl, ~pruned, _stats(W0, Wl, H, pruned, lam, tries)))
+    return jax.tree.map(lambda *a: jnp.stack(a), *outs)
+
+
 def check_finite(W: jax.Array, H: jax.Array) -> None:
     """ValueError when W or H (or a stack of them) holds NaN/inf or H is not symmetric (to 1e-4
     of its largest entry): the solve would return garbage silently (an overflowed activation,
@@ -639,10 +671,14 @@ def prune_layer_levels(W: jax.Array, H: jax.Array, pattern: Pattern | str,
     """``prune_layer`` at each of ``sparsities`` (the allocation's error curves): the same
     results, for SparseGPT on one device as ``_prune_core`` vmapped over the levels' counts
     (what does not depend on them, the damping and Cholesky factor, is computed once; the
-    column sweeps run for every level together); otherwise level by level."""
+    column sweeps run for every level together); structured from one greedy pass to the
+    deepest level (``_structured_levels_core``); otherwise level by level."""
     pattern = parse_pattern(pattern)
     levels = [check_sparsity(s) for s in sparsities]
     one_device = mesh is None or mesh.devices.size == 1
+    if (isinstance(pattern, Structured) and method != "magnitude" and one_device
+            and len(levels) > 1):
+        return _structured_levels(W, H, pattern, levels, blocksize, percdamp, method)
     if (method != "sparsegpt" or isinstance(pattern, Structured) or not one_device
             or len(levels) < 2):
         return [prune_layer(W, H, pattern, s, blocksize=blocksize, percdamp=percdamp,
@@ -659,6 +695,22 @@ def prune_layer_levels(W: jax.Array, H: jax.Array, pattern: Pattern | str,
     Ws, keeps, stats = jax.vmap(core, in_axes=(None, None, 0))(W, H, counts)
     return [(Ws[i], keeps[i], jax.tree.map(lambda a, i=i: a[i], stats))
             for i in range(len(levels))]
+
+
+def _structured_levels(W, H, pattern: Structured, levels: list[float], blocksize: int,
+                       percdamp: float, method: str):
+    """``prune_layer`` at each level for a structured pattern, from one greedy pass."""
+    _check_inputs(W, H, pattern, blocksize, method)
+    W = jnp.asarray(W, jnp.float32)
+    H = jnp.asarray(H, jnp.float32)
+    check_finite(W, H)
+    counts = np.array([prune_counts(pattern, s, *W.shape, blocksize)[0] for s in levels])
+    order = np.argsort(counts, kind="stable")
+    Ws, keeps, stats = _structured_levels_core(W, H, jnp.asarray(counts[order]),
+                                               group_size=pattern.group_size,
+                                               percdamp=float(percdamp))
+    at = np.argsort(order)  # back to the caller's order of levels
+    return [(Ws[i], keeps[i], jax.tree.map(lambda a, i=i: a[i], stats)) for i in at]
 
 
 @functools.lru_cache(maxsize=64)

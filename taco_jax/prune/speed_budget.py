@@ -56,7 +56,9 @@ def sparsity_for_speedup(model: nnx.Module, batches: Sequence, config: PruneConf
     error curves. Bisection over ``steps`` levels after the deepest one (``HIGHEST``, or the
     allocation grid's top).
 
-    Returns (level, {"target_speedup", "batch", "tries": [{"sparsity", "speedup", "spread"}]}).
+    Returns (level, {"target_speedup", "batch", "tries": [{"sparsity", "speedup", "spread"}],
+    "levels": each layer's sparsity at the level, for ``prune_model(levels=)``, which then
+    measures no error curves again (ResNet-50: 26 of a run's minutes)}).
     ValueError (one line) when even the deepest level in every allocated layer is slower than the
     target: the pairs this model has cannot give that speed on this runtime.
     """
@@ -72,9 +74,12 @@ def sparsity_for_speedup(model: nnx.Module, batches: Sequence, config: PruneConf
     target = float(config.target_speedup)
     tries = []
 
+    def allocated(level: float) -> dict[str, float]:
+        return ({n: level for n in names} if level >= top  # the allocation's own limit
+                else levels_at(level))
+
     def measure(level: float) -> float:
-        levels = ({n: level for n in names} if level >= top  # the allocation's own limit
-                  else levels_at(level))
+        levels = allocated(level)
         plan = _layer_plan(model, dataclasses.replace(config, sparsity=level), names, levels)
         candidate = shaped_like(model, {n: s for n, (_, s) in plan.items()}, pairs)
         timed = speedups(model, {"candidate": candidate}, x, min_rounds=5, max_rounds=15,
@@ -97,4 +102,5 @@ def sparsity_for_speedup(model: nnx.Module, batches: Sequence, config: PruneConf
             hi = mid
         else:
             lo = mid
-    return hi, {"target_speedup": target, "batch": int(x.shape[0]), "tries": tries}
+    return hi, {"target_speedup": target, "batch": int(x.shape[0]), "tries": tries,
+                "levels": allocated(hi)}
