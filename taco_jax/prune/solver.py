@@ -556,22 +556,19 @@ def _prune_core(W, H, counts, *, pattern, blocksize, percdamp, method, axis_name
             num = jnp.maximum(_psum(jnp.sum(sq) - lam * jnp.mean(jnp.diag(Hd))
                                     * jnp.sum((W1 - W) ** 2), axis_name), 0.0)
     W = jnp.where(pruned, 0.0, W)
-    delta = W0 - W
+    return W, ~pruned, _stats(W0, W, H, lam, tries, num, axis_name)
+
+
+def _stats(W0, W, H, lam, tries, num=None, axis_name=None) -> SolveStats:
+    """The solve's SolveStats for W0 pruned to W under H; ``num``: ‖(W0 − W)X‖² where the
+    solve knows it already. With ``axis_name``, W0 and W are this device's rows."""
     if num is None:
+        delta = W0 - W
         num = _psum(jnp.einsum("ri,ij,rj->", delta, H, delta), axis_name)
     den = _psum(jnp.einsum("ri,ij,rj->", W0, H, W0), axis_name)
     zeros = _psum(jnp.sum(W == 0), axis_name)
     size = _psum(jnp.int32(W.size), axis_name)
-    stats = SolveStats(sparsity=zeros / size, rel_error=num / jnp.maximum(den, 1e-30),
-                       damp=lam, damp_tries=tries)
-    return W, ~pruned, stats
-
-
-def _stats(W0, W, H, pruned, lam, tries) -> SolveStats:
-    delta = W0 - W
-    num = jnp.einsum("ri,ij,rj->", delta, H, delta)
-    den = jnp.einsum("ri,ij,rj->", W0, H, W0)
-    return SolveStats(sparsity=jnp.mean(W == 0), rel_error=num / jnp.maximum(den, 1e-30),
+    return SolveStats(sparsity=zeros / size, rel_error=num / jnp.maximum(den, 1e-30),
                       damp=lam, damp_tries=tries)
 
 
@@ -595,7 +592,7 @@ def _structured_levels_core(W, H, counts, *, group_size, percdamp):
         done = counts[i]
         pruned = jnp.broadcast_to(jnp.repeat(carry[2], group_size)[None], W.shape)
         Wl = jnp.where(pruned, 0.0, carry[0])
-        outs.append((Wl, ~pruned, _stats(W0, Wl, H, pruned, lam, tries)))
+        outs.append((Wl, ~pruned, _stats(W0, Wl, H, lam, tries)))
     return jax.tree.map(lambda *a: jnp.stack(a), *outs)
 
 
@@ -676,17 +673,17 @@ def prune_layer_levels(W: jax.Array, H: jax.Array, pattern: Pattern | str,
     pattern = parse_pattern(pattern)
     levels = [check_sparsity(s) for s in sparsities]
     one_device = mesh is None or mesh.devices.size == 1
-    if (isinstance(pattern, Structured) and method != "magnitude" and one_device
-            and len(levels) > 1):
-        return _structured_levels(W, H, pattern, levels, blocksize, percdamp, method)
-    if (method != "sparsegpt" or isinstance(pattern, Structured) or not one_device
-            or len(levels) < 2):
+    structured = isinstance(pattern, Structured) and method != "magnitude"  # one greedy pass
+    vmapped = method == "sparsegpt" and not isinstance(pattern, Structured)
+    if not (structured or vmapped) or not one_device or len(levels) < 2:
         return [prune_layer(W, H, pattern, s, blocksize=blocksize, percdamp=percdamp,
                             method=method, mesh=mesh, selection=selection) for s in levels]
     _check_inputs(W, H, pattern, blocksize, method, selection)
     W = jnp.asarray(W, jnp.float32)
     H = jnp.asarray(H, jnp.float32)
     check_finite(W, H)
+    if structured:
+        return _structured_levels(W, H, pattern, levels, blocksize, percdamp)
     d_out, d_in = W.shape
     counts = jnp.asarray(np.stack([prune_counts(pattern, s, d_out, d_in, blocksize)
                                    for s in levels]))
@@ -698,12 +695,9 @@ def prune_layer_levels(W: jax.Array, H: jax.Array, pattern: Pattern | str,
 
 
 def _structured_levels(W, H, pattern: Structured, levels: list[float], blocksize: int,
-                       percdamp: float, method: str):
-    """``prune_layer`` at each level for a structured pattern, from one greedy pass."""
-    _check_inputs(W, H, pattern, blocksize, method)
-    W = jnp.asarray(W, jnp.float32)
-    H = jnp.asarray(H, jnp.float32)
-    check_finite(W, H)
+                       percdamp: float):
+    """``prune_layer`` at each level for a structured pattern (W, H checked float32 arrays),
+    from one greedy pass."""
     counts = np.array([prune_counts(pattern, s, *W.shape, blocksize)[0] for s in levels])
     order = np.argsort(counts, kind="stable")
     Ws, keeps, stats = _structured_levels_core(W, H, jnp.asarray(counts[order]),

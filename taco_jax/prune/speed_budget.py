@@ -72,14 +72,11 @@ def sparsity_for_speedup(model: nnx.Module, batches: Sequence, config: PruneConf
     levels_at = allocator(model, batches, config, names, mesh)
     top = min(HIGHEST, max(config.allocation_grid))
     target = float(config.target_speedup)
-    tries = []
-
-    def allocated(level: float) -> dict[str, float]:
-        return ({n: level for n in names} if level >= top  # the allocation's own limit
-                else levels_at(level))
+    tries, allocated = [], {}  # level -> its per-layer levels
 
     def measure(level: float) -> float:
-        levels = allocated(level)
+        levels = allocated[level] = ({n: level for n in names} if level >= top  # its own limit
+                                     else levels_at(level))
         plan = _layer_plan(model, dataclasses.replace(config, sparsity=level), names, levels)
         candidate = shaped_like(model, {n: s for n, (_, s) in plan.items()}, pairs)
         timed = speedups(model, {"candidate": candidate}, x, min_rounds=5, max_rounds=15,
@@ -103,4 +100,4 @@ def sparsity_for_speedup(model: nnx.Module, batches: Sequence, config: PruneConf
         else:
             lo = mid
     return hi, {"target_speedup": target, "batch": int(x.shape[0]), "tries": tries,
-                "levels": allocated(hi)}
+                "levels": allocated[hi]}
