@@ -249,3 +249,81 @@ def test_calibration_views_are_the_images_then_augmented_copies():
         taco.TacoConfig(calibration_views=0)
     with pytest.raises(ValueError, match="calibration_views=2 needs an augmentation"):
         taco.TacoConfig(calibration_views=2, recover=fit.FitConfig(augment="none"))
+
+
+def _resnet_with_statistics():
+    from taco_jax.models import registry
+
+    model = registry.create("resnet_mini", num_classes=5)
+    rng = np.random.default_rng(0)
+    for _, bn in model.iter_modules():
+        if isinstance(bn, nnx.BatchNorm):  # running statistics far from the init's 0 / 1
+            bn.mean.set_value(jnp.asarray(rng.normal(size=bn.num_features), jnp.float32))
+            bn.var.set_value(jnp.asarray(rng.uniform(0.5, 2.0, bn.num_features), jnp.float32))
+    model.eval()
+    return model, rng
+
+
+def _channel_norms(w) -> np.ndarray:
+    w = np.asarray(w, np.float64)
+    return np.sqrt((w ** 2).sum(tuple(range(w.ndim - 1))))
+
+
+def test_restore_scale_keeps_the_function_and_the_dense_norms():
+    """Compensation-like growth (kept weights x1–4, half of them zeroed) is scaled back per
+    output channel to the dense norm of the kept weights, and the model's logits stay those of
+    the grown weights (the factor lives in the BatchNorm), masked and structured alike."""
+    from taco_jax.models.paths import get_layer
+    from taco_jax.models.shrink import batchnorm_after, infer_pairs, shrink_pair
+
+    model, rng = _resnet_with_statistics()
+    names = ["layer2.0.conv1", "layer2.0.downsample.0"]
+    before = {n: np.asarray(get_layer(model, n).kernel.get_value()) for n in names}
+    for n in names:
+        keep = rng.random(before[n].shape) < 0.5
+        grown = before[n] * keep * rng.uniform(1.0, 4.0, before[n].shape)
+        get_layer(model, n).kernel.set_value(jnp.asarray(grown, jnp.float32))
+    pair = next(p for p in infer_pairs(model) if p.consumer == "layer1.0.conv2")
+    dense = np.asarray(get_layer(model, pair.consumer).kernel.get_value())
+    kept = np.arange(0, dense.shape[-2], 2)
+    shrink_pair(model, pair, kept)
+    consumer = get_layer(model, pair.consumer)
+    consumer.kernel.set_value(consumer.kernel.get_value() * 3.0)
+    x = jnp.asarray(rng.normal(size=(4, 28, 28, 1)), jnp.float32)
+    logits = np.asarray(model(x))
+
+    factors = batchnorm.restore_scale(model, {**before, pair.consumer: dense},
+                                      {pair.consumer: kept})
+    assert set(factors) == {*names, pair.consumer}
+    for n in names:
+        w = np.asarray(get_layer(model, n).kernel.get_value())
+        np.testing.assert_allclose(_channel_norms(w), _channel_norms(before[n] * (w != 0)),
+                                   rtol=1e-5)
+    np.testing.assert_allclose(_channel_norms(consumer.kernel.get_value()),
+                               _channel_norms(dense[:, :, kept, :]), rtol=1e-5)
+    np.testing.assert_allclose(factors[pair.consumer], 1 / 3, rtol=1e-5)
+    assert min(c.min() for c in factors.values()) < 0.5  # the growth was undone
+    np.testing.assert_allclose(np.asarray(model(x)), logits, rtol=1e-3, atol=1e-4)
+    bn = get_layer(model, batchnorm_after(model)["layer2.0.downsample.0"])
+    assert bn is get_layer(model, "layer2.0.downsample.1")
+    with pytest.raises(ValueError, match=r"layer1\.0\.conv2.*structured cut needs kept"):
+        batchnorm.restore_scale(model, {pair.consumer: dense})
+
+
+def test_restore_scale_leaves_layers_without_batchnorm():
+    from taco_jax.models import registry
+    from taco_jax.models.paths import get_layer
+    from taco_jax.models.shrink import batchnorm_after
+
+    vit = registry.create("vit_mini", num_classes=5)
+    fc1 = get_layer(vit, "blocks.0.mlp.fc1")
+    w = np.asarray(fc1.kernel.get_value())
+    assert batchnorm_after(vit) == {}
+    assert batchnorm.restore_scale(vit, {"blocks.0.mlp.fc1": 2 * w}) == {}
+    np.testing.assert_array_equal(np.asarray(fc1.kernel.get_value()), w)
+    convnext = registry.create("convnext_tiny", num_classes=5, depths=(1, 1), dims=(8, 16),
+                               in_chans=1)
+    assert batchnorm_after(convnext) == {}  # LayerNorm, and downsample.0 is the norm
+    resnet = registry.create("resnet_mini", num_classes=5)
+    assert batchnorm_after(resnet)["conv1"] == "bn1"
+    assert batchnorm_after(resnet)["layer3.1.conv2"] == "layer3.1.bn2"

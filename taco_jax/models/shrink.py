@@ -72,11 +72,28 @@ def _sibling(name: str, leaf: str) -> str:
     return ".".join([*name.split(".")[:-1], leaf])
 
 
+def batchnorm_after(model: nnx.Module) -> dict[str, str]:
+    """Conv name -> the per-channel BatchNorm that takes its output, by the timm/torchvision
+    naming the zoo follows: ``convN→bnN`` siblings and sequential ``i→i+1`` (``downsample.0→
+    downsample.1``). ResNet's convs all have one; ViT and ConvNeXt (LayerNorm) have none."""
+    modules = dict(named_layers(model, (nnx.Module,)))
+    found = {}
+    for name, layer in modules.items():
+        if not isinstance(layer, nnx.Conv):
+            continue
+        leaf = name.split(".")[-1]
+        after = (_sibling(name, f"bn{leaf[4:]}") if leaf.startswith("conv") else
+                 _sibling(name, str(int(leaf) + 1)) if leaf.isdigit() else None)
+        if after is not None and isinstance(modules.get(after), nnx.BatchNorm):
+            found[name] = after
+    return found
+
+
 def infer_pairs(model: nnx.Module) -> list[ShrinkPair]:
     """Pairs by the timm/torchvision naming the zoo follows: ``fc1→fc2``, ``qkv→proj`` (heads of
     the parent's ``head_dim``), ``q/k/v→proj``, ``conv1→bn1→conv2`` and ``conv2→bn2→conv3``."""
     layers = named_layers(model)
-    modules = dict(named_layers(model, (nnx.Module,)))
+    norms = batchnorm_after(model)
     pairs = []
     for name, layer in layers.items():
         leaf = name.split(".")[-1]
@@ -92,8 +109,8 @@ def infer_pairs(model: nnx.Module) -> list[ShrinkPair]:
                                         group_size=parent.head_dim))
         elif leaf in ("conv2", "conv3") and isinstance(layer, nnx.Conv):
             i = int(leaf[-1])
-            prev, bn = _sibling(name, f"conv{i - 1}"), _sibling(name, f"bn{i - 1}")
+            prev = _sibling(name, f"conv{i - 1}")
             if prev in layers and getattr(layers[prev], "feature_group_count", 1) == 1 and \
                     layer.feature_group_count == 1:
-                pairs.append(ShrinkPair(name, (prev,), (bn,) if bn in modules else ()))
+                pairs.append(ShrinkPair(name, (prev,), (norms[prev],) if prev in norms else ()))
     return pairs

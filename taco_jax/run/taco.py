@@ -74,6 +74,7 @@ def parse(config: ml_collections.ConfigDict) -> tuple[taco.TacoConfig, common.So
             baselines=_baselines(config.baselines), schedule=_schedule(config.schedule),
             schedule_levels=tuple(config.schedule_levels), schedule_steps=config.schedule_steps,
             latency_batch=config.latency_batch, calibration_views=config.calibration_views,
+            restore_scale=config.restore_scale,
             pool_retrieve=config.pool.retrieve, adapt=config.adapt, probe_l2=config.probe_l2)
     except ValueError as e:
         raise ValueError(f"config: {e}") from None
