@@ -67,7 +67,11 @@ class StageStore:
             with np.load(d / "masks.npz") as f:
                 masks = {k: f[k] for k in f.files}
         logging.info("stage %s: restored from %s", stage, d)
-        return masks, json.loads((d / _INFO).read_text())
+        return masks, self.info(stage)
+
+    def info(self, stage: str) -> dict:
+        """A finished stage's JSON record alone (e.g. the shapes to rebuild before ``load``)."""
+        return json.loads((self.root / stage / _INFO).read_text())
 
     def path(self, stage: str) -> Path | None:
         """A scratch directory for a stage's own finer-grained checkpoints (e.g. per layer)."""

@@ -145,7 +145,7 @@ def test_stage_store_round_trip_and_interrupted_save(tmp_path):
     assert store.done("prune")
     got_masks, info = store.load("prune", b)
     np.testing.assert_array_equal(got_masks["fc"], masks["fc"])
-    assert info == {"accuracy": 91.5}
+    assert info == {"accuracy": 91.5} == store.info("prune")  # the record alone, nothing restored
     np.testing.assert_array_equal(np.asarray(b.fc.kernel.value), np.asarray(a.fc.kernel.value))
     (tmp_path / "prune" / "info.json").unlink()  # as if killed before the record was written
     assert not store.done("prune")

@@ -301,7 +301,7 @@ def _prune_and_recover(teacher, calib_x, calib_y, data, config, method, allocati
 
         name = f"{tag}_prune{step}"
         if store.done(name):  # structured cuts change shapes: replay them before restoring
-            _replay_cuts(student, store.load(name)[1]["kept"], config)
+            _replay_cuts(student, store.info(name)["kept"], config)
         level = "" if ":" in str(prune_config.pattern) else f" at {sparsity:.0%}"  # N:M: fixed
         rule = prune_config.resolved_allocation
         masks, pruned = store.run(name, f"{tag}: prune ({method}, {prune_config.pattern}"

@@ -185,10 +185,9 @@ def _recovered(store: stages.StageStore, stage: str, prep: dcvit.Prepared, data,
                ) -> tuple[VisionTransformer, dict]:
     """One recovery of a cut plan with recovery seed ``seed``, as a checkpointed stage (a rerun
     restores it); returns the model and {top1, top5, structure, seconds}."""
-    if store.done(stage):
-        _, info = store.load(stage)
-        model = dcvit.rebuild(nnx.clone(prep.teacher), info["structure"])
-        store.load(stage, model)
+    if store.done(stage):  # its record says which branches to remove before restoring
+        model = dcvit.rebuild(nnx.clone(prep.teacher), store.info(stage)["structure"])
+        _, info = store.load(stage, model)
         return model, info
     start = time.perf_counter()
     model = nnx.clone(cut())
