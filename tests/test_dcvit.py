@@ -190,6 +190,7 @@ def test_paired_latency_times_every_model_against_the_dense_one():
     assert all(o["dense"] > 0 and o["compressed"] > 0 and o["batch"] == 256 for o in out)
     # no block left: only the patch embedding and head, far less than a tenth of the work
     assert out[0]["reduction"] > 0.5
+    assert all(o["spread"][0] <= o["reduction"] <= o["spread"][1] for o in out)
     assert abs(out[1]["reduction"]) < 0.3  # the dense model against itself
 
 
@@ -207,7 +208,7 @@ def test_ranked_plan_matches_a_direct_construction():
 
 def test_compare_counts_strict_frontier_and_points_within_one_standard_error():
     def pt(r, a, se):
-        return {"latency": {"reduction": r}, "top1": a, "top1_se": se}
+        return {"latency": {"reduction": r}, "top1": a, "top1_se": se, "plan": f"{r:.2f}"}
 
     points = {"dcvit": [pt(0.05, 76.0, 0.2), pt(0.15, 75.0, 0.2), pt(0.20, 74.5, 0.3),
                         pt(0.30, 73.0, 0.5), pt(0.35, 74.0, 0.1), pt(0.45, 72.0, 0.1),
@@ -220,6 +221,27 @@ def test_compare_counts_strict_frontier_and_points_within_one_standard_error():
     assert c["dcvit_within_one_se_of_frontier_10_50"] == 4
     assert c["accuracy_at"]["0.25"]["dcvit"] == pytest.approx(74.5 - 0.5 * 5 / 15)
     assert c["accuracy_at"]["0.40"]["block_drop"] == pytest.approx(72.0 - 2.0 * 15 / 20)
+    # no spreads recorded: the clear frontier is the strict one without the dense point
+    assert c["clear_frontier"]["dcvit"] == ["0.05", "0.15", "0.20", "0.35", "0.45", "0.60"]
+    assert c["dcvit_clear_frontier_10_50"] == 4
+
+
+def test_clear_frontier_drops_only_models_beaten_beyond_the_timing_spread():
+    def pt(plan, r, spread, a):
+        return {"latency": {"reduction": r, "spread": spread}, "top1": a, "plan": plan}
+
+    points = {"dcvit": [pt("a", 0.30, [0.25, 0.35], 73.0),  # strictly beaten by b, within noise
+                        pt("b", 0.33, [0.29, 0.37], 74.0),
+                        pt("c", 0.20, [0.18, 0.22], 72.0),  # b is as accurate and clearly faster
+                        pt("d", -0.02, [-0.05, 0.01], 76.0),  # not clearly slower than dense
+                        pt("e", -0.10, [-0.12, -0.08], 76.0)],  # clearly slower, dense as good
+              "block_drop": [pt("x", 0.25, [0.2, 0.3], 70.0)]}
+    c = dcvit_run.compare(points, 76.0, (0.25,))
+    assert c["clear_frontier"] == {"dcvit": ["a", "b", "d"], "block_drop": ["x"]}
+    assert c["dcvit_clear_frontier_10_50"] == 2
+    # (accuracy, low, high): the third is beaten by the first beyond both spreads
+    assert dcvit_sweep.clear_frontier([(1.0, 0.1, 0.2), (1.0, 0.15, 0.3), (0.5, 0.0, 0.05)]) \
+        == [0, 1]
 
 
 def test_interleaved_latency_times_each_model_in_turn():

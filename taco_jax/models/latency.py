@@ -93,8 +93,9 @@ def latency_summary(times: Sequence[float], batch: int) -> dict:
 
 def paired_latency(dense: nnx.Module, models: Sequence[nnx.Module], x: jax.Array, *,
                    repeats: int = 20, warmup: int = 2) -> list[dict[str, float]]:
-    """Per model: median seconds of ``dense`` and the model on ``x``, and the latency reduction
-    1 − median over repeats of (model time / the dense time just before it).
+    """Per model: median seconds of ``dense`` and the model on ``x``, the latency reduction
+    1 − median over repeats of (model time / the dense time just before it), and its
+    ``spread``, the 10th–90th percentile of those per-repeat reductions.
 
     One interleaved session, dense before every model (d, m1, d, m2, …, d, m1, …): all models
     are measured in the same period of a drifting load, each against its adjacent dense call.
@@ -103,8 +104,10 @@ def paired_latency(dense: nnx.Module, models: Sequence[nnx.Module], x: jax.Array
     timed = interleaved_latency(order, x, repeats=repeats, warmup=warmup)
     out = []
     for d, m in zip(timed[::2], timed[1::2], strict=True):
-        ratio = statistics.median(b / a for a, b in zip(d["times"], m["times"], strict=True))
-        out.append({"dense": d["median"], "compressed": m["median"], "reduction": 1.0 - ratio,
+        reductions = sorted(1.0 - b / a for a, b in zip(d["times"], m["times"], strict=True))
+        out.append({"dense": d["median"], "compressed": m["median"],
+                    "reduction": statistics.median(reductions),
+                    "spread": [_quantile(reductions, 0.1), _quantile(reductions, 0.9)],
                     "dense_min": d["min"], "compressed_min": m["min"], "batch": d["batch"],
                     "repeats": repeats})
     return out

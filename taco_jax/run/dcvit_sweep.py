@@ -24,6 +24,17 @@ def frontier(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]
     return best[::-1]
 
 
+def clear_frontier(points: Sequence[tuple[float, float, float]]) -> list[int]:
+    """Indices of the (accuracy, low, high) points that no other point beats clearly: at least
+    as accurate and faster beyond both timing spreads (its low latency reduction above this
+    one's high; ``paired_latency``'s 10th–90th percentiles). The strict ``frontier`` ranks by
+    medians whose differences may be noise: on 2 shared cores a re-timing moved single
+    reductions by up to 10 points and changed 3 of 10 strict members (BUILD_NOTES)."""
+    return [i for i, (a, _, hi) in enumerate(points)
+            if not any(j != i and aj >= a and lo_j > hi
+                       for j, (aj, lo_j, _) in enumerate(points))]
+
+
 def accuracy_at(front: Sequence[tuple[float, float]], reduction: float) -> float | None:
     """Accuracy on ``front`` at ``reduction``, linear between its points; left of its first point
     (the dense model is beaten by a faster one) that point's accuracy, since a faster model
