@@ -112,6 +112,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Structured only: instead of sparsity, the level measured this many times faster than the
     # dense model at latency_batch on this machine (bisection over candidate shapes); 0 = off.
     c.prune.target_speedup = 0.0
+    # Structured only, ResNets: the share of each residual stream's channels cut from every
+    # layer that writes or reads it (coupled group OBS), before the blocks' inner widths; 0 =
+    # the streams keep their width. resnet_mini cannot reach 2x on XLA CPU without it.
+    c.prune.stream_sparsity = 0.0
+    # Structured cuts keep a multiple of this many channels (the nearest to their level): XLA
+    # CPU's convolutions run far slower at other widths (BUILD_NOTES). 1 = exactly the level.
+    c.prune.channel_multiple = 8
     c.prune.blocksize = 128
     c.prune.percdamp = 0.01
     # Per-layer sparsities from each layer's measured error curve, meeting the same total

@@ -40,14 +40,16 @@ def build_abstract(spec: ModelSpec, cuts: Mapping[str, Mapping[str, Any]] | None
                    removed: Sequence[str] = ()) -> nnx.Module:
     """The abstract (shape-only) model of ``spec`` with the ``removed`` residual branches
     (``vit.remove_branches``) gone and ``cuts`` applied: consumer name -> {"kept": input
-    channels kept, "producers", "norms", "group_size", "repeat"} (its ``ShrinkPair``). Which
+    channels kept, "producers", "norms", "group_size", "repeat", "readers": the other consumers
+    of a residual stream, absent before they were recorded} (its ``ShrinkPair``). Which
     channels were kept does not matter here, only how many."""
     def make() -> nnx.Module:
         model = remove_branches(create(spec.arch, num_classes=spec.num_classes,
                                        **spec.overrides), list(removed))
         for name, cut in (cuts or {}).items():
             pair = ShrinkPair(name, tuple(cut["producers"]), tuple(cut["norms"]),
-                              int(cut["group_size"]), int(cut["repeat"]))
+                              int(cut["group_size"]), int(cut["repeat"]),
+                              tuple(cut.get("readers", ())))
             shrink_pair(model, pair, np.arange(int(cut["kept"])))
         return model
     return nnx.eval_shape(make)

@@ -29,12 +29,13 @@ DIRECTORY = "specialist"  # a run's workdir/specialist
 
 def structured_cuts(model: nnx.Module, spec: convert.ModelSpec, removed: Sequence[str] = ()
                     ) -> dict[str, dict[str, Any]]:
-    """consumer name -> {"kept", "producers", "norms", "group_size", "repeat"} for each of the
-    architecture's producer/consumer pairs (``shrink.infer_pairs``; those of the ``removed``
-    branches gone) whose consumer has fewer input channels in ``model`` than ``spec`` builds."""
+    """consumer name -> {"kept", "producers", "norms", "group_size", "repeat", "readers"} for
+    each of the architecture's producer/consumer pairs and residual streams
+    (``shrink.infer_pairs``; those of the ``removed`` branches gone) whose consumer has fewer
+    input channels in ``model`` than ``spec`` builds."""
     full = build_abstract(spec, removed=removed)
     cuts = {}
-    for pair in infer_pairs(full):
+    for pair in infer_pairs(full, streams=True):
         try:
             kept = get_layer(model, pair.consumer).in_features
         except KeyError:  # not in the model at all: fits_spec says it does not fit
@@ -42,7 +43,7 @@ def structured_cuts(model: nnx.Module, spec: convert.ModelSpec, removed: Sequenc
         if kept != get_layer(full, pair.consumer).in_features:
             cuts[pair.consumer] = {"kept": int(kept), "producers": list(pair.producers),
                                    "norms": list(pair.norms), "group_size": pair.group_size,
-                                   "repeat": pair.repeat}
+                                   "repeat": pair.repeat, "readers": list(pair.readers)}
     return cuts
 
 

@@ -34,7 +34,13 @@ from taco_jax.methods import adapt, retrieval
 from taco_jax.methods.result import CompressedModel
 from taco_jax.models import paths
 from taco_jax.models.latency import speedups
-from taco_jax.models.shrink import infer_pairs, shrink_pair
+from taco_jax.models.shrink import (
+    batchnorm_after,
+    cuts_by_consumer,
+    kept_channels,
+    residual_streams,
+    shrink_pair,
+)
 from taco_jax.prune import patterns, sequential, speed_budget
 from taco_jax.report import compression
 from taco_jax.train import batchnorm, fit
@@ -225,7 +231,7 @@ def _banner(name: str) -> float:
 
 def _replay_cuts(model: nnx.Module, kept: dict[str, list[int]], config: TacoConfig) -> None:
     """Apply a finished structured stage's channel cuts, so its checkpoint's shapes fit."""
-    pairs = {p.consumer: p for p in (config.prune.pairs or infer_pairs(model))}
+    pairs = cuts_by_consumer(model, config.prune.pairs)
     for name, channels in kept.items():
         shrink_pair(model, pairs[name], np.asarray(channels))
 
@@ -276,14 +282,18 @@ def _prune_and_recover(teacher, calib_x, calib_y, data, config, method, allocati
 
         def prune(prune_config=prune_config, step=step, final=final):
             names = layers_to_prune(student, prune_config)
+            solved = [*names, *(r for p in residual_streams(student) for r in p.consumers
+                                if prune_config.stream_sparsity)]
+            with_norm = batchnorm_after(student) if config.restore_scale else {}
             before = {n: np.asarray(paths.get_layer(student, n).kernel.get_value())
-                      for n in names} if config.restore_scale else {}
+                      for n in solved if n in with_norm}
             result = sequential.prune_model(student, batches, prune_config, layers=names,
                                             checkpoint_dir=_str(store.path(f"{tag}_prune{step}")),
                                             mesh=data.mesh,
                                             levels=allocated if final else None)
             if before:
-                factors = batchnorm.restore_scale(student, before, result.kept)
+                factors = batchnorm.restore_scale(student, before, *kept_channels(
+                    cuts_by_consumer(student, prune_config.pairs), result.kept))
                 if factors:
                     c = np.concatenate(list(factors.values()))
                     logging.info("%s: %d compensated convs scaled back to their dense norms "

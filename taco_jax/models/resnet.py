@@ -19,6 +19,7 @@ from flax import nnx
 from taco_jax.models.matmul_conv import conv_general_dilated
 from taco_jax.models.preprocess import PRESETS, Preprocess
 from taco_jax.models.registry import register
+from taco_jax.models.shrink import ShrinkPair
 
 _KAIMING = jax.nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
@@ -141,6 +142,27 @@ class ResNet(nnx.Module):
         blocks = [b for i in range(self.num_stages) for b in getattr(self, f"layer{i + 1}")]
         return [self.stem, *blocks, lambda x: self.fc(jnp.mean(x, axis=(1, 2)))]
 
+    def residual_streams(self) -> list[ShrinkPair]:
+        """The residual stream's stretches between changes of width, each as one cut: written
+        by the stem's conv (or a block's downsample) and every block's last conv, each through
+        its BatchNorm, and read by every block's first conv and downsample, and at the end by
+        ``fc``. The identity shortcuts carry the channels on, so one cut removes the same
+        channels from all of them; ``consumer`` is the first reader."""
+        last = "conv3" if isinstance(self.layer1[0], Bottleneck) else "conv2"
+        streams, producers, norms, readers = [], ["conv1"], ["bn1"], []
+        for i in range(self.num_stages):
+            for j, block in enumerate(getattr(self, f"layer{i + 1}")):
+                at = f"layer{i + 1}.{j}"
+                readers.append(f"{at}.conv1")
+                if block.downsample is not None:
+                    streams.append((producers, norms, [*readers, f"{at}.downsample.0"]))
+                    producers, norms, readers = [f"{at}.downsample.0"], [f"{at}.downsample.1"], []
+                producers.append(f"{at}.{last}")
+                norms.append(f"{at}.bn{last[-1]}")
+        streams.append((producers, norms, [*readers, "fc"]))
+        return [ShrinkPair(r[0], tuple(p), tuple(n), readers=tuple(r[1:]))
+                for p, n, r in streams]
+
     def forward_features(self, x: jax.Array) -> jax.Array:
         """(B, H, W, C) → pooled pre-logits (B, num_features)."""
         for segment in self.segments()[:-1]:
@@ -153,11 +175,15 @@ class ResNet(nnx.Module):
 
 def _imagenet_resnet(block, layers):
     def make(*, num_classes: int, rngs: nnx.Rngs, in_chans: int = 3, img_size: int | None = None,
-             preprocess: Preprocess = PRESETS["torchvision"]) -> ResNet:
-        """``img_size`` (any size works: the net is fully convolutional) sets the eval crop."""
+             preprocess: Preprocess = PRESETS["torchvision"],
+             widths: Sequence[int] = (64, 128, 256, 512),
+             layers: Sequence[int] = layers) -> ResNet:
+        """``img_size`` (any size works: the net is fully convolutional) sets the eval crop;
+        ``widths`` and ``layers`` (blocks per stage) other than the architecture's make a small
+        copy of its structure (tests)."""
         if img_size is not None:
             preprocess = preprocess.at_size(img_size)
-        return ResNet(block, layers, num_classes=num_classes, in_chans=in_chans,
+        return ResNet(block, layers, num_classes=num_classes, in_chans=in_chans, widths=widths,
                       preprocess=preprocess, rngs=rngs)
     return make
 

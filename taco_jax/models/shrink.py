@@ -4,11 +4,16 @@ A ``ShrinkPair`` names a consumer layer whose input channels are pruned (``fc2``
 ``conv2``), the producer layers whose output channels are those inputs (``fc1``; ``attn.qkv``
 with ``repeat=3`` for its ``[q | k | v]`` outputs; ``conv1``) and any per-channel BatchNorm in
 between. ``group_size`` channels form one unit (1 for neurons/channels, ``head_dim`` for heads).
+A ResNet's residual stream is one cut with several producers (the stem or a downsample, then
+every block's last conv, each with its BatchNorm) and several consumers: ``consumer`` and the
+other ``readers`` (every block's first conv and downsample, the head), all of which lose the
+same channels (``ResNet.residual_streams``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
 import jax.numpy as jnp
 import numpy as np
@@ -24,6 +29,12 @@ class ShrinkPair:
     norms: tuple[str, ...] = ()
     group_size: int = 1
     repeat: int = 1  # producer outputs = ``repeat`` stacked copies of the consumer's input space
+    readers: tuple[str, ...] = ()  # more consumers of the same channels (a residual stream)
+
+    @property
+    def consumers(self) -> tuple[str, ...]:
+        """Every layer whose input channels the cut removes, ``consumer`` first."""
+        return (self.consumer, *self.readers)
 
 
 def _set(var: nnx.Variable, value) -> None:
@@ -36,16 +47,20 @@ def producer_index(kept: np.ndarray, width: int, repeat: int) -> np.ndarray:
 
 
 def shrink_pair(model: nnx.Module, pair: ShrinkPair, kept: np.ndarray) -> None:
-    """Keep only input channels ``kept`` (sorted) of the consumer and the matching producer
-    outputs and norm channels, in place. The consumer's kernel must already be solved."""
+    """Keep only input channels ``kept`` (sorted) of the consumers and the matching producer
+    outputs and norm channels, in place. The consumers' kernels must already be solved."""
     kept = np.asarray(kept)
-    consumer = get_layer(model, pair.consumer)
-    width = consumer.in_features
-    k = consumer.kernel.get_value()
-    _set(consumer.kernel, k[kept] if k.ndim == 2 else k[:, :, kept, :])
-    consumer.in_features = len(kept)
-    if isinstance(consumer, nnx.Conv):
-        consumer.kernel_shape = tuple(consumer.kernel.get_value().shape)
+    width = get_layer(model, pair.consumer).in_features
+    for name in pair.consumers:
+        consumer = get_layer(model, name)
+        if consumer.in_features != width:
+            raise ValueError(f"{name!r} reads {consumer.in_features} channels, {pair.consumer!r} "
+                             f"{width}: they cannot share one cut")
+        k = consumer.kernel.get_value()
+        _set(consumer.kernel, k[kept] if k.ndim == 2 else k[:, :, kept, :])
+        consumer.in_features = len(kept)
+        if isinstance(consumer, nnx.Conv):
+            consumer.kernel_shape = tuple(consumer.kernel.get_value().shape)
     for name in pair.producers:
         layer = get_layer(model, name)
         idx = producer_index(kept, width, pair.repeat)
@@ -89,9 +104,16 @@ def batchnorm_after(model: nnx.Module) -> dict[str, str]:
     return found
 
 
-def infer_pairs(model: nnx.Module) -> list[ShrinkPair]:
+def residual_streams(model: nnx.Module) -> list[ShrinkPair]:
+    """The model's residual-stream cuts (``ResNet.residual_streams``); none for other models."""
+    fn = getattr(model, "residual_streams", None)
+    return list(fn()) if fn is not None else []
+
+
+def infer_pairs(model: nnx.Module, streams: bool = False) -> list[ShrinkPair]:
     """Pairs by the timm/torchvision naming the zoo follows: ``fc1→fc2``, ``qkv→proj`` (heads of
-    the parent's ``head_dim``), ``q/k/v→proj``, ``conv1→bn1→conv2`` and ``conv2→bn2→conv3``."""
+    the parent's ``head_dim``), ``q/k/v→proj``, ``conv1→bn1→conv2`` and ``conv2→bn2→conv3``;
+    with ``streams`` also the residual streams' cuts (``residual_streams``), after them."""
     layers = named_layers(model)
     norms = batchnorm_after(model)
     pairs = []
@@ -113,4 +135,29 @@ def infer_pairs(model: nnx.Module) -> list[ShrinkPair]:
             if prev in layers and getattr(layers[prev], "feature_group_count", 1) == 1 and \
                     layer.feature_group_count == 1:
                 pairs.append(ShrinkPair(name, (prev,), (norms[prev],) if prev in norms else ()))
-    return pairs
+    return pairs + (residual_streams(model) if streams else [])
+
+
+def cuts_by_consumer(model: nnx.Module, pairs: Sequence[ShrinkPair] | None = None
+                     ) -> dict[str, ShrinkPair]:
+    """Every cut a structured prune of ``model`` can make, by (first) consumer: ``pairs``
+    (default ``infer_pairs``) and the residual streams; what replaying recorded cuts looks up."""
+    return {p.consumer: p for p in [*(pairs or infer_pairs(model)), *residual_streams(model)]}
+
+
+def kept_channels(cuts: dict[str, ShrinkPair], kept: dict[str, np.ndarray]
+                  ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Per layer, the original channels a structured prune kept: (input channels of every
+    consumer, output channels of every producer), from ``kept`` (first consumer -> kept input
+    channels, ``PruneResult.kept``) and ``cuts`` (``cuts_by_consumer``). A layer may be both
+    (ResNet-50's conv2; a block's conv1 under a stream cut). Fused producers (``repeat`` > 1,
+    a ViT's qkv) are left out: their outputs are ``producer_index`` of the consumer's width."""
+    kept_in, kept_out = {}, {}
+    for name, channels in kept.items():
+        pair = cuts[name]
+        channels = np.asarray(channels)
+        for consumer in pair.consumers:
+            kept_in[consumer] = channels
+        if pair.repeat == 1:
+            kept_out.update({producer: channels for producer in pair.producers})
+    return kept_in, kept_out

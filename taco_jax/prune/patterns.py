@@ -15,6 +15,7 @@ The meaning of ``sparsity`` for each pattern, for a weight ``W`` of shape (d_out
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 
 import numpy as np
@@ -151,3 +152,20 @@ def tiling_problem(pattern: Pattern, shape: tuple[int, ...], blocksize: int) -> 
 def target_sparsity(pattern: Pattern, sparsity: float) -> float:
     """The fraction of zeros the pattern aims for (N:M fixes its own)."""
     return 1.0 - pattern.density if isinstance(pattern, NM) else sparsity
+
+
+def aligned_level(sparsity: float, width: int, group_size: int = 1, multiple: int = 1) -> float:
+    """The structured level (share of ``width // group_size`` units removed) nearest to
+    ``sparsity`` whose kept channels are a multiple of ``multiple`` or all of them: the kept
+    units rounded to the nearest of those (a tie keeps more; never below one step). XLA CPU runs resnet_mini with
+    streams at 8/16/32 channels 2.2x faster than dense, at 6/13/19 1.6x, at 4/8/16 1.8x
+    (BUILD_NOTES): convolutions want whole vector registers. Widths below one step are left
+    as ``sparsity`` has them."""
+    units = width // group_size
+    step = multiple // math.gcd(multiple, group_size)
+    if step <= 1 or units < step:
+        return sparsity
+    kept = units - math.floor(sparsity * units + 1e-6)
+    choices = [*range(step, units + 1, step), units]  # whole steps, or the full width
+    kept = min(choices, key=lambda k: (abs(k - kept), -k))  # a tie keeps more
+    return (units - kept) / units

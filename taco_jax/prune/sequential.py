@@ -41,7 +41,13 @@ from taco_jax.models.paths import (
     named_layers,
     resolve_stem,
 )
-from taco_jax.models.shrink import ShrinkPair, infer_pairs, shrink_pair
+from taco_jax.models.shrink import (
+    ShrinkPair,
+    cuts_by_consumer,
+    infer_pairs,
+    residual_streams,
+    shrink_pair,
+)
 from taco_jax.prune import checkpoint as ckpt
 from taco_jax.prune.hessian import (
     collect_hessians,
@@ -53,6 +59,7 @@ from taco_jax.prune.patterns import (
     Pattern,
     Structured,
     Unstructured,
+    aligned_level,
     check_sparsity,
     parse_pattern,
     tiling_problem,
@@ -61,6 +68,7 @@ from taco_jax.prune.refit import refit_groups, swap_refine
 from taco_jax.prune.result import LayerStats, PruneResult
 from taco_jax.prune.segments import InputCache, forward_groups
 from taco_jax.prune.solver import METHODS, check_finite, choose_method, prune_layer
+from taco_jax.prune.streams import prune_streams
 from taco_jax.prune.targets import dense_target
 
 ALLOCATIONS = ("auto", "uniform", "global", "output", "magnitude")
@@ -108,6 +116,8 @@ class PruneConfig:
     refit: bool = True
     swap_rounds: int = 0
     target_speedup: float = 0.0
+    stream_sparsity: float = 0.0
+    channel_multiple: int = 8
 
     def __post_init__(self):
         parse_pattern(self.pattern)
@@ -141,6 +151,15 @@ class PruneConfig:
             raise ValueError(f"target_speedup={self.target_speedup} needs pattern='structured' "
                              f"(smaller dense shapes); {self.pattern!r} keeps the model's shapes, "
                              "and on a dense runtime its zeros are not skipped")
+        if isinstance(self.channel_multiple, bool) or not isinstance(self.channel_multiple, int) \
+                or self.channel_multiple < 1:
+            raise ValueError(f"channel_multiple must be an integer >= 1, got "
+                             f"{self.channel_multiple!r}")
+        if self.stream_sparsity:
+            check_sparsity(self.stream_sparsity)
+            if not self.structured:
+                raise ValueError(f"stream_sparsity={self.stream_sparsity} needs "
+                                 f"pattern='structured' (it cuts channels), got {self.pattern!r}")
         if self.targets == "dense" and self.structured:
             raise ValueError("targets='dense' is for unstructured, N:M and block patterns; "
                              f"structured pruning (pattern {self.pattern!r}) takes targets='self'")
@@ -168,12 +187,19 @@ def _uncommitted(x: jax.Array) -> jax.Array:
 
 
 def _layer_plan(model, config: PruneConfig, layers, sparsities) -> dict[str, tuple[Pattern, float]]:
+    """Each layer's (pattern, level): the override, else its allocated or the uniform level;
+    structured levels aligned to ``config.channel_multiple`` (``patterns.aligned_level``)."""
     base = parse_pattern(config.pattern)
+    cuts = cuts_by_consumer(model, config.pairs) if config.structured else {}
     plan = {}
     for n in layers:
         spec = config.overrides.get(n, sparsities.get(n, config.sparsity))
         pat, s = (parse_pattern(spec[0]), spec[1]) if isinstance(spec, tuple) else (base, spec)
-        plan[n] = (pat, check_sparsity(s))
+        s = check_sparsity(s)
+        if isinstance(pat, Structured) and n in cuts:
+            s = aligned_level(s, get_layer(model, n).in_features, cuts[n].group_size,
+                              config.channel_multiple)
+        plan[n] = (pat, s)
     return plan
 
 
@@ -326,7 +352,7 @@ def prune_model(model: nnx.Module, batches: Sequence, config: PruneConfig, *,
 
         sparsities = allocate_for_model(model, batches, config, names, mesh=mesh)
     plan = _layer_plan(model, config, names, sparsities)
-    pairs = {p.consumer: p for p in (config.pairs or infer_pairs(model))}
+    pairs = cuts_by_consumer(model, config.pairs)
 
     for n, (pat, _) in plan.items():
         if isinstance(pat, Structured) and n not in pairs:
@@ -340,6 +366,15 @@ def prune_model(model: nnx.Module, batches: Sequence, config: PruneConfig, *,
         if start:
             logging.info("prune: resumed from %s after %d of %d groups", checkpoint_dir, start,
                          len(order))
+    if config.stream_sparsity and not any(p.consumer in result.kept
+                                          for p in residual_streams(model)):
+        kept, stats = prune_streams(model, batches, config.stream_sparsity, method=config.method,
+                                    percdamp=config.percdamp, mesh=mesh,
+                                    channel_multiple=config.channel_multiple)
+        result.kept.update(kept)
+        result.stats.extend(stats)
+        if checkpoint_dir is not None:
+            ckpt.save(checkpoint_dir, 0, model, result, config)
 
     sizes = [len(g) for _, g in order]
     bar = tqdm(total=sum(sizes), initial=sum(sizes[:start]), desc="prune", unit="layer")

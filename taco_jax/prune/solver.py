@@ -360,11 +360,11 @@ def spd_inv(A: jax.Array) -> jax.Array:
     return M[:, :, g:]
 
 
-def _group_obs_step(W, Hinv, removed, group_size: int, axis_name=None):
-    """One greedy group OBS step on W (rows, d) with H⁻¹ (d, d): remove the not yet removed
-    group S of ``group_size`` consecutive inputs minimising ``tr(W_S (H⁻¹_SS)⁻¹ W_Sᵀ)``, update
-    ``W −= W_S (H⁻¹_SS)⁻¹ H⁻¹_{S,:}`` (then W_S = 0) and downdate
-    ``H⁻¹ −= H⁻¹_{:,S} (H⁻¹_SS)⁻¹ H⁻¹_{S,:}``. Returns (W, H⁻¹, removed, S, its cost)."""
+def group_costs(W: jax.Array, Hinv: jax.Array, removed: jax.Array, group_size: int
+                ) -> tuple[jax.Array, jax.Array]:
+    """Each group's removal cost ``tr(W_S (H⁻¹_SS)⁻¹ W_Sᵀ)`` (G,) (rows of W not summed over
+    devices) and its (H⁻¹_SS)⁻¹ (G, gs, gs), for W (rows, d), H⁻¹ (d, d) and groups of
+    ``group_size`` consecutive inputs; removed groups cost nothing here (mask them)."""
     rows, d = W.shape
     gs, G = group_size, d // group_size
     ar = jnp.arange(G)
@@ -372,14 +372,29 @@ def _group_obs_step(W, Hinv, removed, group_size: int, axis_name=None):
     Hss = Hinv.reshape(G, gs, G, gs)[ar, :, ar, :]                         # (G, gs, gs)
     Hss_inv = spd_inv(jnp.where(removed[:, None, None], eye, Hss))
     Wg = W.reshape(rows, G, gs)
-    cost = _psum(jnp.einsum("rgi,gij,rgj->g", Wg, Hss_inv, Wg), axis_name)
-    cost = jnp.where(removed, jnp.inf, cost)
-    s = jnp.argmin(cost)
+    return jnp.einsum("rgi,gij,rgj->g", Wg, Hss_inv, Wg), Hss_inv
+
+
+def remove_group(W: jax.Array, Hinv: jax.Array, s: jax.Array, Hss_inv: jax.Array,
+                 group_size: int) -> tuple[jax.Array, jax.Array]:
+    """Remove group ``s`` with the OBS update ``W −= W_S (H⁻¹_SS)⁻¹ H⁻¹_{S,:}`` (then W_S = 0)
+    and the downdate ``H⁻¹ −= H⁻¹_{:,S} (H⁻¹_SS)⁻¹ H⁻¹_{S,:}``; ``Hss_inv`` = (H⁻¹_SS)⁻¹."""
+    gs = group_size
     H_S = lax.dynamic_slice_in_dim(Hinv, s * gs, gs, axis=0)              # H⁻¹_{S,:}
     W_S = lax.dynamic_slice_in_dim(W, s * gs, gs, axis=1)
-    W = W - W_S @ Hss_inv[s] @ H_S
-    Hinv = Hinv - H_S.T @ Hss_inv[s] @ H_S
-    W = lax.dynamic_update_slice_in_dim(W, jnp.zeros_like(W_S), s * gs, axis=1)
+    W = W - W_S @ Hss_inv @ H_S
+    Hinv = Hinv - H_S.T @ Hss_inv @ H_S
+    return lax.dynamic_update_slice_in_dim(W, jnp.zeros_like(W_S), s * gs, axis=1), Hinv
+
+
+def _group_obs_step(W, Hinv, removed, group_size: int, axis_name=None):
+    """One greedy group OBS step on W (rows, d) with H⁻¹ (d, d): remove the not yet removed
+    group S of ``group_size`` consecutive inputs of least ``group_costs`` and update W and H⁻¹
+    (``remove_group``). Returns (W, H⁻¹, removed, S, its cost)."""
+    cost, Hss_inv = group_costs(W, Hinv, removed, group_size)
+    cost = jnp.where(removed, jnp.inf, _psum(cost, axis_name))
+    s = jnp.argmin(cost)
+    W, Hinv = remove_group(W, Hinv, s, Hss_inv[s], group_size)
     return W, Hinv, removed.at[s].set(True), s, cost[s]
 
 

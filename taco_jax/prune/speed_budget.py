@@ -22,23 +22,28 @@ from flax import nnx
 
 from taco_jax.models.latency import speedups
 from taco_jax.models.paths import get_layer, resolve_stem
-from taco_jax.models.shrink import infer_pairs, shrink_pair
+from taco_jax.models.shrink import infer_pairs, residual_streams, shrink_pair
 from taco_jax.prune.allocate import allocator
-from taco_jax.prune.patterns import Structured
+from taco_jax.prune.patterns import Structured, aligned_level
 from taco_jax.prune.sequential import PruneConfig, _layer_plan
 from taco_jax.prune.solver import prune_counts
 
 HIGHEST = 0.95  # the deepest level tried: the allocation grid's top
 
 
-def shaped_like(model: nnx.Module, levels: dict[str, float], pairs) -> nnx.Module:
+def shaped_like(model: nnx.Module, levels: dict[str, float], pairs,
+                stream_sparsity: float = 0.0, channel_multiple: int = 1) -> nnx.Module:
     """A copy of ``model`` with each consumer's input channels cut as the solver would at its
-    level (``prune_counts``: whole groups, floor), keeping the first ones: the candidate's
-    shapes, for timing only."""
+    level (``prune_counts``: whole groups, floor; the levels of ``sequential._layer_plan``,
+    aligned already), and every residual stream at ``stream_sparsity`` aligned to
+    ``channel_multiple``, keeping the first ones: the candidate's shapes, for timing only."""
     out = nnx.clone(model)
-    for name, s in levels.items():
-        pair = pairs[name]
-        width = get_layer(out, name).in_features
+    cuts = [(pairs[name], s) for name, s in levels.items()]
+    if stream_sparsity:
+        cuts += [(pair, aligned_level(stream_sparsity, get_layer(model, pair.consumer).in_features,
+                                      1, channel_multiple)) for pair in residual_streams(model)]
+    for pair, s in cuts:
+        width = get_layer(out, pair.consumer).in_features
         units = width // pair.group_size
         removed = int(prune_counts(Structured(pair.group_size), s, 0, width, width)[0])
         kept = (units - removed) * pair.group_size
@@ -78,7 +83,8 @@ def sparsity_for_speedup(model: nnx.Module, batches: Sequence, config: PruneConf
         levels = allocated[level] = ({n: level for n in names} if level >= top  # its own limit
                                      else levels_at(level))
         plan = _layer_plan(model, dataclasses.replace(config, sparsity=level), names, levels)
-        candidate = shaped_like(model, {n: s for n, (_, s) in plan.items()}, pairs)
+        candidate = shaped_like(model, {n: s for n, (_, s) in plan.items()}, pairs,
+                                config.stream_sparsity, config.channel_multiple)
         timed = speedups(model, {"candidate": candidate}, x, min_rounds=5, max_rounds=15,
                          budget_seconds=10.0)["candidate"]
         tries.append({"sparsity": level, "speedup": timed["speedup"], "spread": timed["spread"]})
@@ -87,11 +93,14 @@ def sparsity_for_speedup(model: nnx.Module, batches: Sequence, config: PruneConf
         return timed["speedup"]
 
     if measure(top) < target:
+        streams = ("; its residual streams keep their width: cut them too with "
+                   "prune.stream_sparsity (e.g. 0.5)"
+                   if residual_streams(model) and not config.stream_sparsity else "")
         raise ValueError(
             f"prune.target_speedup={target:g} is out of reach on this runtime: removing "
             f"{top:.0%} of the prunable pairs' work gives {tries[-1]['speedup']:.2f}x at "
             f"batch {x.shape[0]} (the layers outside producer/consumer pairs stay as they are); "
-            f"ask for at most {max(1.0, tries[-1]['speedup'] - 0.05):.2f}")
+            f"ask for at most {max(1.0, tries[-1]['speedup'] - 0.05):.2f}{streams}")
     lo, hi = 0.0, top
     for _ in range(steps):
         mid = (lo + hi) / 2

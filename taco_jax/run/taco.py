@@ -15,6 +15,7 @@ from taco_jax import checkpoint, distributed, export, files
 from taco_jax.data import pool
 from taco_jax.methods import taco
 from taco_jax.models import paths
+from taco_jax.models.shrink import residual_streams
 from taco_jax.prune import sequential
 from taco_jax.report import plots
 from taco_jax.run import common, sweep
@@ -86,6 +87,10 @@ def parse(config: ml_collections.ConfigDict) -> tuple[taco.TacoConfig, common.So
                          f"{len(layers)} layers to prune of {src.model.describe()!r}, e.g. "
                          f"{first}: {bad[first]}; keep those dense (prune.overrides) or choose "
                          "a pattern that divides their shapes")
+    if prune.stream_sparsity and not residual_streams(abstract):
+        raise ValueError(f"config.prune.stream_sparsity={prune.stream_sparsity} cuts residual "
+                         f"streams, which only ResNets have; {src.model.describe()!r} has none "
+                         "(set it to 0)")
     if common.parse_pool(config.pool) is None and config.pool.retrieve:
         raise ValueError(f"config.pool.retrieve={config.pool.retrieve} needs a pool to retrieve "
                          "from: set config.pool.dataset (or the variant key pool)")

@@ -81,21 +81,23 @@ def reestimate(model: nnx.Module, images: np.ndarray,
 
 
 def restore_scale(model: nnx.Module, before: Mapping[str, np.ndarray],
-                  kept: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+                  kept: Mapping[str, np.ndarray] | None = None,
+                  kept_out: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """Scale each output channel of the convs in ``before`` that feed a BatchNorm
     (``shrink.batchnorm_after``) to the norm its weights had before the prune on the weights it
     kept, and fold the factor c into the BatchNorm (running mean·c, variance·c²) and the conv's
     bias: the function is unchanged (up to the BatchNorm's ε), the recovery's step is the dense
     weights' (module docstring). Others (no BatchNorm after them) are left as they are.
 
-    ``before``: layer name -> its kernel before the prune, the same shape as now, or for the
-    consumer of a structured cut the dense kernel whose kept input channels (axis -2) are
-    ``kept[name]``. A channel with no kept non-zero weight keeps c = 1. Returns each rescaled
-    layer's factors (C_out,)."""
+    ``before``: layer name -> its kernel before the prune, the same shape as now, or for a
+    layer a structured cut shrank the dense kernel whose kept input channels (axis -2) are
+    ``kept[name]`` and kept output channels (axis -1) ``kept_out[name]``
+    (``shrink.kept_channels``). A channel with no kept non-zero weight keeps c = 1. Returns
+    each rescaled layer's factors (C_out,)."""
     from taco_jax.models.paths import get_layer
     from taco_jax.models.shrink import batchnorm_after
 
-    kept = kept or {}
+    kept, kept_out = kept or {}, kept_out or {}
     norms = batchnorm_after(model)
     factors = {}
     for name, w0 in before.items():
@@ -103,11 +105,15 @@ def restore_scale(model: nnx.Module, before: Mapping[str, np.ndarray],
             continue
         conv, bn = get_layer(model, name), get_layer(model, norms[name])
         w1 = np.asarray(conv.kernel.get_value())
-        w0 = np.asarray(w0) if name not in kept else np.take(np.asarray(w0), kept[name], -2)
+        w0 = np.asarray(w0)
+        if name in kept:
+            w0 = np.take(w0, kept[name], -2)
+        if name in kept_out:
+            w0 = np.take(w0, kept_out[name], -1)
         if w0.shape != w1.shape:
             raise ValueError(f"restore_scale: {name!r} has kernel {w1.shape}, its weights before "
-                             f"the prune {w0.shape}" + ("" if name in kept else
-                                                         " (a structured cut needs kept[name])"))
+                             f"the prune {w0.shape}" + ("" if name in kept or name in kept_out
+                                                         else " (a structured cut needs kept)"))
         axes = tuple(range(w1.ndim - 1))
         r0 = np.sqrt(np.sum(np.where(w1 != 0, w0, 0).astype(np.float64) ** 2, axes))
         r1 = np.sqrt(np.sum(w1.astype(np.float64) ** 2, axes))
