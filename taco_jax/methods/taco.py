@@ -101,7 +101,7 @@ class TacoConfig:
     ``restore_scale``: after each prune, scale the compensated weights of every conv that
     feeds a BatchNorm back to their dense norm, the factor folded into the BatchNorm (the
     function is unchanged; ``batchnorm.restore_scale``): the compensation's 2–4x larger
-    weights slow the recovery's Adam (BUILD_NOTES: 16×16 tiles at 90%, 77.2 → 82.8). A no-op
+    weights slow the recovery's Adam (BUILD_NOTES: 16×16 tiles at 90%, 77.2 → 86.7). A no-op
     for magnitude pruning and models without BatchNorm.
     ``calibration_views``: views of each few-shot image in the solver's calibration set (the
     image, then augmented copies: ``recover.augment``).

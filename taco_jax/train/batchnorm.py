@@ -9,7 +9,7 @@ in training), so every layer sees inputs normalised by the already-corrected lay
 scale of its weights, but a recovery's Adam moves each weight by about the learning rate
 whatever its size, so the scale sets the effective step (∝ lr / ‖w‖²). The solver's
 compensation grows the kept weights 2–4x at 90% (16×16 tiles on the demo: r.m.s. 0.10 → 0.23–
-0.46), which slowed the recovery enough to lose 5 points (BUILD_NOTES); scaling them back to
+0.46), which slowed the recovery enough to lose about 10 points (BUILD_NOTES); scaling them back to
 their dense norm, the factor folded into the BatchNorm, keeps the function and the step.
 """
 
