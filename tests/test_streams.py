@@ -219,3 +219,14 @@ def test_aligned_levels_keep_whole_multiples_of_channels():
     assert kept(0.3, 96, group=12) == 72   # 12-channel units: steps of 2 units (24 channels)
     with pytest.raises(ValueError, match="channel_multiple must be an integer >= 1"):
         sequential.PruneConfig(pattern="structured", channel_multiple=0)
+
+
+def test_the_widths_benchmark_cuts_the_shapes_it_names():
+    from taco_jax.bench.widths import cut
+
+    model = _model("resnet_mini")
+    out = cut(model, 0.5, [8, 8, 16])
+    assert get_layer(out, "conv1").out_features == 8 and get_layer(out, "fc").in_features == 32
+    assert [get_layer(out, p.consumer).in_features for p in infer_pairs(out)] == \
+        [8, 8, 16, 32, 64, 64]
+    assert np.asarray(out(_images(2))).shape == (2, 4)

@@ -122,8 +122,10 @@ def test_the_speed_budget_picks_a_level_measured_at_the_target():
     names = sequential.default_layers(model, config)
     level, info = speed_budget.sparsity_for_speedup(model, [x[:16]], config, names, x, steps=4)
     chosen = [t for t in info["tries"] if t["sparsity"] == level]
-    assert chosen and chosen[0]["speedup"] >= 1.3 and 0 < level <= 0.95
-    assert len(info["tries"]) == 5  # the deepest level, then 4 bisection steps
+    assert chosen and chosen[-1]["speedup"] >= 1.3 and 0 < level <= 0.95  # its last timing
+    # the deepest level, 4 bisection steps, then 1-2 fresh timings (none if the deepest won)
+    assert 5 <= len(info["tries"]) <= 7
+    assert len(info["tries"]) > 5 or level == 0.95
     # Every level measured below the target is shallower than the chosen one.
     assert all(t["sparsity"] < level for t in info["tries"] if t["speedup"] < 1.3)
 

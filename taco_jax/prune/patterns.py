@@ -157,10 +157,10 @@ def target_sparsity(pattern: Pattern, sparsity: float) -> float:
 def aligned_level(sparsity: float, width: int, group_size: int = 1, multiple: int = 1) -> float:
     """The structured level (share of ``width // group_size`` units removed) nearest to
     ``sparsity`` whose kept channels are a multiple of ``multiple`` or all of them: the kept
-    units rounded to the nearest of those (a tie keeps more; never below one step). XLA CPU runs resnet_mini with
-    streams at 8/16/32 channels 2.2x faster than dense, at 6/13/19 1.6x, at 4/8/16 1.8x
-    (BUILD_NOTES): convolutions want whole vector registers. Widths below one step are left
-    as ``sparsity`` has them."""
+    units rounded to the nearest of those (a tie keeps more; never below one step). XLA CPU
+    runs resnet_mini with halved streams and inner widths 8/16/32 2.2x faster than dense, at
+    6/13/19 1.6x, at 4/8/16 1.8x (``bench.widths``, BUILD_NOTES): its convolutions want whole
+    vector registers. Widths below one step are left as ``sparsity`` has them."""
     units = width // group_size
     step = multiple // math.gcd(multiple, group_size)
     if step <= 1 or units < step:

@@ -54,12 +54,13 @@ def shaped_like(model: nnx.Module, levels: dict[str, float], pairs,
 
 def sparsity_for_speedup(model: nnx.Module, batches: Sequence, config: PruneConfig,
                          names: Sequence[str], x: jax.Array, *, steps: int = 6,
-                         mesh=None) -> tuple[float, dict]:
+                         confirm: int = 2, mesh=None) -> tuple[float, dict]:
     """The smallest total level (share of the pairs' MACs removed, ``config.sparsity``'s
     meaning) whose allocated model is measured ``config.target_speedup`` times faster than
     ``model`` on ``x`` (B, H, W, C, preprocessed). ``batches``: the calibration batches of the
     error curves. Bisection over ``steps`` levels after the deepest one (``HIGHEST``, or the
-    allocation grid's top).
+    allocation grid's top), then up to ``confirm`` fresh timings of the chosen level (on a
+    miss, of the next faster level that passed).
 
     Returns (level, {"target_speedup", "batch", "tries": [{"sparsity", "speedup", "spread"}],
     "levels": each layer's sparsity at the level, for ``prune_model(levels=)``, which then
@@ -108,5 +109,13 @@ def sparsity_for_speedup(model: nnx.Module, batches: Sequence, config: PruneConf
             hi = mid
         else:
             lo = mid
+    # The bisection keeps the first level whose noisy timing reached the target, so its timing
+    # is biased upward (on the demo the specialist then measured 1.91-1.94x for 2x). A fresh
+    # timing confirms it; on a miss the next faster level that passed is taken (and confirmed).
+    for _ in range(confirm):
+        if hi >= top or measure(hi) >= target:
+            break
+        hi = min([t["sparsity"] for t in tries if t["sparsity"] > hi
+                  and t["speedup"] >= target] or [top])
     return hi, {"target_speedup": target, "batch": int(x.shape[0]), "tries": tries,
                 "levels": allocated[hi]}
