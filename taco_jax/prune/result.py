@@ -24,7 +24,8 @@ class LayerStats:
 @dataclasses.dataclass
 class PruneResult:
     """Keep-masks in each layer's own kernel layout, per-layer stats (forward order), and for
-    structured runs the kept input channels of each consumer."""
+    structured runs the kept input channels of each consumer (of a residual stream: keyed by
+    its first reader, ``shrink.cuts_by_consumer``)."""
 
     masks: dict[str, np.ndarray]
     stats: list[LayerStats]
