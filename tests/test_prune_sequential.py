@@ -179,11 +179,19 @@ def test_structured_shrinks_heads_neurons_and_channels():
     assert vit.blocks[0]["attn"].proj.kernel.get_value().shape == (16, 32)
     assert len(res.kept["blocks.0.attn.proj"]) == 16 and np.isfinite(vit(x)).all()
     cnn = randomize_batchnorm(TinyCNN(nnx.Rngs(0)))
-    prune_model(cnn, image_batches(2), PruneConfig(pattern="structured", sparsity=0.25))
+    prune_model(cnn, image_batches(2), PruneConfig(pattern="structured", sparsity=0.25,
+                                                   channel_multiple=1))
     assert cnn.block.conv2.kernel.get_value().shape == (3, 3, 12, 12)
     assert cnn.block.bn1.scale.get_value().shape == (12,)
     assert cnn.block.conv3.kernel.get_value().shape == (1, 1, 12, 16)
     assert np.isfinite(cnn(x)).all()
+    # the default keeps whole multiples of 8 channels: 12 of 16 rounds to 16 (a tie keeps more),
+    # 10 of 16 to 8
+    for sparsity, kept in ((0.25, 16), (0.4, 8)):
+        cnn = randomize_batchnorm(TinyCNN(nnx.Rngs(0)))
+        prune_model(cnn, image_batches(2), PruneConfig(pattern="structured", sparsity=sparsity))
+        assert cnn.block.conv2.kernel.get_value().shape == (3, 3, kept, kept)
+        assert cnn.block.conv3.kernel.get_value().shape == (1, 1, kept, 16)
 
 
 # ------------------------------------------------------------------ resume
