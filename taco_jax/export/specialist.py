@@ -21,7 +21,7 @@ from flax import nnx
 from taco_jax import convert
 from taco_jax.convert.checkpoint import build_abstract
 from taco_jax.models.paths import get_layer
-from taco_jax.models.shrink import infer_pairs
+from taco_jax.models.shrink import cuts_by_consumer
 from taco_jax.models.vit import removed_branches
 
 DIRECTORY = "specialist"  # a run's workdir/specialist
@@ -31,11 +31,11 @@ def structured_cuts(model: nnx.Module, spec: convert.ModelSpec, removed: Sequenc
                     ) -> dict[str, dict[str, Any]]:
     """consumer name -> {"kept", "producers", "norms", "group_size", "repeat", "readers"} for
     each of the architecture's producer/consumer pairs and residual streams
-    (``shrink.infer_pairs``; those of the ``removed`` branches gone) whose consumer has fewer
+    (``shrink.cuts_by_consumer``; those of the ``removed`` branches gone) whose consumer has fewer
     input channels in ``model`` than ``spec`` builds."""
     full = build_abstract(spec, removed=removed)
     cuts = {}
-    for pair in infer_pairs(full, streams=True):
+    for pair in cuts_by_consumer(full).values():
         try:
             kept = get_layer(model, pair.consumer).in_features
         except KeyError:  # not in the model at all: fits_spec says it does not fit

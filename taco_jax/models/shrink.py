@@ -110,10 +110,10 @@ def residual_streams(model: nnx.Module) -> list[ShrinkPair]:
     return list(fn()) if fn is not None else []
 
 
-def infer_pairs(model: nnx.Module, streams: bool = False) -> list[ShrinkPair]:
+def infer_pairs(model: nnx.Module) -> list[ShrinkPair]:
     """Pairs by the timm/torchvision naming the zoo follows: ``fc1→fc2``, ``qkv→proj`` (heads of
-    the parent's ``head_dim``), ``q/k/v→proj``, ``conv1→bn1→conv2`` and ``conv2→bn2→conv3``;
-    with ``streams`` also the residual streams' cuts (``residual_streams``), after them."""
+    the parent's ``head_dim``), ``q/k/v→proj``, ``conv1→bn1→conv2`` and ``conv2→bn2→conv3``
+    (the residual streams' cuts: ``residual_streams``; both: ``cuts_by_consumer``)."""
     layers = named_layers(model)
     norms = batchnorm_after(model)
     pairs = []
@@ -135,7 +135,7 @@ def infer_pairs(model: nnx.Module, streams: bool = False) -> list[ShrinkPair]:
             if prev in layers and getattr(layers[prev], "feature_group_count", 1) == 1 and \
                     layer.feature_group_count == 1:
                 pairs.append(ShrinkPair(name, (prev,), (norms[prev],) if prev in norms else ()))
-    return pairs + (residual_streams(model) if streams else [])
+    return pairs
 
 
 def cuts_by_consumer(model: nnx.Module, pairs: Sequence[ShrinkPair] | None = None

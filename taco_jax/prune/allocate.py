@@ -281,9 +281,9 @@ def allocator(model, batches, config, names: Sequence[str], mesh=None
                           method=curve_method(config.method), mesh=mesh)
     size = {n: int(np.prod(get_layer(model, n).kernel.get_value().shape)) for n in names}
     if isinstance(pattern, Structured):
-        from taco_jax.models.shrink import infer_pairs
+        from taco_jax.models.shrink import cuts_by_consumer
 
-        pairs = {p.consumer: p for p in (config.pairs or infer_pairs(model))}
+        pairs = cuts_by_consumer(model, config.pairs)
         first = next(iter(batches))
         pos = positions_per_image(model, first,
                                   [*names, *(q for n in names for q in pairs[n].producers)])

@@ -22,11 +22,12 @@ from flax import nnx
 
 from taco_jax.models.latency import speedups
 from taco_jax.models.paths import get_layer, resolve_stem
-from taco_jax.models.shrink import infer_pairs, residual_streams, shrink_pair
+from taco_jax.models.shrink import cuts_by_consumer, residual_streams, shrink_pair
 from taco_jax.prune.allocate import allocator
-from taco_jax.prune.patterns import Structured, aligned_level
+from taco_jax.prune.patterns import Structured
 from taco_jax.prune.sequential import PruneConfig, _layer_plan
 from taco_jax.prune.solver import prune_counts
+from taco_jax.prune.streams import stream_kept
 
 HIGHEST = 0.95  # the deepest level tried: the allocation grid's top
 
@@ -35,19 +36,20 @@ def shaped_like(model: nnx.Module, levels: dict[str, float], pairs,
                 stream_sparsity: float = 0.0, channel_multiple: int = 1) -> nnx.Module:
     """A copy of ``model`` with each consumer's input channels cut as the solver would at its
     level (``prune_counts``: whole groups, floor; the levels of ``sequential._layer_plan``,
-    aligned already), and every residual stream at ``stream_sparsity`` aligned to
-    ``channel_multiple``, keeping the first ones: the candidate's shapes, for timing only."""
+    aligned already), and every residual stream at ``stream_sparsity`` as ``prune_streams``
+    cuts it (``streams.stream_kept``), keeping the first ones: the candidate's shapes, for
+    timing only."""
     out = nnx.clone(model)
-    cuts = [(pairs[name], s) for name, s in levels.items()]
-    if stream_sparsity:
-        cuts += [(pair, aligned_level(stream_sparsity, get_layer(model, pair.consumer).in_features,
-                                      1, channel_multiple)) for pair in residual_streams(model)]
-    for pair, s in cuts:
+    for name, s in levels.items():
+        pair = pairs[name]
         width = get_layer(out, pair.consumer).in_features
-        units = width // pair.group_size
         removed = int(prune_counts(Structured(pair.group_size), s, 0, width, width)[0])
-        kept = (units - removed) * pair.group_size
+        kept = (width // pair.group_size - removed) * pair.group_size
         if kept < width:
+            shrink_pair(out, pair, np.arange(kept))
+    for pair in residual_streams(model) if stream_sparsity else ():
+        width = get_layer(out, pair.consumer).in_features
+        if (kept := stream_kept(width, stream_sparsity, channel_multiple)) < width:
             shrink_pair(out, pair, np.arange(kept))
     return out
 
@@ -74,7 +76,7 @@ def sparsity_for_speedup(model: nnx.Module, batches: Sequence, config: PruneConf
     model.eval()
     config = dataclasses.replace(config, allocation=config.resolved_allocation,
                                  overrides=resolve_stem(model, dict(config.overrides)))
-    pairs = {p.consumer: p for p in (config.pairs or infer_pairs(model))}
+    pairs = cuts_by_consumer(model, config.pairs)
     levels_at = allocator(model, batches, config, names, mesh)
     top = min(HIGHEST, max(config.allocation_grid))
     target = float(config.target_speedup)

@@ -88,6 +88,15 @@ def coupled_prune(Ws: tuple[jax.Array, ...], Hs: tuple[jax.Array, ...], n_remove
     return Ws, removed
 
 
+def stream_kept(width: int, sparsity: float, channel_multiple: int = 1) -> int:
+    """How many of a ``width``-channel residual stream's channels a cut at ``sparsity`` keeps:
+    ``floor(level · width)`` removed at the level aligned to ``channel_multiple``
+    (``patterns.aligned_level``). ``prune_streams`` cuts this many and ``speed_budget.shaped_like``
+    times it."""
+    level = aligned_level(sparsity, width, 1, channel_multiple)
+    return width - int(prune_counts(Structured(1), level, 0, width, width)[0])
+
+
 def prune_streams(model: nnx.Module, batches: Sequence, sparsity: float, *,
                   method: str = "auto", percdamp: float = 0.01, mesh=None,
                   streams: Sequence[ShrinkPair] | None = None, channel_multiple: int = 1
@@ -97,7 +106,7 @@ def prune_streams(model: nnx.Module, batches: Sequence, sparsity: float, *,
     shrink every writer, BatchNorm and reader (``shrink.shrink_pair``). ``method``: "magnitude"
     for the channel-norm baseline, anything else for coupled OBS. ``streams``: default the
     model's own (``shrink.residual_streams``). ``channel_multiple``: each stream keeps
-    a multiple of it (``patterns.aligned_level``). Returns (first reader -> kept channels, one
+    a multiple of it (``stream_kept``). Returns (first reader -> kept channels, one
     LayerStats per stream: its pooled relative error Σ_j ‖ΔW_j X_j‖² / Σ_j ‖W_j X_j‖²)."""
     streams = list(residual_streams(model) if streams is None else streams)
     if not streams:
@@ -124,8 +133,7 @@ def prune_streams(model: nnx.Module, batches: Sequence, sparsity: float, *,
             except ValueError as e:
                 raise ValueError(f"prune: stream reader {name!r}: {e}") from None
         units = tuple(W.shape[1] // width for W in Ws)
-        level = aligned_level(sparsity, width, 1, channel_multiple)
-        n_remove = int(prune_counts(Structured(1), level, 0, width, width)[0])
+        n_remove = width - stream_kept(width, sparsity, channel_multiple)
         W1s, removed = coupled_prune(Ws, Hs, jnp.int32(n_remove), units=units,
                                      percdamp=float(percdamp), magnitude=method == "magnitude")
         num = sum(float(_energy(W0 - W1, h)) for W0, W1, h in zip(Ws, W1s, Hs, strict=True))
