@@ -26,7 +26,7 @@ SCRIPT = textwrap.dedent("""
     full = sys.argv[1] == "full"
     pats = ["unstructured", "unstructured-row", "2:4", "block8x8", "structured4"]
     for pat in pats if full else ["unstructured", "block8x8", "structured4"]:
-        for method in ["sparsegpt", "magnitude"] if full else ["sparsegpt"]:
+        for method in ["sparsegpt", "admm", "magnitude"] if full else ["sparsegpt"]:
             one = prune_layer(W, H, pat, 0.6, blocksize=32, method=method)
             many = prune_layer(W, H, pat, 0.6, blocksize=32, method=method, mesh=mesh)
             assert len(many[0].sharding.device_set) == 8, (pat, many[0].sharding)

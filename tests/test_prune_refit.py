@@ -64,13 +64,14 @@ def test_refit_never_worse_than_its_start_and_groups_match_one_by_one():
         refit.refit(W, H, keep, method="lstsq")
 
 
-def test_auto_solves_small_layers_exactly_and_wide_ones_with_sparsegpt():
+def test_auto_solves_small_layers_exactly_and_wide_ones_with_admm_or_sparsegpt():
     assert choose_method("auto", Unstructured(), 64, 576) == "obc"      # resnet_mini, stage 1
     assert choose_method("auto", NM(2, 4), 64, 576) == "obc"
     assert choose_method("auto", Block(16, 16), 64, 576) == "obc"        # tile OBC
     assert choose_method("auto", Block(16, 16), 768, 768) == "sparsegpt"  # ViT-B attention
-    assert choose_method("auto", Unstructured(), 512, 4608) == "sparsegpt"
-    assert choose_method("auto", Unstructured(), 4096, 128) == "sparsegpt"  # memory bound
+    assert choose_method("auto", NM(2, 4), 768, 768) == "sparsegpt"
+    assert choose_method("auto", Unstructured(), 512, 4608) == "admm"
+    assert choose_method("auto", Unstructured(), 4096, 128) == "admm"  # memory bound
     assert choose_method("magnitude", Unstructured(), 8, 8) == "magnitude"
     W, H = correlated_layer(16, 48, seed=7)
     auto = prune_layer(W, H, "unstructured", 0.8, method="auto")
