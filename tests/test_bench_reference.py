@@ -50,10 +50,10 @@ def test_compares_with_the_reference_interface(tmp_path, capsys):
         # second order beats magnitude, and the re-solve beats SparseGPT alone
         assert 0 < e_refit <= e_ours < e_ref and ratio == pytest.approx(e_ours / e_ref, abs=1e-3)
         assert ratio_refit < 1
-    # swaps (unstructured only) never end above the re-solve they start from
-    assert rows["0.5"][5] <= rows["0.5"][3] * 1.001
-    assert rows["0.5"][6] == pytest.approx(rows["0.5"][5] / rows["0.5"][0], abs=1e-3)
-    assert np.isnan(rows["2:4"][5])
+    for e_ref, e_ours, _, _, _, e_admm, ratio_admm, *_ in rows.values():
+        # ADMM's re-solved mask: below SparseGPT alone and its ratio printed
+        assert 0 < e_admm < e_ours and ratio_admm == pytest.approx(e_admm / e_ref, abs=1e-3)
+    assert rows["0.5"][5] < rows["0.5"][3]  # unstructured: below SparseGPT + re-solve
 
 
 def test_relative_error_is_float64_output_error():

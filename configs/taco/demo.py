@@ -95,13 +95,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.probe_l2 = 0.0
     c.prune = ml_collections.ConfigDict()
     # The layer solver: "auto" is exact OBC where it is cheap (every resnet_mini layer), else
-    # SparseGPT with its kept weights re-solved exactly on its mask (prune.refit);
-    # "sparsegpt", "obc", "magnitude" force one (BUILD_NOTES: one-shot at 90%, 92.7 vs 69.1).
+    # for unstructured masks ADMM on a sparsity ramp, for N:M and tiles SparseGPT, each with
+    # its kept weights then re-solved exactly on its mask (prune.refit); "sparsegpt", "admm",
+    # "obc", "magnitude" force one (BUILD_NOTES: one-shot at 90%, 92.7 vs 69.1 for SparseGPT).
     c.prune.method = "auto"
     c.prune.refit = True
-    # Rounds of trading each row's kept inputs for better ones after the re-solve (unstructured;
-    # 0 = none): 21-35% less layer error at 75-90% for ~1.5 s a 256x2304 layer (BUILD_NOTES).
-    c.prune.swap_rounds = 0
     # "unstructured", "2:4" (any N:M), "block16x16", ...; an N:M pattern fixes its own level
     # (1 - N/M in every layer), so it ignores sparsity and takes no schedule ("auto": none).
     # "structured": whole channels, heads and MLP neurons removed (group OBS compensating the

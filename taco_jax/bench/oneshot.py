@@ -4,11 +4,10 @@ does before recovering):
 
   python -m taco_jax.bench.oneshot --solvers=auto,sparsegpt,magnitude --seeds=0,1,2,3,4
 
-Solvers: "auto" (the default: OBC where cheap, else SparseGPT + the exact re-solve), "obc",
-"sparsegpt+refit", "sparsegpt+swap" (the re-solve, then 8 rounds of ``prune.swap_rounds``),
-"sparsegpt" (no re-solve), "magnitude" (its own error curves, no
-compensation). Prints one row per solver: top-1 per seed, mean and spread, mean layer error and
-prune seconds.
+Solvers: "auto" (the default: OBC where cheap, else ADMM (unstructured) or SparseGPT, + the exact
+re-solve), "obc", "admm" (+ the re-solve), "sparsegpt+refit", "sparsegpt" (no re-solve),
+"magnitude" (its own error curves, no compensation). Prints one row per solver: top-1 per seed,
+mean and spread, mean layer error and prune seconds.
 """
 
 from __future__ import annotations
@@ -27,9 +26,9 @@ from taco_jax.methods import adapt, taco
 from taco_jax.prune import sequential
 from taco_jax.train import batchnorm
 
-SOLVERS = {"auto": ("auto", True, 0), "obc": ("obc", False, 0),  # (method, refit, swap rounds)
-           "sparsegpt+refit": ("sparsegpt", True, 0), "sparsegpt+swap": ("sparsegpt", True, 8),
-           "sparsegpt": ("sparsegpt", False, 0), "magnitude": ("magnitude", False, 0)}
+SOLVERS = {"auto": ("auto", True), "obc": ("obc", False), "admm": ("admm", True),  # (method,
+           "sparsegpt+refit": ("sparsegpt", True), "sparsegpt": ("sparsegpt", False),  # refit)
+           "magnitude": ("magnitude", False)}
 
 
 def one_shot(data: TaskData, teacher: nnx.Module, config: sequential.PruneConfig, seed: int,
@@ -69,10 +68,10 @@ def main(argv=None) -> None:
     print(f"dense teacher {data.evaluate(teacher)['top1']:.1f}; one-shot {args.pattern} at "
           f"{args.sparsity}, targets {args.targets}, seeds {seeds}")
     for name in solvers:
-        method, refit, swaps = SOLVERS[name]
+        method, refit = SOLVERS[name]
         config = dataclasses.replace(
             taco.default_prune(), pattern=args.pattern, sparsity=args.sparsity, method=method,
-            refit=refit, swap_rounds=swaps,
+            refit=refit,
             targets="self" if method == "magnitude" else args.targets)
         runs = [one_shot(data, teacher, config, seed, args.shots) for seed in seeds]
         top1 = [r[0] for r in runs]

@@ -72,11 +72,10 @@ def main() -> None:
     ap.add_argument("--pattern", default="unstructured", help="sparsity pattern")
     ap.add_argument("--sparsity", type=float, default=0.9, help="share of weights removed")
     ap.add_argument("--method", default="auto",
-                    help="the layer solver: auto, sparsegpt, obc, magnitude (prune.method)")
+                    help="the layer solver: auto, sparsegpt, obc, admm, magnitude (prune.method)")
     ap.add_argument("--no_refit", action="store_true",
-                    help="SparseGPT without the exact re-solve on its mask (prune.refit=False)")
-    ap.add_argument("--swap_rounds", type=int, default=0,
-                    help="rounds of mask trades after the re-solve (prune.swap_rounds)")
+                    help="SparseGPT / ADMM without the exact re-solve on its mask "
+                         "(prune.refit=False)")
     args = ap.parse_args()
     logging.set_verbosity(logging.WARNING)
     model = registry.create(args.model, num_classes=1000)
@@ -85,7 +84,7 @@ def main() -> None:
     batches = [rng.normal(size=(min(args.batch, args.images - i), size, size, channels))
                .astype(np.float32) for i in range(0, args.images, args.batch)]
     config = PruneConfig(pattern=args.pattern, sparsity=args.sparsity, method=args.method,
-                         refit=not args.no_refit, swap_rounds=args.swap_rounds)
+                         refit=not args.no_refit)
     fwd_macs, hess_macs = floor_macs(model, batches[0][:1], config)
     rate = gemm_rate()
     t0 = time.perf_counter()
@@ -97,7 +96,7 @@ def main() -> None:
     floor = (fwd_macs + hess_macs) * args.images / rate
     print(f"{args.model} {args.pattern} {args.sparsity} images={args.images} "
           f"layers={len(res.stats)} method={args.method} refit={not args.no_refit} "
-          f"swap_rounds={args.swap_rounds} jax={jax.__version__}")
+          f"jax={jax.__version__}")
     print(f"total {total:.1f}s  hessians {hess:.1f}s  solves {solve:.1f}s  "
           f"other {total - hess - solve:.1f}s  peak RSS {peak:.2f} GiB")
     print(f"FLOP floor {floor:.1f}s ({fwd_macs / 1e9:.2f} forward + {hess_macs / 1e9:.2f} "

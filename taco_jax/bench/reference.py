@@ -6,8 +6,8 @@ Each case is one layer W (d_out, d_in) with correlated (optionally heavy-tailed)
 inputs X (samples, d_in); the reference's ``SparseGPT`` (``add_batch`` then ``fasterprune``,
 on CPU) and ours (``prune_layer`` with SparseGPT alone, picking N:M choices by the reference's
 rule; the default: N:M choices by their joint error, then the exact re-solve on the mask,
-``prune.refit``; for unstructured cases also 8 rounds of ``prune.swap_rounds`` after it) prune
-the same W on the same X. The error is the relative
+``prune.refit``; and ADMM's mask, "auto"'s choice for wide unstructured layers, re-solved
+the same way, ``method="admm"``) prune the same W on the same X. The error is the relative
 output error ‖X(W − Ŵ)ᵀ‖² / ‖XWᵀ‖² in float64, so ours / reference < 1 means ours is better.
 """
 
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import importlib.util
 import sys
 import time
@@ -23,7 +24,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from taco_jax.prune.refit import refit, swap_refine
+from taco_jax.prune.refit import refit
 from taco_jax.prune.solver import prune_layer
 
 CASES = ("0.5", "0.75", "0.9", "2:4", "4:8")
@@ -92,25 +93,21 @@ def _no_cuda_sync(torch):
 
 def ours(W: np.ndarray, X: np.ndarray, case: str) -> dict[str, tuple[np.ndarray, float]]:
     """name -> (pruned W, seconds of a warm call): SparseGPT alone, with the re-solve, and
-    (unstructured cases) with 8 rounds of swaps after the re-solve."""
+    ADMM's mask with the re-solve."""
     H = 2.0 * X.T.astype(np.float64) @ X / len(X)
     pattern, sparsity = (case, 0.0) if ":" in case else ("unstructured", float(case))
 
     def alone():  # the reference's algorithm, its N:M rule included
         return prune_layer(W, H, pattern, sparsity, method="sparsegpt", selection="diagonal")
 
-    def resolved():
-        W1, keep, _ = prune_layer(W, H, pattern, sparsity, method="sparsegpt")
+    def resolved(method):
+        W1, keep, _ = prune_layer(W, H, pattern, sparsity, method=method)
         return refit(W, H, keep, W1), keep
 
-    def swapped():
-        W1, keep = resolved()
-        keep, V = swap_refine(W, H, keep, W1, rounds=8)
-        return V, keep
-
     out = {}
-    runs = [("sparsegpt", alone), ("sparsegpt+refit", resolved)]
-    for name, fn in runs + ([("+swap", swapped)] if ":" not in case else []):
+    for name, fn in [("sparsegpt", alone),
+                     ("sparsegpt+refit", functools.partial(resolved, "sparsegpt")),
+                     ("admm", functools.partial(resolved, "admm"))]:
         jax.block_until_ready(fn())  # compile
         t0 = time.perf_counter()
         W_new = jax.block_until_ready(fn())[0]
@@ -135,21 +132,18 @@ def main(argv: list[str] | None = None) -> None:
     print(f"layer {d_out}x{d_in}, {args.samples} samples{' (heavy tails)' if args.heavy else ''};"
           f" relative output error, ours / reference; seconds (ours: a warm call)")
     print(f"{'case':6s} {'reference':>10s} {'sparsegpt':>10s} {'ratio':>6s} "
-          f"{'+refit':>10s} {'ratio':>6s} {'+swap':>10s} {'ratio':>6s} {'ref s':>6s} "
-          f"{'ours s':>7s} {'+refit s':>8s} {'+swap s':>7s}")
+          f"{'+refit':>10s} {'ratio':>6s} {'admm':>10s} {'ratio':>6s} {'ref s':>6s} "
+          f"{'ours s':>7s} {'+refit s':>8s} {'admm s':>7s}")
     for case in args.cases.split(","):
         W_ref, t_ref = reference_prune(module, W, X, case)
         mine = ours(W, X, case)
         e_ref = rel_error(W, W_ref, X)
-        (w_a, t_a), (w_b, t_b) = mine["sparsegpt"], mine["sparsegpt+refit"]
-        e_a, e_b = rel_error(W, w_a, X), rel_error(W, w_b, X)
-        swap, t_swap = f"{'-':>10s} {'-':>6s}", f"{'-':>7s}"
-        if "+swap" in mine:
-            e_c = rel_error(W, mine["+swap"][0], X)
-            swap, t_swap = f"{e_c:10.4f} {e_c / e_ref:6.3f}", f"{mine['+swap'][1]:7.2f}"
+        (w_a, t_a), (w_b, t_b), (w_c, t_c) = (mine[k] for k in ("sparsegpt", "sparsegpt+refit",
+                                                                  "admm"))
+        e_a, e_b, e_c = (rel_error(W, w, X) for w in (w_a, w_b, w_c))
         print(f"{case:6s} {e_ref:10.4f} {e_a:10.4f} {e_a / e_ref:6.3f} {e_b:10.4f} "
-              f"{e_b / e_ref:6.3f} {swap} {t_ref:6.2f} {t_a:7.2f} {t_b:8.2f} {t_swap}",
-              flush=True)
+              f"{e_b / e_ref:6.3f} {e_c:10.4f} {e_c / e_ref:6.3f} {t_ref:6.2f} {t_a:7.2f} "
+              f"{t_b:8.2f} {t_c:7.2f}", flush=True)
 
 
 if __name__ == "__main__":

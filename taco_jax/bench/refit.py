@@ -1,7 +1,7 @@
 """Layer error and time of the one-shot solvers on one layer: SparseGPT, SparseGPT's mask with
 its kept weights re-solved exactly (``prune.refit``), OBC where it is affordable, magnitude, and
 last for tiles and N:M SparseGPT choosing them by summed per-weight scores (before / after the
-re-solve), for unstructured masks the re-solve followed by 8 rounds of trades (``swap_refine``):
+re-solve), for unstructured masks ADMM's mask re-solved (``method="admm"``, "auto"'s choice):
 ``python -m taco_jax.bench.refit [--shapes 768x768,256x2304] [--sparsities 0.5,0.75,0.9]``.
 
 Error: ‖(W − Ŵ)X‖² / ‖WX‖² on correlated inputs (AR(1) + shared low-rank factors, per-input
@@ -64,7 +64,7 @@ def main(argv=None) -> None:
     p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args(argv)
     print(f"{'layer':>10} {'sparsity':>8} | {'sparsegpt':>17} | {'+ refit':>17} | "
-          f"{'obc':>17} | {'magnitude':>9} | {'diagonal / swap':>15}")
+          f"{'obc':>17} | {'magnitude':>9} | {'diagonal / admm':>15}")
     for shape in args.shapes.split(","):
         d_out, d_in = (int(v) for v in shape.split("x"))
         W, H = correlated_layer(d_out, d_in)
@@ -86,9 +86,9 @@ def _row(shape: str, W: np.ndarray, H: np.ndarray, pattern: str, s: float, repea
         Wd, keep_d, _ = solve(method="sparsegpt", selection="diagonal")
         Vd = refit.refit(W, H, keep_d, Wd)
         other = f"{rel_error(W, np.asarray(Wd), H):.4f} {rel_error(W, np.asarray(Vd), H):.4f}"
-    else:  # the re-solve, then trades of kept inputs (prune.swap_rounds=8)
-        _, Vs = refit.swap_refine(W, H, keep, V, rounds=8)
-        other = f"{rel_error(W, np.asarray(Vs), H):.4f}"
+    else:  # ADMM's mask, re-solved
+        Wa, keep_a, _ = solve(method="admm")
+        other = f"{rel_error(W, np.asarray(refit.refit(W, H, keep_a, Wa)), H):.4f}"
     return (f"{shape:>10} {s:8.2f} | {rel_error(W, np.asarray(W1), H):.4f} {t1:6.2f}s | "
             f"{rel_error(W, np.asarray(V), H):.4f} {t2:6.2f}s | {obc:>17} | "
             f"{rel_error(W, np.asarray(Wm), H):9.4f} | {other:>15}")

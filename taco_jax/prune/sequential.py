@@ -58,13 +58,12 @@ from taco_jax.prune.patterns import (
     NM,
     Pattern,
     Structured,
-    Unstructured,
     aligned_level,
     check_sparsity,
     parse_pattern,
     tiling_problem,
 )
-from taco_jax.prune.refit import refit_groups, swap_refine
+from taco_jax.prune.refit import refit_groups
 from taco_jax.prune.result import LayerStats, PruneResult
 from taco_jax.prune.segments import InputCache, forward_groups
 from taco_jax.prune.solver import METHODS, check_finite, choose_method, prune_layer
@@ -94,9 +93,6 @@ class PruneConfig:
     by least squares on that mask (``prune.refit``; 2–3x less layer error than SparseGPT's own
     weights at 50–90%, ADMM's are close already). Not for
     magnitude (the uncompensated baseline), OBC (already exact) or structured patterns.
-    ``swap_rounds``: after the re-solve of an unstructured mask, rounds of trades of each row's
-    kept inputs for better ones (``prune.refit.swap_refine``; 0 = none; not for depthwise
-    convs): 21–35% less layer error at 75–90% (bench.refit), ~1.5 s for a 256×2304 layer.
     ``target_speedup``: structured patterns only; 0 = prune to ``sparsity`` (the share of the
     pairs' multiply-accumulates removed), else the level is the smallest whose model is
     measured this many times faster than dense (``prune.speed_budget``; TACO resolves it to a
@@ -115,7 +111,6 @@ class PruneConfig:
     allocation_grid: tuple[float, ...] = (0.0, 0.3, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95)
     targets: str = "self"
     refit: bool = True
-    swap_rounds: int = 0
     target_speedup: float = 0.0
     stream_sparsity: float = 0.0
     channel_multiple: int = 8
@@ -127,9 +122,6 @@ class PruneConfig:
             raise ValueError(f"unknown method {self.method!r}; allowed: {METHODS}")
         if self.allocation not in ALLOCATIONS:
             raise ValueError(f"allocation must be one of {ALLOCATIONS}, got {self.allocation!r}")
-        if isinstance(self.swap_rounds, bool) or not isinstance(self.swap_rounds, int) \
-                or self.swap_rounds < 0:
-            raise ValueError(f"swap_rounds must be an integer >= 0, got {self.swap_rounds!r}")
         if self.targets not in ("self", "dense"):
             raise ValueError(f"targets must be 'self' or 'dense', got {self.targets!r}")
         if (isinstance(parse_pattern(self.pattern), NM)
@@ -236,11 +228,6 @@ def _solve_layer(name, layer, H, pattern, sparsity, config, mesh, device=None, t
     keep = jnp.stack([o[1] for o in outs])
     if config.refit and method in ("sparsegpt", "admm") and not isinstance(pattern, Structured):
         W1 = refit_groups(W0, Hg, keep, W1, percdamp=config.percdamp)
-        if config.swap_rounds and isinstance(pattern, Unstructured) and W0.shape[0] <= 8:
-            swapped = [swap_refine(W0[g], Hg[g], keep[g], W1[g], rounds=config.swap_rounds,
-                                   percdamp=config.percdamp) for g in range(W0.shape[0])]
-            keep = jnp.stack([k for k, _ in swapped])
-            W1 = jnp.stack([w for _, w in swapped])
     return W0, W1, keep, [o[2] for o in outs]
 
 
