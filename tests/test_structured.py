@@ -159,10 +159,12 @@ def test_the_speed_budget_hands_its_allocation_to_the_prune(monkeypatch):
     (dict(baselines=("magnitude_gmp",)), "magnitude_gmp .* is for masked patterns"),
     (dict(schedule=(0.3,)), "structured pruning is one-shot"),
     (dict(latency_batch=0, target=2.0), "measured at latency_batch, which is 0"),
+    (dict(baselines=("unstructured",), pattern="unstructured"), "is for pattern='structured'"),
 ])
 def test_structured_configs_refuse_what_does_not_apply(overrides, message):
     target = overrides.pop("target", 0.0)
-    prune = sequential.PruneConfig(pattern="structured", sparsity=0.5, target_speedup=target)
+    prune = sequential.PruneConfig(pattern=overrides.pop("pattern", "structured"), sparsity=0.5,
+                                   target_speedup=target)
     with pytest.raises(ValueError, match=message):
         taco.TacoConfig(prune=prune, **overrides)
     with pytest.raises(ValueError, match=r"target_speedup=2\.0 needs pattern='structured'"):
@@ -208,7 +210,7 @@ def test_structured_taco_run_to_a_speed_writes_a_faster_specialist(leaves, tmp_p
          f"--config.model.checkpoint={ckpt}", "--config.task.dataset=image_folder",
          f"--config.task.data_dir={leaves}", "--config.task.classes=()",
          "--config.prune.pattern=structured", "--config.prune.target_speedup=1.2",
-         "--config.recover.steps=3", "--config.baselines=('magnitude_uniform',)",
+         "--config.recover.steps=3", "--config.baselines=('magnitude_uniform','unstructured')",
          "--config.latency_batch=32", f"--workdir={workdir}"],
         cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -223,8 +225,13 @@ def test_structured_taco_run_to_a_speed_writes_a_faster_specialist(leaves, tmp_p
     assert set(r["speed"]) == {"xla-cpu", "onnxruntime-cpu"}
     for runtime in r["speed"].values():  # every model, one dense reference per batch
         for b in ("batch_1", "batch_32"):
-            assert {"taco", "magnitude_uniform", "reference_seconds"} <= set(runtime[b])
+            assert {"taco", "magnitude_uniform", "unstructured",
+                    "reference_seconds"} <= set(runtime[b])
     assert r["baselines"]["magnitude_uniform"]["label"].startswith("channel-norm pruning")
+    same = r["baselines"]["unstructured"]  # masks with as many non-zeros as TACO's cut model
+    assert same["size"]["params"]["reduction"] == 1.0 and "sparsity" in same
+    assert same["size"]["nonzero"]["compressed"] == pytest.approx(
+        r["size"]["nonzero"]["compressed"], rel=0.02)
     assert r["plot"] == "summary.png" and (workdir / "summary.png").stat().st_size > 10_000
     assert "TACO specialist on this machine:" in out.stderr
     assert "in onnxruntime-cpu at batch 32" in out.stderr

@@ -191,9 +191,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # TACO with its one-shot steps calibrated on as many generic images (the pool when
     # configured, else the dataset's other classes) and the same recovery: TACO's claim that
     # the task's own images calibrate better, measured.
+    # "unstructured" (structured patterns only): TACO unstructured at the level that leaves as
+    # many non-zeros as the structured specialist has, recovered and timed the same way.
     # "auto": these four, and for a structured pattern ("magnitude_gmp" is for masks) "magnitude",
     # "magnitude_uniform" (channel-norm pruning at uniform widths, Torch-Pruning's default),
-    # "dense_finetune", "task_agnostic".
+    # "unstructured", "dense_finetune", "task_agnostic".
     c.baselines = ml_collections.FieldReference("auto", field_type=object)  # str or tuple
     # Measured speed of every model vs dense at batch 1 and this batch on this device (one dense
     # reference, interleaved rounds); also the batch of prune.target_speedup. 0 = skip.

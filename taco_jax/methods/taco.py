@@ -53,16 +53,20 @@ from taco_jax.train import batchnorm, fit
 # layers (global magnitude pruning, GMP). The last two are data-free.
 MAGNITUDE_BASELINES = {"magnitude": None, "magnitude_uniform": "uniform",
                        "magnitude_gmp": "magnitude"}
-BASELINES = (*MAGNITUDE_BASELINES, "dense_finetune", "task_agnostic")
+BASELINES = (*MAGNITUDE_BASELINES, "dense_finetune", "task_agnostic", "unstructured")
 DEFAULT_BASELINES = ("magnitude", "magnitude_gmp", "dense_finetune", "task_agnostic")
 # Structured: channel-norm pruning at uniform widths (Torch-Pruning's default) instead of GMP (a
-# global |w| threshold is for masks; whole channels of different layers do not compare).
-STRUCTURED_BASELINES = ("magnitude", "magnitude_uniform", "dense_finetune", "task_agnostic")
+# global |w| threshold is for masks; whole channels of different layers do not compare), and
+# unstructured TACO with as many non-zeros as the structured specialist has (structured only):
+# what the same compression buys as zeros, at its measured speed.
+STRUCTURED_BASELINES = ("magnitude", "magnitude_uniform", "unstructured", "dense_finetune",
+                        "task_agnostic")
 BASELINE_LABELS = {"magnitude": "magnitude, TACO's layer allocation",
                    "magnitude_uniform": "magnitude, uniform layer levels",
                    "magnitude_gmp": "global magnitude pruning (GMP)",
                    "dense_finetune": "dense model fine-tuned on the few shots",
-                   "task_agnostic": "TACO calibrated on generic images"}
+                   "task_agnostic": "TACO calibrated on generic images",
+                   "unstructured": "TACO unstructured, as many non-zeros"}
 
 
 # The intermediate sparsities of ``schedule="auto"`` (those below the target; BUILD_NOTES.md).
@@ -161,6 +165,10 @@ class TacoConfig:
             raise ValueError(f"schedule={self.schedule}: structured cuts change the shapes each "
                              "level counts against, so structured pruning is one-shot; use "
                              "'auto' or ()")
+        if not structured and "unstructured" in self.resolved_baselines():
+            raise ValueError(f"baseline unstructured (TACO unstructured at the structured "
+                             f"specialist's non-zeros) is for pattern='structured', not "
+                             f"{self.prune.pattern!r}")
         if self.prune.target_speedup and not self.latency_batch:
             raise ValueError("prune.target_speedup is measured at latency_batch, which is 0")
         if self.shots < 1 or self.calibration_batch < 1:
@@ -253,6 +261,33 @@ def _calibration_batches(calib_x: np.ndarray, data: TaskData, config: TacoConfig
     return calibration_batches(calib_x, data.preprocess, config.calibration_batch,
                                views=config.calibration_views, augment=config.recover.augment,
                                seed=config.seed, process_share=True)
+
+
+def _as_many_nonzeros(teacher, student, calib_x, calib_y, data, config, store, timings,
+                      image_shape) -> tuple[dict, nnx.Module]:
+    """The "unstructured" baseline of a structured run: TACO's unstructured prune of the
+    teacher (its method, allocation, schedule and recovery) at the level that leaves as many
+    non-zero parameters as the structured ``student`` has: (report row, its model)."""
+    prune = dataclasses.replace(config.prune, pattern="unstructured", target_speedup=0.0,
+                                stream_sparsity=0.0, sparsity=0.9)
+    prunable = sum(int(paths.get_layer(teacher, n).kernel.get_value().size)
+                   for n in layers_to_prune(teacher, prune))
+    (_, nz_dense), (_, nz_cut) = (compression.param_counts(m) for m in (teacher, student))
+    level = min(max((nz_dense - nz_cut) / prunable, 0.01), 0.99)
+    logging.info("baseline unstructured: %.4f of %d prunable weights removed, for %d non-zeros "
+                 "(the structured specialist's)", level, prunable, nz_cut)
+    same = dataclasses.replace(config, prune=dataclasses.replace(prune, sparsity=round(level, 4)),
+                               baselines=())
+    model, masks, pruned, info = _prune_and_recover(
+        teacher, calib_x, calib_y, data, same, same.prune.method,
+        same.prune.resolved_allocation, store, "unstructured")
+    timings.update(unstructured_prune=pruned["seconds"], unstructured_recover=info["seconds"])
+    row = {"label": STRUCTURED_LABELS["unstructured"], "compressed": info["accuracy"],
+           "before_recovery": pruned["before_recovery"], "sparsity_level": round(level, 4),
+           "schedule": pruned["steps"], "size": compression.size(teacher, model, masks,
+                                                                   image_shape),
+           "sparsity": compression.summarize(model, masks)}
+    return row, model
 
 
 def _prune_and_recover(teacher, calib_x, calib_y, data, config, method, allocation, store,
@@ -513,6 +548,9 @@ def compress(model: nnx.Module, data: TaskData, config: TacoConfig, *,
         del mag_model, mag_masks  # otherwise alive through the next rows (ResNet-50: 0.1 GB)
         timings.update({f"{name}_prune": mag_pruned["seconds"],
                         f"{name}_recover": mag["seconds"]})
+    if "unstructured" in config.resolved_baselines():
+        report["baselines"]["unstructured"], timed["unstructured"] = _as_many_nonzeros(
+            teacher, student, calib_x, calib_y, data, config, store, timings, image_shape)
     if "task_agnostic" in config.resolved_baselines():
         report["baselines"]["task_agnostic"] = _task_agnostic(
             teacher, calib_x, calib_y, data, config, store, timings)
