@@ -269,7 +269,7 @@ def _as_many_nonzeros(teacher, student, calib_x, calib_y, data, config, store, t
     teacher (its method, allocation, schedule and recovery) at the level that leaves as many
     non-zero parameters as the structured ``student`` has: (report row, its model)."""
     prune = dataclasses.replace(config.prune, pattern="unstructured", target_speedup=0.0,
-                                stream_sparsity=0.0, sparsity=0.9)
+                                stream_sparsity=0.0, sparsity=0.9)  # any level > 0: the layers
     prunable = sum(int(paths.get_layer(teacher, n).kernel.get_value().size)
                    for n in layers_to_prune(teacher, prune))
     (_, nz_dense), (_, nz_cut) = (compression.param_counts(m) for m in (teacher, student))
@@ -282,12 +282,21 @@ def _as_many_nonzeros(teacher, student, calib_x, calib_y, data, config, store, t
         teacher, calib_x, calib_y, data, same, same.prune.method,
         same.prune.resolved_allocation, store, "unstructured")
     timings.update(unstructured_prune=pruned["seconds"], unstructured_recover=info["seconds"])
-    row = {"label": STRUCTURED_LABELS["unstructured"], "compressed": info["accuracy"],
-           "before_recovery": pruned["before_recovery"], "sparsity_level": round(level, 4),
-           "schedule": pruned["steps"], "size": compression.size(teacher, model, masks,
-                                                                   image_shape),
-           "sparsity": compression.summarize(model, masks)}
-    return row, model
+    return _pruned_row(STRUCTURED_LABELS["unstructured"], teacher, model, masks, pruned, info,
+                       image_shape, sparsity_level=round(level, 4)), model
+
+
+def _pruned_row(label: str, teacher, model, masks, pruned: dict, recovered: dict, image_shape,
+                **extra) -> dict:
+    """A pruned baseline's report row from ``_prune_and_recover``'s outputs: label, top-1
+    after and before recovery, schedule, size (and the zeros' summary for masked patterns),
+    plus ``extra`` fields."""
+    row = {"label": label, "compressed": recovered["accuracy"],
+           "before_recovery": pruned["before_recovery"], **extra, "schedule": pruned["steps"],
+           "size": compression.size(teacher, model, masks, image_shape)}
+    if masks:
+        row["sparsity"] = compression.summarize(model, masks)
+    return row
 
 
 def _prune_and_recover(teacher, calib_x, calib_y, data, config, method, allocation, store,
@@ -536,13 +545,9 @@ def compress(model: nnx.Module, data: TaskData, config: TacoConfig, *,
         allocation = allocation or config.prune.resolved_allocation
         mag_model, mag_masks, mag_pruned, mag = _prune_and_recover(
             teacher, calib_x, calib_y, data, config, "magnitude", allocation, store, name)
-        report["baselines"][name] = {
-            "label": (STRUCTURED_LABELS if structured else BASELINE_LABELS)[name],
-            "compressed": mag["accuracy"], "before_recovery": mag_pruned["before_recovery"],
-            "allocation": allocation, "schedule": mag_pruned["steps"],
-            "size": compression.size(teacher, mag_model, mag_masks, image_shape)}
-        if mag_masks:
-            report["baselines"][name]["sparsity"] = compression.summarize(mag_model, mag_masks)
+        report["baselines"][name] = _pruned_row(
+            (STRUCTURED_LABELS if structured else BASELINE_LABELS)[name], teacher, mag_model,
+            mag_masks, mag_pruned, mag, image_shape, allocation=allocation)
         if structured:  # other shapes than TACO's: timed too
             timed[name] = mag_model
         del mag_model, mag_masks  # otherwise alive through the next rows (ResNet-50: 0.1 GB)

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from taco_jax.prune.solver import fill_dead_inputs
+from taco_jax.prune.solver import add_damping, fill_dead_inputs
 
 # Exact per-row Cholesky while rows · d³ stays below this (≈ 1–2 s on 2 CPU cores); above it,
 # conjugate gradients: warm-started from SparseGPT's weights they reach the exact error to 3
@@ -39,8 +39,7 @@ EXACT_CHUNK_FLOATS = 2**23
 
 def _damped(H: jax.Array, percdamp: float) -> jax.Array:
     """H with dead inputs filled (the solver's ``fill_dead_inputs``) and the solver's damping."""
-    H, _ = fill_dead_inputs(H)
-    return H + percdamp * jnp.mean(jnp.diag(H)) * jnp.eye(H.shape[0], dtype=H.dtype)
+    return add_damping(fill_dead_inputs(H)[0], percdamp)
 
 
 @jax.jit

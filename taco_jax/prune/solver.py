@@ -558,6 +558,12 @@ def magnitude_prune(W: jax.Array, counts: jax.Array, pattern: Pattern, axis_name
 # ----------------------------------------------------------------------------- the layer solve
 
 
+def add_damping(H: jax.Array, percdamp: float) -> jax.Array:
+    """H + percdamp · mean(diag H) · I: the solver's damping (``hinv_upper_with_damping`` at
+    its first try), which the re-solve and ADMM use as given."""
+    return H + percdamp * jnp.mean(jnp.diag(H)) * jnp.eye(H.shape[0], dtype=H.dtype)
+
+
 def fill_dead_inputs(H: jax.Array) -> tuple[jax.Array, jax.Array]:
     """(H with a 1 on the diagonal of every dead input, the dead mask (k,)) for H (k, k): an
     input that is always zero has a zero row and column; the 1 keeps H invertible (and counts
@@ -579,7 +585,7 @@ def _prune_core(W, H, counts, *, pattern, blocksize, percdamp, method, axis_name
         lam, tries = jnp.float32(0), jnp.int32(0)
     elif method == "admm" and not isinstance(pattern, Structured):
         lam, tries = jnp.float32(percdamp), jnp.int32(1)  # ρI keeps every step well posed
-        damped = Hd + lam * jnp.mean(jnp.diag(Hd)) * jnp.eye(Hd.shape[0], dtype=Hd.dtype)
+        damped = add_damping(Hd, lam)
         if isinstance(pattern, NM):  # ramped over the groups pruned N:M
             total = _psum(jnp.int32(W.size // pattern.m), axis_name)
             select = functools.partial(select_nm_groups, pattern=pattern, axis_name=axis_name)
