@@ -293,3 +293,38 @@ def test_library_compress_cuts_recovers_and_reports_without_a_workdir(monkeypatc
     assert sessions == [2]  # DC-ViT and the baseline timed in one session against one dense
     assert r["latency"] is r["compressed"]["latency"] and "latency" in r["baselines"]["block_drop"]
     assert model.head.kernel.value.shape[1] == 8  # the input model is not modified
+
+
+def test_plan_at_macs_finds_a_known_cut_and_keeps_the_least_feature_error():
+    """Asked for the MACs of a known cut (1 block without attention, half of every MLP), the
+    candidate with 1 such block is that cut; every feasible candidate stays within the MACs,
+    and the choice is the one whose final features are nearest the teacher's (recomputed here
+    in float64 NumPy)."""
+    model, batches = _vit(5), _batches(5)
+    shape = (1, 28, 28, 1)
+    order = np.argsort(dcvit.block_scores(model, batches, drop_block=False), kind="stable")
+    known = nnx.clone(model)
+    dcvit.apply_plan(known, dcvit.ranked_plan(order, 1, 0.5), batches)
+    macs = stats.forward_macs(known, shape)
+    plan, candidates = dcvit.plan_at_macs(model, batches, macs, shape, choices=4)
+    assert [c["attn_removed"] for c in candidates] == [0, 1, 2, 3]
+    assert candidates[1]["mlp_keep"] == 0.5 and candidates[1]["macs"] == macs
+    feasible = [c for c in candidates if c["feasible"]]
+    assert len(feasible) == 4 and all(c["macs"] <= macs for c in feasible)
+    assert [c["mlp_keep"] for c in feasible] == sorted(c["mlp_keep"] for c in feasible)
+
+    def error(c):
+        cut = nnx.clone(model)
+        dcvit.apply_plan(cut, dcvit.ranked_plan(order, c["attn_removed"], c["mlp_keep"]),
+                         batches)
+        errs = []
+        for b in batches:
+            s, t = (np.asarray(dcvit.block_features(m, b)[0], np.float64) for m in (cut, model))
+            errs.append(np.mean(np.sum((s - t) ** 2, 1) / np.sum(t**2, 1)))
+        return np.mean(errs)
+
+    errors = [error(c) for c in feasible]
+    np.testing.assert_allclose([c["feature_error"] for c in feasible], errors, rtol=1e-4)
+    assert plan.label() == feasible[int(np.argmin(errors))]["plan"]
+    none, tried = dcvit.plan_at_macs(model, batches, macs // 1000, shape, choices=2)
+    assert none is None and not any(c["feasible"] for c in tried)

@@ -160,6 +160,7 @@ def test_the_speed_budget_hands_its_allocation_to_the_prune(monkeypatch):
     (dict(schedule=(0.3,)), "structured pruning is one-shot"),
     (dict(latency_batch=0, target=2.0), "measured at latency_batch, which is 0"),
     (dict(baselines=("unstructured",), pattern="unstructured"), "is for pattern='structured'"),
+    (dict(baselines=("dcvit",), pattern="2:4"), r"dcvit \(DC-ViT's cut .* is for pattern="),
 ])
 def test_structured_configs_refuse_what_does_not_apply(overrides, message):
     target = overrides.pop("target", 0.0)
@@ -171,6 +172,23 @@ def test_structured_configs_refuse_what_does_not_apply(overrides, message):
         sequential.PruneConfig(pattern="unstructured", target_speedup=2.0)
     with pytest.raises(ValueError, match=r"target_speedup must be > 1"):
         sequential.PruneConfig(pattern="structured", target_speedup=0.5)
+
+
+def test_dcvit_baseline_is_for_vits_named_or_dropped_from_auto():
+    """Named for a ResNet, the DC-ViT baseline is refused before any work; "auto" leaves it
+    out for a ResNet (the refusal would otherwise come first)."""
+    from taco_jax.data.task import TaskData
+
+    model = models.create("resnet_mini", num_classes=4, rngs=nnx.Rngs(0))
+    x, y = np.zeros((6, 28, 28, 1), np.uint8), np.arange(6) % 2
+    data = TaskData(x, y, x, y, np.array([0, 1]), ("a", "b"), lambda im: jnp.asarray(im) / 255)
+    prune = sequential.PruneConfig(pattern="structured", sparsity=0.5)
+    with pytest.raises(ValueError, match=r"baseline dcvit cuts a vision transformer's .* "
+                                         r"the model is a ResNet"):
+        taco.compress(model, data, taco.TacoConfig(prune=prune, baselines=("dcvit",)))
+    assert "dcvit" in taco.TacoConfig(prune=prune).resolved_baselines()
+    with pytest.raises(ValueError, match="shots"):  # past the baselines' check, into the work
+        taco.compress(model, data, taco.TacoConfig(prune=prune, shots=8))
 
 
 def test_structured_defaults_compare_with_uniform_channel_pruning():
@@ -210,7 +228,8 @@ def test_structured_taco_run_to_a_speed_writes_a_faster_specialist(leaves, tmp_p
          f"--config.model.checkpoint={ckpt}", "--config.task.dataset=image_folder",
          f"--config.task.data_dir={leaves}", "--config.task.classes=()",
          "--config.prune.pattern=structured", "--config.prune.target_speedup=1.2",
-         "--config.recover.steps=3", "--config.baselines=('magnitude_uniform','unstructured')",
+         "--config.recover.steps=3",
+         "--config.baselines=('magnitude_uniform','unstructured','dcvit')",
          "--config.latency_batch=32", f"--workdir={workdir}"],
         cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -225,13 +244,16 @@ def test_structured_taco_run_to_a_speed_writes_a_faster_specialist(leaves, tmp_p
     assert set(r["speed"]) == {"xla-cpu", "onnxruntime-cpu"}
     for runtime in r["speed"].values():  # every model, one dense reference per batch
         for b in ("batch_1", "batch_32"):
-            assert {"taco", "magnitude_uniform", "unstructured",
+            assert {"taco", "magnitude_uniform", "unstructured", "dcvit",
                     "reference_seconds"} <= set(runtime[b])
     assert r["baselines"]["magnitude_uniform"]["label"].startswith("channel-norm pruning")
     same = r["baselines"]["unstructured"]  # masks with as many non-zeros as TACO's cut model
     assert same["size"]["params"]["reduction"] == 1.0 and "sparsity" in same
     assert same["size"]["nonzero"]["compressed"] == pytest.approx(
         r["size"]["nonzero"]["compressed"], rel=0.02)
+    cut = r["baselines"]["dcvit"]  # DC-ViT's cut, no more MACs than TACO's
+    assert cut["size"]["macs"]["compressed"] <= r["size"]["macs"]["compressed"]
+    assert cut["plan"] in [c.get("plan") for c in cut["candidates"]] and "sparsity" not in cut
     assert r["plot"] == "summary.png" and (workdir / "summary.png").stat().st_size > 10_000
     assert "TACO specialist on this machine:" in out.stderr
     assert "in onnxruntime-cpu at batch 32" in out.stderr

@@ -193,9 +193,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # the task's own images calibrate better, measured.
     # "unstructured" (structured patterns only): TACO unstructured at the level that leaves as
     # many non-zeros as the structured specialist has, recovered and timed the same way.
+    # "dcvit" (structured patterns, ViTs only): DC-ViT's cut (attention of the least sensitive
+    # blocks removed, every MLP cut to one fraction) at the specialist's MACs, the plan with the
+    # lowest one-shot feature error, recovered by feature distillation with the same budget.
     # "auto": these four, and for a structured pattern ("magnitude_gmp" is for masks) "magnitude",
     # "magnitude_uniform" (channel-norm pruning at uniform widths, Torch-Pruning's default),
-    # "unstructured", "dense_finetune", "task_agnostic".
+    # "unstructured", "dcvit" (for a ViT), "dense_finetune", "task_agnostic".
     c.baselines = ml_collections.FieldReference("auto", field_type=object)  # str or tuple
     # Measured speed of every model vs dense at batch 1 and this batch on this device (one dense
     # reference, interleaved rounds); also the batch of prune.target_speedup. 0 = skip.

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import time
 from collections.abc import Sequence
@@ -180,10 +181,72 @@ def block_scores(teacher: VisionTransformer, batches: Sequence[jax.Array], *,
     for i in range(depth):
         cut = nnx.clone(teacher)
         apply_plan(cut, cut_plan(depth, [i], 0.0 if drop_block else 1.0), batches)
-        err = [losses.normalized_feature_mse([block_features(cut, b)[0]], [r])
-               for b, r in zip(batches, ref, strict=True)]
-        scores.append(float(np.mean(jax.device_get(err))))
+        scores.append(_feature_error(cut, batches, ref))
     return np.asarray(scores)
+
+
+def _feature_error(model: VisionTransformer, batches: Sequence[jax.Array],
+                   ref: Sequence[jax.Array]) -> float:
+    """Batch mean of ‖f − f₀‖²/‖f₀‖² of ``model``'s final features against ``ref`` (the
+    teacher's, one (B, D) array per batch)."""
+    err = [losses.normalized_feature_mse([block_features(model, b)[0]], [r])
+           for b, r in zip(batches, ref, strict=True)]
+    return float(np.mean(jax.device_get(err)))
+
+
+def plan_at_macs(teacher: VisionTransformer, batches: Sequence[jax.Array], macs: int,
+                 input_shape: tuple[int, ...], *, prune: sequential.PruneConfig | None = None,
+                 choices: int = 5) -> tuple[Plan | None, list[dict]]:
+    """The DC-ViT plan with ``macs`` forward MACs (per input of ``input_shape``, batch 1) that
+    keeps the teacher's final features best, one-shot: the cut another method's model of that
+    size is compared with.
+
+    The family is DC-ViT's: the ``k`` blocks least sensitive to losing attention
+    (``block_scores``) lose it, and every block keeps the same fraction of its MLP neurons,
+    the most that keeps the MACs at or below ``macs`` (they are linear in it; a multiple of
+    ``prune.channel_multiple`` neurons). ``k`` takes ``choices`` values spread over 0..depth;
+    each feasible candidate is cut (``apply_plan``, structured OBS on the task's ``batches``)
+    and scored by its final-feature error. Returns (the best plan, or None when no candidate
+    keeps a neuron per MLP within ``macs``; every candidate's record: blocks without
+    attention, MLP fraction, and where feasible the plan, its MACs and feature error).
+    """
+    _check_vit(teacher)
+    prune = prune or sequential.PruneConfig()
+    depth, hidden = len(teacher.blocks), int(teacher.blocks[0].mlp.fc1.out_features)
+    order = np.argsort(block_scores(teacher, batches, drop_block=False), kind="stable")
+    ref = [block_features(teacher, b)[0] for b in batches]
+
+    def macs_of(plan: Plan) -> int:  # plans without a partial MLP: no solver run
+        cut = nnx.clone(teacher)
+        apply_plan(cut, plan, batches)
+        return stats.forward_macs(cut, input_shape)
+
+    # The blocks are alike: MACs(k, f) = dense - k * attention - (1 - f) * all MLPs.
+    dense = stats.forward_macs(teacher, input_shape)
+    attention = dense - macs_of(cut_plan(depth, [0], 1.0))
+    mlps = dense - macs_of(Plan((True,) * depth, (0.0,) * depth))
+    step = prune.channel_multiple  # neurons kept: a multiple of it, MACs at most ``macs``
+    candidates, best = [], None
+    for k in sorted({round(i * depth / max(choices - 1, 1)) for i in range(choices)}):
+        share = 1 - (dense - k * attention - macs) / mlps  # of every MLP's neurons
+        kept = math.floor(share * hidden / step + 1e-9) * step
+        record = {"attn_removed": k, "mlp_keep": round(kept / hidden, 4)}
+        if not 0 < kept <= hidden:
+            candidates.append({**record, "feasible": False})
+            continue
+        keep = kept / hidden
+        plan = ranked_plan(order, k, keep)
+        cut = nnx.clone(teacher)
+        apply_plan(cut, plan, batches, prune)
+        record.update(plan=plan.label(), feasible=True,
+                      macs=stats.forward_macs(cut, input_shape),
+                      feature_error=_feature_error(cut, batches, ref))
+        logging.info("DC-ViT at %d MACs: %s, %d MACs, final-feature error %.4f", macs,
+                     record["plan"], record["macs"], record["feature_error"])
+        candidates.append(record)
+        if best is None or record["feature_error"] < best[1]:
+            best = (plan, record["feature_error"])
+    return (None if best is None else best[0]), candidates
 
 
 # ----------------------------------------------------------------------------- recovery
@@ -191,19 +254,22 @@ def block_scores(teacher: VisionTransformer, batches: Sequence[jax.Array], *,
 
 def recover(student: VisionTransformer, teacher: VisionTransformer, images: np.ndarray,
             config: fit.FitConfig, preprocess, *, block_outputs: bool = False,
-            constrain=None, desc: str = "recover") -> list[dict[str, float]]:
+            constrain=None, unlabelled: np.ndarray | None = None, desc: str = "recover"
+            ) -> list[dict[str, float]]:
     """Few-shot feature distillation: ``student`` learns the teacher's final features (and every
     block's output tokens if ``block_outputs``) on unlabeled ``images`` (N, H, W, C) uint8.
 
     ``config.ce_weight`` must be 0 (no labels); ``kd_weight > 0`` adds logit distillation.
-    ``constrain``: as in ``fit.fit`` (e.g. hold pruning masks when composed with TACO).
+    ``constrain``: as in ``fit.fit`` (e.g. hold pruning masks when composed with TACO);
+    ``unlabelled``: more images in every batch (``fit.fit``'s, e.g. a recovery pool).
     """
     if config.ce_weight != 0:
         raise ValueError(f"DC-ViT recovers from unlabeled images: ce_weight must be 0, got "
                          f"{config.ce_weight}")
     unlabeled = np.zeros(len(images), np.int32)
     return fit.fit(student, images, unlabeled, config, preprocess, teacher=teacher,
-                   constrain=constrain, features=_feature_fn(block_outputs), desc=desc)
+                   constrain=constrain, features=_feature_fn(block_outputs),
+                   unlabelled=unlabelled, desc=desc)
 
 
 # ----------------------------------------------------------------------------- save / restore

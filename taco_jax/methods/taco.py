@@ -30,9 +30,9 @@ from flax import nnx
 from taco_jax import distributed, export, stages
 from taco_jax.data.task import TaskData, calibration_batches, few_shot_indices
 from taco_jax.export import onnx as onnx_export
-from taco_jax.methods import adapt, retrieval
+from taco_jax.methods import adapt, dcvit, retrieval
 from taco_jax.methods.result import CompressedModel
-from taco_jax.models import paths
+from taco_jax.models import paths, stats
 from taco_jax.models.latency import speedups
 from taco_jax.models.shrink import (
     batchnorm_after,
@@ -41,6 +41,7 @@ from taco_jax.models.shrink import (
     residual_streams,
     shrink_pair,
 )
+from taco_jax.models.vit import VisionTransformer
 from taco_jax.prune import patterns, sequential, speed_budget
 from taco_jax.report import compression
 from taco_jax.train import batchnorm, fit
@@ -53,20 +54,22 @@ from taco_jax.train import batchnorm, fit
 # layers (global magnitude pruning, GMP). The last two are data-free.
 MAGNITUDE_BASELINES = {"magnitude": None, "magnitude_uniform": "uniform",
                        "magnitude_gmp": "magnitude"}
-BASELINES = (*MAGNITUDE_BASELINES, "dense_finetune", "task_agnostic", "unstructured")
+BASELINES = (*MAGNITUDE_BASELINES, "dense_finetune", "task_agnostic", "unstructured", "dcvit")
 DEFAULT_BASELINES = ("magnitude", "magnitude_gmp", "dense_finetune", "task_agnostic")
 # Structured: channel-norm pruning at uniform widths (Torch-Pruning's default) instead of GMP (a
-# global |w| threshold is for masks; whole channels of different layers do not compare), and
-# unstructured TACO with as many non-zeros as the structured specialist has (structured only):
-# what the same compression buys as zeros, at its measured speed.
-STRUCTURED_BASELINES = ("magnitude", "magnitude_uniform", "unstructured", "dense_finetune",
-                        "task_agnostic")
+# global |w| threshold is for masks; whole channels of different layers do not compare),
+# unstructured TACO with as many non-zeros as the structured specialist has (what the same
+# compression buys as zeros, at its measured speed) and, for a ViT, DC-ViT's cut at the
+# specialist's MACs (the last two: structured runs only; "auto" drops "dcvit" for other models).
+STRUCTURED_BASELINES = ("magnitude", "magnitude_uniform", "unstructured", "dcvit",
+                        "dense_finetune", "task_agnostic")
 BASELINE_LABELS = {"magnitude": "magnitude, TACO's layer allocation",
                    "magnitude_uniform": "magnitude, uniform layer levels",
                    "magnitude_gmp": "global magnitude pruning (GMP)",
                    "dense_finetune": "dense model fine-tuned on the few shots",
                    "task_agnostic": "TACO calibrated on generic images",
-                   "unstructured": "TACO unstructured, as many non-zeros"}
+                   "unstructured": "TACO unstructured, as many non-zeros",
+                   "dcvit": "DC-ViT, as many MACs"}
 
 
 # The intermediate sparsities of ``schedule="auto"`` (those below the target; BUILD_NOTES.md).
@@ -165,10 +168,12 @@ class TacoConfig:
             raise ValueError(f"schedule={self.schedule}: structured cuts change the shapes each "
                              "level counts against, so structured pruning is one-shot; use "
                              "'auto' or ()")
-        if not structured and "unstructured" in self.resolved_baselines():
-            raise ValueError(f"baseline unstructured (TACO unstructured at the structured "
-                             f"specialist's non-zeros) is for pattern='structured', not "
-                             f"{self.prune.pattern!r}")
+        for name, what in (("unstructured", "TACO unstructured at the structured specialist's "
+                                             "non-zeros"),
+                           ("dcvit", "DC-ViT's cut at the structured specialist's MACs")):
+            if not structured and name in self.resolved_baselines():
+                raise ValueError(f"baseline {name} ({what}) is for pattern='structured', not "
+                                 f"{self.prune.pattern!r}")
         if self.prune.target_speedup and not self.latency_batch:
             raise ValueError("prune.target_speedup is measured at latency_batch, which is 0")
         if self.shots < 1 or self.calibration_batch < 1:
@@ -284,6 +289,64 @@ def _as_many_nonzeros(teacher, student, calib_x, calib_y, data, config, store, t
     timings.update(unstructured_prune=pruned["seconds"], unstructured_recover=info["seconds"])
     return _pruned_row(STRUCTURED_LABELS["unstructured"], teacher, model, masks, pruned, info,
                        image_shape, sparsity_level=round(level, 4)), model
+
+
+def _dcvit_at_macs(teacher, student, calib_x, data, config, store, timings,
+                   image_shape) -> tuple[dict, nnx.Module | None]:
+    """The "dcvit" baseline of a structured ViT run: DC-ViT's cut at the structured
+    ``student``'s MACs (``dcvit.plan_at_macs``: the k least attention-sensitive blocks lose
+    attention, every MLP keeps the fraction that matches the MACs, compensated by structured
+    OBS on the task's images; the candidate with the lowest one-shot final-feature error),
+    recovered DC-ViT's way (final-feature distillation, no labels) with TACO's recovery budget
+    and data. (report row, its model), or ({"skipped": why}, None) when no plan of the family
+    has those MACs."""
+    macs = stats.forward_macs(student, (1, *image_shape))
+    batches = _calibration_batches(calib_x, data, config)
+    prune = dataclasses.replace(config.prune, target_speedup=0.0, stream_sparsity=0.0)
+
+    def choose():
+        plan, candidates = dcvit.plan_at_macs(teacher, batches, macs, (1, *image_shape),
+                                              prune=prune)
+        return None, {"plan": None if plan is None else dataclasses.asdict(plan),
+                      "candidates": candidates}
+
+    _, chosen = store.run("dcvit_plan", f"dcvit: the plan with the specialist's {macs:,} MACs",
+                          None, choose)
+    if chosen["plan"] is None:
+        logging.info("baseline dcvit skipped: no DC-ViT plan has %d MACs (%s)", macs,
+                     chosen["candidates"])
+        return {"skipped": f"no DC-ViT plan has the specialist's {macs:,} MACs",
+                "candidates": chosen["candidates"]}, None
+    plan = dcvit.Plan(tuple(chosen["plan"]["attn"]), tuple(chosen["plan"]["mlp_keep"]))
+    model = nnx.clone(teacher)
+
+    def cut():
+        dcvit.apply_plan(model, plan, batches, prune)
+        return None, {"structure": dcvit.structure(model), "before_recovery": data.evaluate(model)}
+
+    if store.done("dcvit_cut"):  # the cut's shapes, for the checkpoint to restore into
+        dcvit.rebuild(model, store.info("dcvit_cut")["structure"])
+    _, cut_info = store.run("dcvit_cut", f"dcvit: cut to {plan.label()} (structured OBS on the "
+                            "MLPs)", model, cut)
+    recover_config = dataclasses.replace(config.recover, ce_weight=0.0, kd_weight=0.0)
+
+    def recover():
+        dcvit.recover(model, teacher, calib_x, recover_config, data.preprocess,
+                      unlabelled=data.unlabelled_images, desc="dcvit recover")
+        distributed.broadcast_model(model)
+        acc = data.evaluate(model)
+        logging.info("dcvit after recovery: top-1 %.2f%%", acc["top1"])
+        return None, {"accuracy": acc}
+
+    _, recovered = store.run("dcvit_recover", f"dcvit: recover {recover_config.steps} steps "
+                             "(final-feature distillation from the dense task teacher)",
+                             model, recover)
+    timings.update(dcvit_cut=chosen["seconds"] + cut_info["seconds"],
+                   dcvit_recover=recovered["seconds"])
+    return {"label": STRUCTURED_LABELS["dcvit"], "compressed": recovered["accuracy"],
+            "before_recovery": cut_info["before_recovery"], "plan": plan.label(),
+            "candidates": chosen["candidates"],
+            "size": compression.size(teacher, model, {}, image_shape)}, model
 
 
 def _pruned_row(label: str, teacher, model, masks, pruned: dict, recovered: dict, image_shape,
@@ -484,6 +547,12 @@ def compress(model: nnx.Module, data: TaskData, config: TacoConfig, *,
 
     ``workdir``: where stage checkpoints go (``<workdir>/stages``); None keeps nothing.
     """
+    baselines = config.resolved_baselines()
+    if "dcvit" in baselines and not isinstance(model, VisionTransformer):
+        if config.baselines != "auto":
+            raise ValueError(f"baseline dcvit cuts a vision transformer's attention and MLPs; "
+                             f"the model is a {type(model).__name__}")
+        baselines = tuple(b for b in baselines if b != "dcvit")
     store = stages.StageStore(None if workdir is None else Path(workdir) / "stages")
     ids = few_shot_indices(data.train_labels, config.shots, config.seed)
     calib_x, calib_y = data.train_images[ids], data.train_labels[ids]
@@ -540,7 +609,7 @@ def compress(model: nnx.Module, data: TaskData, config: TacoConfig, *,
     structured = config.prune.structured
     timed = {"taco": student}  # the models whose speed the report measures
     for name, allocation in MAGNITUDE_BASELINES.items():
-        if name not in config.resolved_baselines():
+        if name not in baselines:
             continue
         allocation = allocation or config.prune.resolved_allocation
         mag_model, mag_masks, mag_pruned, mag = _prune_and_recover(
@@ -553,13 +622,18 @@ def compress(model: nnx.Module, data: TaskData, config: TacoConfig, *,
         del mag_model, mag_masks  # otherwise alive through the next rows (ResNet-50: 0.1 GB)
         timings.update({f"{name}_prune": mag_pruned["seconds"],
                         f"{name}_recover": mag["seconds"]})
-    if "unstructured" in config.resolved_baselines():
+    if "unstructured" in baselines:
         report["baselines"]["unstructured"], timed["unstructured"] = _as_many_nonzeros(
             teacher, student, calib_x, calib_y, data, config, store, timings, image_shape)
-    if "task_agnostic" in config.resolved_baselines():
+    if "dcvit" in baselines:
+        report["baselines"]["dcvit"], model = _dcvit_at_macs(
+            teacher, student, calib_x, data, config, store, timings, image_shape)
+        if model is not None:
+            timed["dcvit"] = model
+    if "task_agnostic" in baselines:
         report["baselines"]["task_agnostic"] = _task_agnostic(
             teacher, calib_x, calib_y, data, config, store, timings)
-    if "dense_finetune" in config.resolved_baselines():
+    if "dense_finetune" in baselines:
         tuned = nnx.clone(teacher)
 
         budget = config.recover.steps
