@@ -174,9 +174,10 @@ def test_structured_configs_refuse_what_does_not_apply(overrides, message):
         sequential.PruneConfig(pattern="structured", target_speedup=0.5)
 
 
-def test_dcvit_baseline_is_for_vits_named_or_dropped_from_auto():
+def test_dcvit_baseline_is_for_vits_named_or_dropped_from_auto(monkeypatch):
     """Named for a ResNet, the DC-ViT baseline is refused before any work; "auto" leaves it
-    out for a ResNet (the refusal would otherwise come first)."""
+    out for a ResNet (the refusal would otherwise come first); several processes skip it (the
+    cut and its recovery are single-process), saying so in the row."""
     from taco_jax.data.task import TaskData
 
     model = models.create("resnet_mini", num_classes=4, rngs=nnx.Rngs(0))
@@ -189,6 +190,9 @@ def test_dcvit_baseline_is_for_vits_named_or_dropped_from_auto():
     assert "dcvit" in taco.TacoConfig(prune=prune).resolved_baselines()
     with pytest.raises(ValueError, match="shots"):  # past the baselines' check, into the work
         taco.compress(model, data, taco.TacoConfig(prune=prune, shots=8))
+    monkeypatch.setattr(taco.jax, "process_count", lambda: 2)
+    row, cut = taco._dcvit_at_macs(*[None] * 6, {}, None)
+    assert cut is None and row == {"skipped": "DC-ViT runs in a single process"}
 
 
 def test_structured_defaults_compare_with_uniform_channel_pruning():

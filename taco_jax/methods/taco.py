@@ -299,7 +299,10 @@ def _dcvit_at_macs(teacher, student, calib_x, data, config, store, timings,
     OBS on the task's images; the candidate with the lowest one-shot final-feature error),
     recovered DC-ViT's way (final-feature distillation, no labels) with TACO's recovery budget
     and data. (report row, its model), or ({"skipped": why}, None) when no plan of the family
-    has those MACs."""
+    has those MACs, or in a multi-process run (DC-ViT's cut and recovery are single-process)."""
+    if jax.process_count() > 1:
+        logging.info("baseline dcvit skipped: DC-ViT runs in a single process")
+        return {"skipped": "DC-ViT runs in a single process"}, None
     macs = stats.forward_macs(student, (1, *image_shape))
     batches = _calibration_batches(calib_x, data, config)
     prune = dataclasses.replace(config.prune, target_speedup=0.0, stream_sparsity=0.0)
