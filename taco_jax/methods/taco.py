@@ -32,7 +32,7 @@ from taco_jax.data.task import TaskData, calibration_batches, few_shot_indices
 from taco_jax.export import onnx as onnx_export
 from taco_jax.methods import adapt, dcvit, retrieval
 from taco_jax.methods.result import CompressedModel
-from taco_jax.models import paths, stats
+from taco_jax.models import paths
 from taco_jax.models.latency import speedups
 from taco_jax.models.shrink import (
     batchnorm_after,
@@ -268,16 +268,17 @@ def _calibration_batches(calib_x: np.ndarray, data: TaskData, config: TacoConfig
                                seed=config.seed, process_share=True)
 
 
-def _as_many_nonzeros(teacher, student, calib_x, calib_y, data, config, store, timings,
+def _as_many_nonzeros(teacher, size, calib_x, calib_y, data, config, store, timings,
                       image_shape) -> tuple[dict, nnx.Module]:
     """The "unstructured" baseline of a structured run: TACO's unstructured prune of the
     teacher (its method, allocation, schedule and recovery) at the level that leaves as many
-    non-zero parameters as the structured ``student`` has: (report row, its model)."""
+    non-zero parameters as the structured specialist has (``size``: its report's, from
+    ``compression.size``): (report row, its model)."""
     prune = dataclasses.replace(config.prune, pattern="unstructured", target_speedup=0.0,
                                 stream_sparsity=0.0, sparsity=0.9)  # any level > 0: the layers
     prunable = sum(int(paths.get_layer(teacher, n).kernel.get_value().size)
                    for n in layers_to_prune(teacher, prune))
-    (_, nz_dense), (_, nz_cut) = (compression.param_counts(m) for m in (teacher, student))
+    nz_dense, nz_cut = size["nonzero"]["dense"], size["nonzero"]["compressed"]
     level = min(max((nz_dense - nz_cut) / prunable, 0.01), 0.99)
     logging.info("baseline unstructured: %.4f of %d prunable weights removed, for %d non-zeros "
                  "(the structured specialist's)", level, prunable, nz_cut)
@@ -291,19 +292,20 @@ def _as_many_nonzeros(teacher, student, calib_x, calib_y, data, config, store, t
                        image_shape, sparsity_level=round(level, 4)), model
 
 
-def _dcvit_at_macs(teacher, student, calib_x, data, config, store, timings,
+def _dcvit_at_macs(teacher, size, calib_x, data, config, store, timings,
                    image_shape) -> tuple[dict, nnx.Module | None]:
     """The "dcvit" baseline of a structured ViT run: DC-ViT's cut at the structured
-    ``student``'s MACs (``dcvit.plan_at_macs``: the k least attention-sensitive blocks lose
-    attention, every MLP keeps the fraction that matches the MACs, compensated by structured
-    OBS on the task's images; the candidate with the lowest one-shot final-feature error),
+    specialist's MACs (``size``: its report's, from ``compression.size``), by
+    ``dcvit.plan_at_macs`` (the k least attention-sensitive blocks lose attention, every MLP
+    keeps the fraction that matches the MACs, compensated by structured OBS on the task's
+    images; the candidate with the lowest one-shot final-feature error),
     recovered DC-ViT's way (final-feature distillation, no labels) with TACO's recovery budget
     and data. (report row, its model), or ({"skipped": why}, None) when no plan of the family
     has those MACs, or in a multi-process run (DC-ViT's cut and recovery are single-process)."""
     if jax.process_count() > 1:
         logging.info("baseline dcvit skipped: DC-ViT runs in a single process")
         return {"skipped": "DC-ViT runs in a single process"}, None
-    macs = stats.forward_macs(student, (1, *image_shape))
+    macs = size["macs"]["compressed"]
     batches = _calibration_batches(calib_x, data, config)
     prune = dataclasses.replace(config.prune, target_speedup=0.0, stream_sparsity=0.0)
 
@@ -627,10 +629,11 @@ def compress(model: nnx.Module, data: TaskData, config: TacoConfig, *,
                         f"{name}_recover": mag["seconds"]})
     if "unstructured" in baselines:
         report["baselines"]["unstructured"], timed["unstructured"] = _as_many_nonzeros(
-            teacher, student, calib_x, calib_y, data, config, store, timings, image_shape)
+            teacher, report["size"], calib_x, calib_y, data, config, store, timings,
+            image_shape)
     if "dcvit" in baselines:
         report["baselines"]["dcvit"], model = _dcvit_at_macs(
-            teacher, student, calib_x, data, config, store, timings, image_shape)
+            teacher, report["size"], calib_x, data, config, store, timings, image_shape)
         if model is not None:
             timed["dcvit"] = model
     if "task_agnostic" in baselines:
