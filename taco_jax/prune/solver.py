@@ -168,6 +168,14 @@ def _rank_in_groups(x: jax.Array) -> jax.Array:
     return before.sum(-1)
 
 
+def _nm_lowest(scores: jax.Array, pattern: NM) -> tuple[jax.Array, jax.Array]:
+    """(rows, g) scores as (rows, g/M, M) groups, and which entries are among their group's
+    M−N lowest (the N:M choice of each group)."""
+    rows, g = scores.shape
+    groups = scores.reshape(rows, g // pattern.m, pattern.m)
+    return groups, _rank_in_groups(groups) < pattern.m - pattern.n
+
+
 def select_pruned(scores: jax.Array, k: jax.Array, pattern: Pattern, axis_name=None) -> jax.Array:
     """Pruning mask (True = prune) of one column group from its scores (rows, g) and count ``k``.
 
@@ -177,8 +185,7 @@ def select_pruned(scores: jax.Array, k: jax.Array, pattern: Pattern, axis_name=N
     """
     rows, g = scores.shape
     if isinstance(pattern, NM):
-        r = _rank_in_groups(scores.reshape(rows, g // pattern.m, pattern.m))
-        return (r < pattern.m - pattern.n).reshape(rows, g)
+        return _nm_lowest(scores, pattern)[1].reshape(rows, g)
     if isinstance(pattern, Unstructured) and pattern.per_row:
         return lowest_k(scores, k, per_row=True)
     full = _all_rows(scores, axis_name)
@@ -195,8 +202,7 @@ def select_nm_groups(scores: jax.Array, k: jax.Array, pattern: NM, axis_name=Non
     M−N lowest scores summed) pruned N:M, the other groups whole: the partial N:M masks of
     ADMM's gradual ramp (``prune.admm``); k = every group gives ``select_pruned``'s mask."""
     rows, g = scores.shape
-    groups = scores.reshape(rows, g // pattern.m, pattern.m)
-    inner = _rank_in_groups(groups) < pattern.m - pattern.n
+    groups, inner = _nm_lowest(scores, pattern)
     cost = _all_rows(jnp.sum(jnp.where(inner, groups, 0.0), -1), axis_name)
     chosen = _my_rows(lowest_k(cost, k), rows, axis_name)
     return (inner & chosen[..., None]).reshape(rows, g)
