@@ -306,7 +306,7 @@ def test_plan_at_macs_finds_a_known_cut_and_keeps_the_least_feature_error():
     known = nnx.clone(model)
     dcvit.apply_plan(known, dcvit.ranked_plan(order, 1, 0.5), batches)
     macs = stats.forward_macs(known, shape)
-    plan, candidates = dcvit.plan_at_macs(model, batches, macs, shape, choices=4)
+    plan, cut, candidates = dcvit.plan_at_macs(model, batches, macs, shape, choices=4)
     assert [c["attn_removed"] for c in candidates] == [0, 1, 2, 3]
     assert candidates[1]["mlp_keep"] == 0.5 and candidates[1]["macs"] == macs
     feasible = [c for c in candidates if c["feasible"]]
@@ -325,6 +325,15 @@ def test_plan_at_macs_finds_a_known_cut_and_keeps_the_least_feature_error():
 
     errors = [error(c) for c in feasible]
     np.testing.assert_allclose([c["feature_error"] for c in feasible], errors, rtol=1e-4)
-    assert plan.label() == feasible[int(np.argmin(errors))]["plan"]
-    none, tried = dcvit.plan_at_macs(model, batches, macs // 1000, shape, choices=2)
-    assert none is None and not any(c["feasible"] for c in tried)
+    best = feasible[int(np.argmin(errors))]
+    assert plan.label() == best["plan"]
+    # The model returned is that plan's cut: its MACs, and features as the candidate scored.
+    assert stats.forward_macs(cut, shape) == best["macs"]
+    x = batches[0]
+    again = nnx.clone(model)
+    dcvit.apply_plan(again, plan, batches)
+    np.testing.assert_allclose(np.asarray(dcvit.block_features(cut, x)[0]),
+                               np.asarray(dcvit.block_features(again, x)[0]), rtol=1e-4,
+                               atol=1e-5)
+    none, no_cut, tried = dcvit.plan_at_macs(model, batches, macs // 1000, shape, choices=2)
+    assert none is None and no_cut is None and not any(c["feasible"] for c in tried)

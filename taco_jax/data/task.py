@@ -236,6 +236,14 @@ class TaskData:
         return fit.evaluate(model, self.test_images, self.test_labels, self.preprocess,
                             mesh=self.mesh)
 
+    def record(self, few_shot_ids: np.ndarray, shots: int) -> dict:
+        """The report's "task" entry: class names, their source classifier rows, shots per
+        class, the few-shot sample's indices into the train images, test set size."""
+        return {"classes": list(self.class_names),
+                "source_class_ids": None if self.class_ids is None else self.class_ids.tolist(),
+                "shots": shots, "few_shot_ids": np.asarray(few_shot_ids).tolist(),
+                "test_images": len(self.test_labels)}
+
 
 def class_ids_by_name(labels: Sequence[str] | None, names: Sequence[str]
                       ) -> np.ndarray | None:

@@ -170,13 +170,20 @@ def apply_plan(model: VisionTransformer, plan: Plan, batches: Sequence[jax.Array
     return sequential.prune_model(model, batches, config, layers=list(shrink))
 
 
+def final_features(model: VisionTransformer, batches: Sequence[jax.Array]) -> list[jax.Array]:
+    """``model``'s final features, one (B, D) array per batch: the reference the feature
+    errors below are measured against (computed once, passed to each)."""
+    return [block_features(model, b)[0] for b in batches]
+
+
 def block_scores(teacher: VisionTransformer, batches: Sequence[jax.Array], *,
-                 drop_block: bool) -> np.ndarray:
+                 drop_block: bool, ref: Sequence[jax.Array] | None = None) -> np.ndarray:
     """(depth,) final-feature error ‖f − f₀‖²/‖f₀‖² (batch mean over ``batches``) with only block
-    i's attention removed (``drop_block``: the whole block), no recovery. Small = safe to cut."""
+    i's attention removed (``drop_block``: the whole block), no recovery. Small = safe to cut.
+    ``ref``: the teacher's ``final_features`` on ``batches`` where the caller has them."""
     _check_vit(teacher)
     depth = len(teacher.blocks)
-    ref = [block_features(teacher, b)[0] for b in batches]
+    ref = final_features(teacher, batches) if ref is None else ref
     scores = []
     for i in range(depth):
         cut = nnx.clone(teacher)
@@ -189,14 +196,14 @@ def _feature_error(model: VisionTransformer, batches: Sequence[jax.Array],
                    ref: Sequence[jax.Array]) -> float:
     """Batch mean of ‖f − f₀‖²/‖f₀‖² of ``model``'s final features against ``ref`` (the
     teacher's, one (B, D) array per batch)."""
-    err = [losses.normalized_feature_mse([block_features(model, b)[0]], [r])
-           for b, r in zip(batches, ref, strict=True)]
+    err = [losses.normalized_feature_mse([f], [r])
+           for f, r in zip(final_features(model, batches), ref, strict=True)]
     return float(np.mean(jax.device_get(err)))
 
 
 def plan_at_macs(teacher: VisionTransformer, batches: Sequence[jax.Array], macs: int,
                  input_shape: tuple[int, ...], *, prune: sequential.PruneConfig | None = None,
-                 choices: int = 5) -> tuple[Plan | None, list[dict]]:
+                 choices: int = 5) -> tuple[Plan | None, VisionTransformer | None, list[dict]]:
     """The DC-ViT plan with ``macs`` forward MACs (per input of ``input_shape``, batch 1) that
     keeps the teacher's final features best, one-shot: the cut another method's model of that
     size is compared with.
@@ -206,15 +213,15 @@ def plan_at_macs(teacher: VisionTransformer, batches: Sequence[jax.Array], macs:
     the most that keeps the MACs at or below ``macs`` (they are linear in it; a multiple of
     ``prune.channel_multiple`` neurons). ``k`` takes ``choices`` values spread over 0..depth;
     each feasible candidate is cut (``apply_plan``, structured OBS on the task's ``batches``)
-    and scored by its final-feature error. Returns (the best plan, or None when no candidate
-    keeps a neuron per MLP within ``macs``; every candidate's record: blocks without
-    attention, MLP fraction, and where feasible the plan, its MACs and feature error).
+    and scored by its final-feature error. Returns (the best plan and its cut model, both None
+    when no candidate keeps a neuron per MLP within ``macs``; every candidate's record: blocks
+    without attention, MLP fraction, and where feasible the plan, its MACs and feature error).
     """
     _check_vit(teacher)
     prune = prune or sequential.PruneConfig()
     depth, hidden = len(teacher.blocks), int(teacher.blocks[0].mlp.fc1.out_features)
-    order = np.argsort(block_scores(teacher, batches, drop_block=False), kind="stable")
-    ref = [block_features(teacher, b)[0] for b in batches]
+    ref = final_features(teacher, batches)
+    order = np.argsort(block_scores(teacher, batches, drop_block=False, ref=ref), kind="stable")
 
     def macs_of(plan: Plan) -> int:  # plans without a partial MLP: no solver run
         cut = nnx.clone(teacher)
@@ -244,9 +251,11 @@ def plan_at_macs(teacher: VisionTransformer, batches: Sequence[jax.Array], macs:
         logging.info("DC-ViT at %d MACs: %s, %d MACs, final-feature error %.4f", macs,
                      record["plan"], record["macs"], record["feature_error"])
         candidates.append(record)
-        if best is None or record["feature_error"] < best[1]:
-            best = (plan, record["feature_error"])
-    return (None if best is None else best[0]), candidates
+        if best is None or record["feature_error"] < best[2]:
+            best = (plan, cut, record["feature_error"])
+    if best is None:
+        return None, None, candidates
+    return best[0], best[1], candidates
 
 
 # ----------------------------------------------------------------------------- recovery
@@ -254,14 +263,16 @@ def plan_at_macs(teacher: VisionTransformer, batches: Sequence[jax.Array], macs:
 
 def recover(student: VisionTransformer, teacher: VisionTransformer, images: np.ndarray,
             config: fit.FitConfig, preprocess, *, block_outputs: bool = False,
-            constrain=None, unlabelled: np.ndarray | None = None, desc: str = "recover"
+            constrain=None, unlabelled: np.ndarray | None = None,
+            mesh: jax.sharding.Mesh | None = None, desc: str = "recover"
             ) -> list[dict[str, float]]:
     """Few-shot feature distillation: ``student`` learns the teacher's final features (and every
     block's output tokens if ``block_outputs``) on unlabeled ``images`` (N, H, W, C) uint8.
 
     ``config.ce_weight`` must be 0 (no labels); ``kd_weight > 0`` adds logit distillation.
     ``constrain``: as in ``fit.fit`` (e.g. hold pruning masks when composed with TACO);
-    ``unlabelled``: more images in every batch (``fit.fit``'s, e.g. a recovery pool).
+    ``unlabelled``: more images in every batch (``fit.fit``'s, e.g. a recovery pool);
+    ``mesh``: data parallel over its devices (``fit.fit``'s).
     """
     if config.ce_weight != 0:
         raise ValueError(f"DC-ViT recovers from unlabeled images: ce_weight must be 0, got "
@@ -269,7 +280,7 @@ def recover(student: VisionTransformer, teacher: VisionTransformer, images: np.n
     unlabeled = np.zeros(len(images), np.int32)
     return fit.fit(student, images, unlabeled, config, preprocess, teacher=teacher,
                    constrain=constrain, features=_feature_fn(block_outputs),
-                   unlabelled=unlabelled, desc=desc)
+                   unlabelled=unlabelled, mesh=mesh, desc=desc)
 
 
 # ----------------------------------------------------------------------------- save / restore
@@ -382,12 +393,12 @@ class DcvitConfig:
 
 
 def cut_and_recover(teacher: VisionTransformer, plan: Plan, images: np.ndarray, preprocess,
-                    config: DcvitConfig, *, desc: str = "recover"
-                    ) -> tuple[VisionTransformer, dict]:
+                    config: DcvitConfig, *, mesh: jax.sharding.Mesh | None = None,
+                    desc: str = "recover") -> tuple[VisionTransformer, dict]:
     """A recovered copy of ``teacher`` cut to ``plan``, and its log (MLP prune stats, seconds).
 
     ``images``: the unlabeled few-shot images (N, H, W, C) uint8 used for both the structured
-    criterion and the distillation.
+    criterion and the distillation; ``mesh``: the recovery's data-parallel devices.
     """
     student = nnx.clone(teacher)
     start = time.perf_counter()
@@ -397,7 +408,7 @@ def cut_and_recover(teacher: VisionTransformer, plan: Plan, images: np.ndarray, 
     cut_seconds = time.perf_counter() - start
     start = time.perf_counter()
     recover(student, teacher, images, config.recover, preprocess,
-            block_outputs=config.block_outputs, desc=desc)
+            block_outputs=config.block_outputs, mesh=mesh, desc=desc)
     info = {"plan": plan.label(),
             "layers": [] if result is None else [dataclasses.asdict(s) for s in result.stats],
             "seconds": {"cut": cut_seconds, "recover": time.perf_counter() - start}}
@@ -437,8 +448,9 @@ def prepare(model: VisionTransformer, data: TaskData, config: DcvitConfig) -> Pr
     dense = data.evaluate(teacher)
     logging.info("dense task teacher: top-1 %.2f%% on %d test images", dense["top1"], dense["n"])
     batches = calibration_batches(images, data.preprocess, config.calibration_batch)
-    attn_scores = block_scores(teacher, batches, drop_block=False)
-    drop_scores = block_scores(teacher, batches, drop_block=True)
+    ref = final_features(teacher, batches)
+    attn_scores = block_scores(teacher, batches, drop_block=False, ref=ref)
+    drop_scores = block_scores(teacher, batches, drop_block=True, ref=ref)
     logging.info("block scores (final-feature error): attention removed %s, block dropped %s",
                  np.round(attn_scores, 4).tolist(), np.round(drop_scores, 4).tolist())
     latency_x = None
@@ -462,7 +474,7 @@ def evaluate_cut(prep: Prepared, plan: Plan, data: TaskData, config: DcvitConfig
                  ) -> tuple[VisionTransformer, dict]:
     """Cut + recover one plan; its accuracy, size, layers and seconds (latency: ``timed``)."""
     student, info = cut_and_recover(prep.teacher, plan, prep.images, data.preprocess, config,
-                                    desc=desc)
+                                    mesh=data.mesh, desc=desc)
     acc = data.evaluate(student)
     point = {"plan": plan.label(), "attn": list(plan.attn), "mlp_keep": list(plan.mlp_keep),
              "top1": acc["top1"], "top5": acc["top5"],
@@ -503,9 +515,7 @@ def compress(model: VisionTransformer, data: TaskData, config: DcvitConfig
     student, point = evaluate_cut(prep, plan, data, config, "dcvit")
     masks: dict = {}
     report = {"method": "dcvit",
-              "task": {"classes": list(data.class_names), "shots": config.shots,
-                       "unlabeled_images": len(prep.ids), "test_images": len(data.test_labels),
-                       "few_shot_ids": prep.ids.tolist()},
+              "task": {**data.record(prep.ids, config.shots), "unlabeled_images": len(prep.ids)},
               "dense": {**prep.dense, **size(prep.teacher, shape)},
               "block_scores": prep.scores, "compressed": point, "baselines": {},
               "seconds": dict(point["seconds"])}
@@ -517,7 +527,8 @@ def compress(model: VisionTransformer, data: TaskData, config: DcvitConfig
                 dataclasses.replace(config.recover,
                                     steps=config.then_recover_steps or config.recover.steps),
                 data.preprocess, block_outputs=config.block_outputs,
-                constrain=lambda m: sequential.apply_masks(m, masks), desc="taco recover")
+                constrain=lambda m: sequential.apply_masks(m, masks), mesh=data.mesh,
+                desc="taco recover")
         acc = data.evaluate(student)
         report["then_prune"] = {"pattern": str(config.then_prune.pattern),
                                 "sparsity": config.then_prune.sparsity, "top1": acc["top1"],

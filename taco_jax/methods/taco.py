@@ -308,36 +308,35 @@ def _dcvit_at_macs(teacher, size, calib_x, data, config, store, timings,
     macs = size["macs"]["compressed"]
     batches = _calibration_batches(calib_x, data, config)
     prune = dataclasses.replace(config.prune, target_speedup=0.0, stream_sparsity=0.0)
-
-    def choose():
-        plan, candidates = dcvit.plan_at_macs(teacher, batches, macs, (1, *image_shape),
-                                              prune=prune)
-        return None, {"plan": None if plan is None else dataclasses.asdict(plan),
-                      "candidates": candidates}
-
-    _, chosen = store.run("dcvit_plan", f"dcvit: the plan with the specialist's {macs:,} MACs",
-                          None, choose)
-    if chosen["plan"] is None:
-        logging.info("baseline dcvit skipped: no DC-ViT plan has %d MACs (%s)", macs,
-                     chosen["candidates"])
-        return {"skipped": f"no DC-ViT plan has the specialist's {macs:,} MACs",
-                "candidates": chosen["candidates"]}, None
-    plan = dcvit.Plan(tuple(chosen["plan"]["attn"]), tuple(chosen["plan"]["mlp_keep"]))
-    model = nnx.clone(teacher)
+    model = nnx.clone(teacher)  # cut in place to the chosen candidate (DC-ViT's stage shapes)
+    stage = "dcvit_cut_at_macs"
+    if store.done(stage) and "structure" in store.info(stage):  # shapes to restore into
+        dcvit.rebuild(model, store.info(stage)["structure"])
 
     def cut():
-        dcvit.apply_plan(model, plan, batches, prune)
-        return None, {"structure": dcvit.structure(model), "before_recovery": data.evaluate(model)}
+        plan, chosen, candidates = dcvit.plan_at_macs(teacher, batches, macs, (1, *image_shape),
+                                                      prune=prune)
+        info = {"plan": None if plan is None else dataclasses.asdict(plan),
+                "candidates": candidates}
+        if chosen is not None:
+            dcvit.rebuild(model, dcvit.structure(chosen))
+            nnx.update(model, nnx.state(chosen))
+            info.update(structure=dcvit.structure(model), before_recovery=data.evaluate(model))
+        return None, info
 
-    if store.done("dcvit_cut"):  # the cut's shapes, for the checkpoint to restore into
-        dcvit.rebuild(model, store.info("dcvit_cut")["structure"])
-    _, cut_info = store.run("dcvit_cut", f"dcvit: cut to {plan.label()} (structured OBS on the "
-                            "MLPs)", model, cut)
+    _, cut_info = store.run(stage, f"dcvit: the cut with the specialist's {macs:,} MACs "
+                            "(candidates cut by structured OBS on the MLPs)", model, cut)
+    if cut_info["plan"] is None:
+        logging.info("baseline dcvit skipped: no DC-ViT plan has %d MACs (%s)", macs,
+                     cut_info["candidates"])
+        return {"skipped": f"no DC-ViT plan has the specialist's {macs:,} MACs",
+                "candidates": cut_info["candidates"]}, None
+    plan = dcvit.Plan(tuple(cut_info["plan"]["attn"]), tuple(cut_info["plan"]["mlp_keep"]))
     recover_config = dataclasses.replace(config.recover, ce_weight=0.0, kd_weight=0.0)
 
     def recover():
         dcvit.recover(model, teacher, calib_x, recover_config, data.preprocess,
-                      unlabelled=data.unlabelled_images, desc="dcvit recover")
+                      unlabelled=data.unlabelled_images, mesh=data.mesh, desc="dcvit recover")
         distributed.broadcast_model(model)
         acc = data.evaluate(model)
         logging.info("dcvit after recovery: top-1 %.2f%%", acc["top1"])
@@ -346,11 +345,10 @@ def _dcvit_at_macs(teacher, size, calib_x, data, config, store, timings,
     _, recovered = store.run("dcvit_recover", f"dcvit: recover {recover_config.steps} steps "
                              "(final-feature distillation from the dense task teacher)",
                              model, recover)
-    timings.update(dcvit_cut=chosen["seconds"] + cut_info["seconds"],
-                   dcvit_recover=recovered["seconds"])
+    timings.update(dcvit_cut=cut_info["seconds"], dcvit_recover=recovered["seconds"])
     return {"label": STRUCTURED_LABELS["dcvit"], "compressed": recovered["accuracy"],
             "before_recovery": cut_info["before_recovery"], "plan": plan.label(),
-            "candidates": chosen["candidates"],
+            "candidates": cut_info["candidates"],
             "size": compression.size(teacher, model, {}, image_shape)}, model
 
 
@@ -433,7 +431,8 @@ def _prune_and_recover(teacher, calib_x, calib_y, data, config, method, allocati
         def recover(masks=masks, recover_config=recover_config, step=step):
             fit.fit(student, calib_x, calib_y, recover_config, data.preprocess, teacher=teacher,
                     constrain=lambda m: sequential.apply_masks(m, masks),
-                    unlabelled=data.unlabelled_images, desc=f"{tag} recover{step}")
+                    unlabelled=data.unlabelled_images, mesh=data.mesh,
+                    desc=f"{tag} recover{step}")
             distributed.broadcast_model(student)  # every process trained on its own
             acc = data.evaluate(student)
             logging.info("%s after recovery: top-1 %.2f%%", tag, acc["top1"])
@@ -589,10 +588,7 @@ def compress(model: nnx.Module, data: TaskData, config: TacoConfig, *,
     timings.update(taco_prune=pruned["seconds"], taco_recover=recovered["seconds"])
     image_shape = tuple(data.test_images.shape[1:])
     report = {
-        "task": {"classes": list(data.class_names),
-                 "source_class_ids": None if data.class_ids is None else data.class_ids.tolist(),
-                 "shots": config.shots, "few_shot_ids": ids.tolist(),
-                 "test_images": len(data.test_labels)},
+        "task": data.record(ids, config.shots),
         "adapt": adapt_info,
         "dense": dense,
         "compressed": recovered["accuracy"],
@@ -647,7 +643,7 @@ def compress(model: nnx.Module, data: TaskData, config: TacoConfig, *,
         def finetune():  # the same total number of steps as the pruned models' recovery
             fit.fit(tuned, calib_x, calib_y, dataclasses.replace(
                 config.recover, kd_weight=0.0, ce_weight=1.0, steps=budget), data.preprocess,
-                desc="dense finetune")
+                mesh=data.mesh, desc="dense finetune")
             distributed.broadcast_model(tuned)
             return None, {"accuracy": data.evaluate(tuned)}
 

@@ -205,7 +205,7 @@ def compress(generalist: nnx.Module, data: TaskData, config: TransferConfig, *,
     if config.teacher_finetune is not None:
         _trained(store, "teacher_finetune", teacher, lambda: fit.fit(
             teacher, shots_x, shots_y, config.teacher_finetune, data.preprocess,
-            desc="teacher finetune"))
+            mesh=data.mesh, desc="teacher finetune"))
     dense = data.evaluate(teacher)
     timings["teacher"] = time.perf_counter() - t
     logging.info("task teacher: top-1 %.2f%% on %d test images", dense["top1"], dense["n"])
@@ -235,10 +235,10 @@ def compress(generalist: nnx.Module, data: TaskData, config: TransferConfig, *,
         t = time.perf_counter()
         _trained(store, f"{name}_distill", student, lambda: fit.fit(
             student, x, y, config.distill, data.preprocess, teacher=teacher,
-            desc=f"{name} distill"))
+            mesh=data.mesh, desc=f"{name} distill"))
         _trained(store, f"{name}_finetune", student, lambda: fit.fit(
             student, shots_x, shots_y, config.finetune, data.preprocess, teacher=teacher,
-            desc=f"{name} finetune"))
+            mesh=data.mesh, desc=f"{name} finetune"))
         timings[name] = time.perf_counter() - t
         return student
 
@@ -255,7 +255,7 @@ def compress(generalist: nnx.Module, data: TaskData, config: TransferConfig, *,
                                      config.finetune.steps, kd_weight=0.0, ce_weight=1.0)
         t = time.perf_counter()
         _trained(store, "few_shot_only", alone, lambda: fit.fit(
-            alone, shots_x, shots_y, budget, data.preprocess, desc="few-shot only"))
+            alone, shots_x, shots_y, budget, data.preprocess, mesh=data.mesh, desc="few-shot only"))
         timings["few_shot_only"] = time.perf_counter() - t
         baselines["few_shot_only"] = data.evaluate(alone)
     if "task_agnostic" in config.baselines:
@@ -267,10 +267,10 @@ def compress(generalist: nnx.Module, data: TaskData, config: TransferConfig, *,
         _trained(store, "task_agnostic_distill", projected, lambda: fit.fit(
             projected, px, np.full(len(px), -1, np.int32), feats, data.preprocess,
             teacher=_Features(generalist), features=lambda m, x: [m(x)],
-            desc="task-agnostic distill"))
+            mesh=data.mesh, desc="task-agnostic distill"))
         _trained(store, "task_agnostic_finetune", agnostic, lambda: fit.fit(
             agnostic, shots_x, shots_y, config.finetune, data.preprocess, teacher=teacher,
-            desc="task-agnostic finetune"))
+            mesh=data.mesh, desc="task-agnostic finetune"))
         timings["task_agnostic"] = time.perf_counter() - t
         baselines["task_agnostic"] = data.evaluate(agnostic)
     if "random_pool" in config.baselines and config.transfer_set != "random":
@@ -279,10 +279,7 @@ def compress(generalist: nnx.Module, data: TaskData, config: TransferConfig, *,
         logging.info("baseline %s: top-1 %.2f%%", name, b["top1"])
 
     report = {
-        "task": {"classes": list(data.class_names),
-                 "source_class_ids": None if data.class_ids is None else data.class_ids.tolist(),
-                 "shots": config.shots, "few_shot_ids": ids.tolist(),
-                 "test_images": len(data.test_labels)},
+        "task": data.record(ids, config.shots),
         "adapt": adapt_info,
         "dense": dense,
         "compressed": acc,

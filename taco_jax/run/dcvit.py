@@ -193,7 +193,7 @@ def _recovered(store: stages.StageStore, stage: str, prep: dcvit.Prepared, data,
     model = nnx.clone(cut())
     recover = dataclasses.replace(s.dcvit.recover, seed=seed)
     dcvit.recover(model, prep.teacher, prep.images, recover, data.preprocess,
-                  block_outputs=s.dcvit.block_outputs, desc=desc)
+                  block_outputs=s.dcvit.block_outputs, mesh=data.mesh, desc=desc)
     acc = fit.evaluate(model, data.test_images, data.test_labels, data.preprocess)
     info = {"top1": acc["top1"], "top5": acc["top5"], "structure": dcvit.structure(model),
             "seconds": time.perf_counter() - start}

@@ -133,6 +133,7 @@ def fit(
     constrain: Callable[[nnx.Module], None] | None = None,
     features: Features | None = None,
     unlabelled: np.ndarray | None = None,
+    mesh: jax.sharding.Mesh | None = None,
     desc: str = "train",
 ) -> list[dict[str, float]]:
     """Train ``model`` in place on images (N,H,W,C) uint8 and labels (N,) int.
@@ -144,7 +145,14 @@ def fit(
     ``features(module, x)``: feature maps (e.g. final features, block outputs) that the student
     matches to the teacher's with ``losses.normalized_feature_mse`` (weight 1, added to the CE/KD
     terms; with ``ce_weight = kd_weight = 0`` the labels are unused and the logits not computed).
-    Returns the logged history: one dict per ``log_every`` steps (step, loss, seconds).
+    ``mesh``: data parallel over this process's devices of it (``data_devices``): the weights
+    replicated on them and every (micro-)batch split by rows, so the step is the one-device
+    step on the whole batch (BatchNorm statistics over the whole batch too), computed by all
+    of them; the model goes back to where it was afterwards. A multi-process mesh trains the
+    same steps in every process on its own devices (callers then ``broadcast_model``).
+
+    Returns the logged history: one dict per ``log_every`` steps (step, loss, seconds,
+    devices: how many the batches were split over).
     """
     if config.kd_weight > 0 and teacher is None:
         raise ValueError("kd_weight > 0 needs a teacher model")
@@ -163,11 +171,28 @@ def fit(
         if config.kd_weight <= 0 and features is None:
             raise ValueError("unlabelled images need a teacher term (kd_weight > 0 or "
                              "features): they have no labels to train on")
+    rows = _rows_per_pass(images, unlabelled, config)
+    train_mesh = data_devices(mesh, rows)
+    home = [getattr(a, "sharding", None) for a in jax.tree.leaves(nnx.state(model))]
     optimizer = nnx.Optimizer(model, make_optimizer(config), wrt=nnx.Param)
     if teacher is not None:
         teacher.eval()
     model.train()
-    _commit((model, optimizer, teacher))
+    if train_mesh is None:
+        _commit((model, optimizer, teacher))
+        place = jnp.asarray
+    else:
+        nnx.update((model, optimizer),
+                   distributed.replicated(nnx.state((model, optimizer)), train_mesh))
+        teacher = distributed.on_mesh(teacher, train_mesh)
+        rows_sharding = NamedSharding(train_mesh, PartitionSpec(train_mesh.axis_names[0]))
+
+        def place(a):
+            return jax.device_put(a, rows_sharding)
+
+        logging.info("%s: data parallel, %d rows per pass split over %d devices", desc, rows,
+                     train_mesh.devices.size)
+    devices = 1 if train_mesh is None else int(train_mesh.devices.size)
 
     @nnx.jit
     def step(model, optimizer, teacher, x, y, key):
@@ -198,7 +223,7 @@ def fit(
     def micro_step(model, optimizer, teacher, x, y, key):
         x, y_mixed, lam = _inputs(x, y, key)
         loss, grads = _accumulated(model, teacher, x, y, y_mixed, lam, config, features,
-                                   _micro_parts(len(x), config.microbatch))
+                                   _micro_parts(len(x), config.microbatch), place)
         update(model, optimizer, grads)
         return loss
 
@@ -210,16 +235,43 @@ def fit(
         x, y = next(batches)
         key, sub = jax.random.split(key)
         run = step if _micro_parts(len(x), config.microbatch) == 1 else micro_step
-        running.append(run(model, optimizer, teacher, jnp.asarray(x), jnp.asarray(y), sub))
+        running.append(run(model, optimizer, teacher, place(x), place(y), sub))
         if i % config.log_every == 0 or i == config.steps:
             entry = {"step": i, "loss": float(np.mean(jax.device_get(running))),
-                     "seconds": time.perf_counter() - start}
+                     "seconds": time.perf_counter() - start, "devices": devices}
             running = []
             history.append(entry)
             logging.info("%s step %d/%d  loss %.4f  (%.1fs)", desc, i, config.steps,
                          entry["loss"], entry["seconds"])
+    if train_mesh is not None:  # back where the caller had it
+        leaves, tree = jax.tree.flatten(nnx.state(model))
+        nnx.update(model, jax.tree.unflatten(tree, [
+            a if h is None else jax.device_put(a, h) for a, h in zip(leaves, home, strict=True)]))
     model.eval()
     return history
+
+
+def _rows_per_pass(images: np.ndarray, unlabelled: np.ndarray | None, config: FitConfig
+                   ) -> int:
+    """Rows of one forward/backward pass: the batch (``_mixed_batches``), or its micro-batch."""
+    batch = config.batch_size if unlabelled is not None else min(config.batch_size,
+                                                                 len(images))
+    return batch // _micro_parts(batch, config.microbatch)
+
+
+def data_devices(mesh: jax.sharding.Mesh | None, rows: int) -> jax.sharding.Mesh | None:
+    """The devices ``fit`` splits passes of ``rows`` rows over: the most of this process's
+    devices of ``mesh`` that divide ``rows`` evenly (64 rows on 6 devices: 4), as a 1-D mesh,
+    or None for one device."""
+    local = distributed.local_mesh(mesh)
+    if local is None:
+        return None
+    devices = list(local.devices.flat)
+    count = max(k for k in range(1, len(devices) + 1) if rows % k == 0)
+    if count < len(devices):
+        logging.info("%d rows per pass do not split evenly over %d devices: using %d",
+                     rows, len(devices), count)
+    return distributed.device_mesh(devices[:count])
 
 
 def _loss(model, teacher, x, y, y_mixed, lam, config: FitConfig, features: Features | None,
@@ -267,12 +319,14 @@ def _add(a, b):  # the running sum, donated: summed in place
 
 
 def _accumulated(model, teacher, x, y, y_mixed, lam, config: FitConfig,
-                 features: Features | None, parts: int) -> tuple[jax.Array, nnx.State]:
+                 features: Features | None, parts: int, place: Callable = jnp.asarray
+                 ) -> tuple[jax.Array, nnx.State]:
     """``nnx.value_and_grad(_loss)`` of the whole batch as a sum over ``parts`` equal
     micro-batches, each its own compiled call, so only one micro-batch's activations are
     alive at a time (one program with a loop over them runs convolutions ~20x slower on XLA
     CPU, and one without a loop is free to keep them all); the model's BatchNorm statistics
-    move micro-batch by micro-batch."""
+    move micro-batch by micro-batch. ``place`` puts each micro-batch where the step runs
+    (split over ``fit``'s data-parallel devices)."""
     rows = len(x) // parts
     labelled = [jnp.maximum(jnp.sum(v >= 0), 1) for v in (y, y_mixed)]
     loss, grads = None, None
@@ -281,8 +335,8 @@ def _accumulated(model, teacher, x, y, y_mixed, lam, config: FitConfig,
         yi, mi = y[part], y_mixed[part]
         share = (jnp.sum(yi >= 0) / labelled[0], jnp.sum(mi >= 0) / labelled[1],
                  jnp.float32(rows / len(x)))
-        part_loss, g = _part_grads(model, teacher, x[part], yi, mi, lam, share, config,
-                                   features)
+        part_loss, g = _part_grads(model, teacher, place(x[part]), place(yi), place(mi), lam,
+                                   share, config, features)
         loss, grads = (part_loss, g) if grads is None else (loss + part_loss, _add(grads, g))
     return loss, grads
 
