@@ -18,3 +18,9 @@ def test_cost_benchmark_prints_its_floor(bench, args, expected, monkeypatch, cap
     monkeypatch.setattr(sys, "argv", [bench.__name__, *args])
     bench.main()
     assert re.search(expected, capsys.readouterr().out)
+
+
+def test_recover_step_refuses_more_devices_than_it_has(monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["recover_step", "--model=vit_mini", "--devices=999"])
+    with pytest.raises(SystemExit, match="--devices=999: this process has"):
+        recover_step.main()

@@ -4,7 +4,9 @@ One step of TACO's recovery as ``fit.fit`` runs it: the dense teacher's forward 
 masked student's forward and backward pass (KD + CE, AdamW), the masks re-applied. Random
 weights, images and masks (timing only). The floor is the multiply-accumulates of the teacher's
 forward (1x), the student's forward (1x) and backward (2x: input and weight gradients) at this
-machine's matrix-product rate measured beside it (``bench.prune_model.gemm_rate``).
+machine's matrix-product rate measured beside it (``bench.prune_model.gemm_rate``), times the
+devices: ``--devices=N`` trains data parallel over the first N (``fit.fit(mesh=)``: each batch
+split by rows), so the step against the N-device floor shows how well it scales.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from flax import nnx
 
 import taco_jax.models.resnet  # registers the zoo
 import taco_jax.models.vit  # noqa: F401
+from taco_jax import distributed
 from taco_jax.bench.prune_model import gemm_rate
 from taco_jax.memory import peak_rss_mib
 from taco_jax.models import registry
@@ -39,7 +42,14 @@ def main() -> None:
                     help="image side in pixels (0: the model's input size)")
     ap.add_argument("--sparsity", type=float, default=0.9, help="share of weights masked")
     ap.add_argument("--steps", type=int, default=5, help="timed steps (after one warm-up)")
+    ap.add_argument("--devices", type=int, default=1,
+                    help="train data parallel over the first N devices (each pass's rows "
+                    "split over the most of them that divide it)")
     args = ap.parse_args()
+    if not 1 <= args.devices <= len(jax.devices()):
+        raise SystemExit(f"--devices={args.devices}: this process has {len(jax.devices())} "
+                         "device(s)")
+    mesh = distributed.device_mesh(jax.devices()[:args.devices])
     logging.set_verbosity(logging.WARNING)
     teacher = registry.create(args.model, num_classes=10)
     student = nnx.clone(teacher)
@@ -54,14 +64,15 @@ def main() -> None:
                            kd_weight=1.0, log_every=1, microbatch=args.microbatch)
     history = fit.fit(student, images, labels, config,
                       lambda x: jnp.asarray(x, jnp.float32) / 255.0, teacher=teacher,
-                      constrain=lambda m: apply_masks(m, masks))
+                      constrain=lambda m: apply_masks(m, masks), mesh=mesh)
     seconds = np.diff([0.0] + [h["seconds"] for h in history])[1:]  # the first compiles
     step = statistics.median(seconds)
     macs = 4 * forward_macs(teacher, (args.batch, size, size, channels))
-    floor = macs / gemm_rate()
+    used = history[-1]["devices"]
+    floor = macs / (gemm_rate() * used)
     peak = peak_rss_mib() / 1024
     print(f"{args.model} batch {args.batch} microbatch {args.microbatch or args.batch} "
-          f"jax={jax.__version__}")
+          f"on {used} {jax.devices()[0].device_kind} device(s) jax={jax.__version__}")
     print(f"step {step:.2f}s (median of {len(seconds)}; spread {seconds.min():.2f}-"
           f"{seconds.max():.2f}s)  FLOP floor {floor:.2f}s ({macs / 1e9:.0f} GMAC): "
           f"{step / floor:.2f}x the floor  peak RSS {peak:.2f} GiB")
