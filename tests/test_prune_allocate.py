@@ -37,6 +37,22 @@ def test_allocation_matches_brute_force():
         assert got_err <= best[0] * 1.02 + 1e-9  # optimal up to the budget discretisation
 
 
+def test_a_budget_only_the_top_level_meets_gives_the_top_level():
+    """Every layer at the grid's top level costs exactly the budget (the speed search's deepest
+    candidate, allocated again by ``prune_model``): rounded up, the three costs add up to 4,001
+    units of 4,000, which once made this "no allocation meets the budget". The budget is kept
+    exactly; one level lower anywhere is over it."""
+    grid = (0.0, 0.5, 0.95)
+    sizes = {"a": 1.0, "b": 2.0, "c": 3.3}
+    costs = {n: [w * (1 - s) for s in grid] for n, w in sizes.items()}
+    errors = {n: [0.0, 1.0, 5.0] for n in sizes}
+    budget = (1 - 0.95) * sum(sizes.values())
+    assert sum(np.ceil(c[2] / (budget / 4000)) for c in costs.values()) > 4000
+    assert allocate_sparsity(errors, costs, grid, budget) == {n: 0.95 for n in sizes}
+    with pytest.raises(ValueError, match="no allocation meets the budget"):
+        allocate_sparsity(errors, costs, grid, budget * 0.999)
+
+
 def test_infeasible_budget_is_a_clear_error():
     with pytest.raises(ValueError, match="no allocation meets the budget"):
         allocate_sparsity({"a": [0, 1]}, {"a": [10, 5]}, (0.0, 0.5), budget=1)

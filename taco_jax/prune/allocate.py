@@ -40,20 +40,25 @@ def allocate_sparsity(errors: Mapping[str, Sequence[float]], costs: Mapping[str,
     """Pick a level per layer: min Σ errors[name][i] s.t. Σ costs[name][i] ≤ budget.
 
     ``costs[name][i]`` is what the layer keeps at ``grid[i]`` (non-zeros or FLOPs). Costs are
-    rounded up to ``budget/resolution`` units, so the result never exceeds the budget.
+    rounded up to ``budget/resolution`` units, so the result never exceeds the budget. Where
+    the rounding leaves nothing within ``resolution`` units (a budget the allocations only just
+    meet, e.g. every layer at the grid's top level), the choice is made among the allocations
+    at most one unit per layer over it whose exact cost is within the budget.
     """
     names = list(errors)
     if budget <= 0:
         raise ValueError(f"budget must be > 0, got {budget}")
     unit = budget / resolution
-    cap = resolution
+    cap = resolution + len(names)  # the rounding adds under one unit per layer
     best = np.full(cap + 1, np.inf)
     best[0] = 0.0
+    exact = np.zeros(cap + 1)  # the exact cost of each state's best allocation
     choice = []
     for n in names:
         e = np.asarray(errors[n], np.float64)
-        c = np.ceil(np.asarray(costs[n], np.float64) / unit - 1e-9).astype(int)
-        new = np.full(cap + 1, np.inf)
+        cost = np.asarray(costs[n], np.float64)
+        c = np.ceil(cost / unit - 1e-9).astype(int)
+        new, new_exact = np.full(cap + 1, np.inf), np.zeros(cap + 1)
         arg = np.zeros(cap + 1, int)
         for i in range(len(grid)):
             if c[i] > cap:
@@ -62,12 +67,18 @@ def allocate_sparsity(errors: Mapping[str, Sequence[float]], costs: Mapping[str,
             cand[c[i]:] = best[: cap + 1 - c[i]] + e[i]
             better = cand < new
             new[better], arg[better] = cand[better], i
-        best = new
+            new_exact[better] = (exact[: cap + 1 - c[i]] + cost[i])[better[c[i]:]]
+        best, exact = new, new_exact
         choice.append(arg)
-    if not np.isfinite(best).any():
-        raise ValueError(f"no allocation meets the budget {budget:g}; the grid's highest "
-                         f"sparsity {max(grid)} is too low")
-    b = int(np.argmin(best))
+    within = best[: resolution + 1]
+    if np.isfinite(within).any():
+        b = int(np.argmin(within))
+    else:
+        fits = np.isfinite(best) & (exact <= budget * (1 + 1e-9))
+        if not fits.any():
+            raise ValueError(f"no allocation meets the budget {budget:g}; the grid's highest "
+                             f"sparsity {max(grid)} is too low")
+        b = int(np.argmin(np.where(fits, best, np.inf)))
     out = {}
     for n, arg in zip(reversed(names), reversed(choice), strict=True):
         i = arg[b]
