@@ -310,8 +310,9 @@ def _dcvit_at_macs(teacher, size, calib_x, data, config, store, timings,
     prune = dataclasses.replace(config.prune, target_speedup=0.0, stream_sparsity=0.0)
     model = nnx.clone(teacher)  # cut in place to the chosen candidate (DC-ViT's stage shapes)
     stage = "dcvit_cut_at_macs"
-    if store.done(stage) and "structure" in store.info(stage):  # shapes to restore into
-        dcvit.rebuild(model, store.info(stage)["structure"])
+    done = store.info(stage) if store.done(stage) else {}
+    if "structure" in done:  # the chosen cut's shapes, to restore into
+        dcvit.rebuild(model, done["structure"])
 
     def cut():
         plan, chosen, candidates = dcvit.plan_at_macs(teacher, batches, macs, (1, *image_shape),

@@ -107,12 +107,19 @@ def _batches(n: int, batch_size: int, rng: np.random.Generator):
         stream = stream[batch_size:]
 
 
+def _batch_size(images: np.ndarray, unlabelled: np.ndarray | None, config: FitConfig) -> int:
+    """Rows of every batch ``_mixed_batches`` yields: ``config.batch_size``, at most the
+    number of ``images`` when they are all a batch draws from."""
+    return config.batch_size if unlabelled is not None else min(config.batch_size, len(images))
+
+
 def _mixed_batches(images: np.ndarray, labels: np.ndarray, unlabelled: np.ndarray | None,
                    config: FitConfig, rng: np.random.Generator):
-    """Endless (x, y) batches of a fixed size: from ``images`` alone, or with ``unlabelled``
-    a fixed split of each batch between the two (label -1 for the unlabelled rows)."""
+    """Endless (x, y) batches of a fixed size (``_batch_size``): from ``images`` alone, or with
+    ``unlabelled`` a fixed split of each batch between the two (label -1 for the unlabelled
+    rows)."""
     if unlabelled is None:
-        for idx in _batches(len(images), min(config.batch_size, len(images)), rng):
+        for idx in _batches(len(images), _batch_size(images, None, config), rng):
             yield images[idx], labels[idx]
         return
     n_u = min(max(round(config.unlabelled_share * config.batch_size), 1), config.batch_size - 1)
@@ -171,17 +178,18 @@ def fit(
         if config.kd_weight <= 0 and features is None:
             raise ValueError("unlabelled images need a teacher term (kd_weight > 0 or "
                              "features): they have no labels to train on")
-    rows = _rows_per_pass(images, unlabelled, config)
+    batch = _batch_size(images, unlabelled, config)
+    rows = batch // _micro_parts(batch, config.microbatch)  # one forward/backward pass
     train_mesh = data_devices(mesh, rows)
-    home = [getattr(a, "sharding", None) for a in jax.tree.leaves(nnx.state(model))]
     optimizer = nnx.Optimizer(model, make_optimizer(config), wrt=nnx.Param)
     if teacher is not None:
         teacher.eval()
     model.train()
     if train_mesh is None:
         _commit((model, optimizer, teacher))
-        place = jnp.asarray
+        place, devices = jnp.asarray, 1
     else:
+        home = [getattr(a, "sharding", None) for a in jax.tree.leaves(nnx.state(model))]
         nnx.update((model, optimizer),
                    distributed.replicated(nnx.state((model, optimizer)), train_mesh))
         teacher = distributed.on_mesh(teacher, train_mesh)
@@ -190,9 +198,9 @@ def fit(
         def place(a):
             return jax.device_put(a, rows_sharding)
 
+        devices = int(train_mesh.devices.size)
         logging.info("%s: data parallel, %d rows per pass split over %d devices", desc, rows,
-                     train_mesh.devices.size)
-    devices = 1 if train_mesh is None else int(train_mesh.devices.size)
+                     devices)
 
     @nnx.jit
     def step(model, optimizer, teacher, x, y, key):
@@ -249,14 +257,6 @@ def fit(
             a if h is None else jax.device_put(a, h) for a, h in zip(leaves, home, strict=True)]))
     model.eval()
     return history
-
-
-def _rows_per_pass(images: np.ndarray, unlabelled: np.ndarray | None, config: FitConfig
-                   ) -> int:
-    """Rows of one forward/backward pass: the batch (``_mixed_batches``), or its micro-batch."""
-    batch = config.batch_size if unlabelled is not None else min(config.batch_size,
-                                                                 len(images))
-    return batch // _micro_parts(batch, config.microbatch)
 
 
 def data_devices(mesh: jax.sharding.Mesh | None, rows: int) -> jax.sharding.Mesh | None:
